@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a helper for them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO ?= demo
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the version BNRank is tested with (a CPU wheel on the dev machines).
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/bnrank demo-data --out $(DEMO)
+	$(VENV)/bin/bnrank rank --dataset $(DEMO)/Dataset501_MNIBrain --json $(DEMO)/ranking.json \
+		$(DEMO)/candidates/*.safetensors
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,290 @@
+"""The `bnrank` command line: run the engine locally, no server needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bnrank import __version__
+from bnrank.engine.errors import BNRankError
+
+
+def _progress_printer(quiet: bool = False):
+    """A one-line progress display on stderr; silent when stderr is not a terminal and quiet is asked."""
+    last = [0.0]
+
+    def show(step: int, total: int, message: str) -> None:
+        if quiet:
+            return
+        now = time.monotonic()
+        if now - last[0] < 0.5 and step < total:
+            return
+        last[0] = now
+        width = 24
+        filled = int(width * step / max(total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if not sys.stderr.isatty() else "\r"
+        sys.stderr.write(f"[{bar}] {step}/{total} {message[:90]:<90}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    from bnrank.engine.training import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("budget")
+    g.add_argument(
+        "--max-steps", type=int, default=d.max_steps, help="training steps per candidate (%(default)s)"
+    )
+    g.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        default=list(d.patch_size),
+        help="patch side(s) in voxels (%(default)s)",
+    )
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="%(default)s")
+    g.add_argument("--val-every", type=int, default=d.val_every, help="validate every K steps (%(default)s)")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after Q validations without improvement (%(default)s)",
+    )
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="%(default)s")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (%(default)s)")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=d.precision,
+        help="bf16 autocast where the hardware has it (auto, default)",
+    )
+    g.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default: the cores this process may use)"
+    )
+    g.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        help="target spacing in mm (default: the dataset's median spacing)",
+    )
+    g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: inside the dataset)")
+
+
+def _config(args: argparse.Namespace):
+    from bnrank.engine.training import TrainConfig
+
+    patch = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
+    if len(patch) != 3:
+        raise BNRankError(f"--patch-size takes 1 or 3 numbers, got {len(args.patch_size)}")
+    return TrainConfig(
+        max_steps=args.max_steps,
+        patch_size=tuple(patch),
+        batch_size=args.batch_size,
+        val_every=args.val_every,
+        patience=args.patience,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
+def _load_task(args: argparse.Namespace):
+    from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
+    from bnrank.engine.task import make_task
+
+    dataset = open_dataset(args.dataset)
+    for problem in dataset.problems:
+        print(f"warning: skipping {problem.case_id}: {problem.message}", file=sys.stderr)
+    config = PreprocessConfig(spacing=tuple(args.spacing) if args.spacing else None)
+    started = time.perf_counter()
+    pre = preprocess(dataset, config, cache_root=args.cache_dir)
+    how = "read from cache" if pre.from_cache else "preprocessed"
+    print(
+        f"{dataset.name}: {len(pre.cases)} cases {how} in {time.perf_counter() - started:.1f}s "
+        f"(spacing {tuple(round(s, 2) for s in pre.spacing)} mm, classes {list(pre.labels)})",
+        file=sys.stderr,
+    )
+    return dataset, make_task(pre, seed=args.seed)
+
+
+def _read_network_def(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BNRankError(f"--network-def {path}: cannot read a JSON network description ({exc})") from exc
+
+
+def _fmt(x: float | None) -> str:
+    return "   -  " if x is None else f"{x:6.3f}"
+
+
+def print_ranking(result) -> None:
+    classes = list(next((e.dice_per_class for e in result.entries if e.dice_per_class), {}))
+    header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
+    header += f"  {'γ<0.05':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
+    print(header)
+    print("-" * len(header))
+    for e in result.entries:
+        share = e.gamma.get("after", {}).get("summary", {}).get("share_below") if e.gamma else None
+        cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
+        rank = str(e.rank) if e.rank else "-"
+        gamma = f"{share:7.1%}" if share is not None else f"{'-':>7}"
+        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {e.checkpoint}"
+        if e.status != "ok":
+            line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
+        print(line)
+    s = result.stability
+    if s.get("kendall_tau") is not None:
+        print(
+            f"stability: order at {s['at_fraction']:.0%} of the budget vs the end, Kendall τ = "
+            f"{s['kendall_tau']:.2f}, same top-1: {'yes' if s['same_top1'] else 'no'}"
+        )
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from bnrank.engine.ranking import Candidate, rank_candidates
+    from bnrank.engine.threads import configure_threads
+
+    threads = configure_threads(threads=args.threads)
+    config = _config(args)
+    dataset, task = _load_task(args)
+    network_def = _read_network_def(args.network_def)
+    candidates = [
+        Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def)
+        for p in args.checkpoints
+    ]
+    print(
+        f"ranking {len(candidates)} candidate(s) on {len(task.train)} training / {len(task.val)} validation "
+        f"cases, {config.max_steps} steps each, {threads} thread(s)",
+        file=sys.stderr,
+    )
+    result = rank_candidates(
+        candidates,
+        task,
+        config,
+        dataset_name=str(dataset.root),
+        control=not args.no_control,
+        on_progress=_progress_printer(args.quiet),
+    )
+    print_ranking(result)
+    if args.json:
+        result.write_json(args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if any(e.status == "ok" and not e.is_control for e in result.entries) else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from bnrank.engine.checkpoints import load_checkpoint
+    from bnrank.engine.gamma import gamma_stats
+
+    model, report = load_checkpoint(
+        args.checkpoint, architecture=args.architecture, network_def=_read_network_def(args.network_def)
+    )
+    stats = gamma_stats(model, threshold=args.threshold)
+    if args.json:
+        out = {
+            "checkpoint": args.checkpoint,
+            "load_report": report.to_dict(),
+            "gamma": stats,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"checkpoint:    {args.checkpoint}")
+    print(f"architecture:  {report.architecture} {report.build_kwargs}  ({n_params:,} parameters)")
+    print(
+        f"format:        {report.format}"
+        + (f", inside '{report.container}'" if report.container else "")
+        + (f", prefixes stripped: {report.stripped_prefixes}" if report.stripped_prefixes else "")
+    )
+    print(f"load report:   {report.summary()}")
+    for name, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        if keys:
+            print(f"  {name}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+    s = stats["summary"]
+    if s.get("count"):
+        print(
+            f"γ (raw):       {s['count']} channels in {stats['n_layers']} BN layers; |γ| mean {s['mean']:.3f}, "
+            f"std {s['std']:.3f}, median {s['quantiles']['0.5']:.3f}; "
+            f"{s['share_below']:.1%} under {s['threshold']}"
+        )
+    else:
+        print("γ (raw):       no BatchNorm layers")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bnrank.engine.demo import write_demo
+    from bnrank.engine.threads import configure_threads
+
+    configure_threads()
+    out = write_demo(args.out, n_cases=args.cases, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    print(
+        json.dumps(
+            {k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in out.items()}, indent=2
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnrank", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bnrank {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("rank", help="rank checkpoints on a dataset by BN-only evaluation")
+    p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
+    arch.add_argument(
+        "--network-def", help="JSON file describing a MONAI network (allow-listed classes only)"
+    )
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--no-control", action="store_true", help="skip the random-init control row")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_budget(p)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("inspect", help="architecture, load report and raw γ statistics of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--architecture")
+    p.add_argument("--network-def")
+    p.add_argument("--threshold", type=float, default=0.05, help="|γ| counted as near zero (%(default)s)")
+    p.add_argument("--json", help="write the report and γ statistics here")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo-data", help="write the MNI brain MRI demo task and candidate checkpoints")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BNRankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad option values (TrainConfig validation)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
