@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
+
+    from bnrank.cli_alchemy import register as register_alchemy
+
+    register_alchemy(sub, _add_budget, _config, _load_task)
     return parser
 
 
