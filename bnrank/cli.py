@@ -275,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     from bnrank.cli_alchemy import register as register_alchemy
 
     register_alchemy(sub, _add_budget, _config, _load_task)
+
+    from bnrank.cli_service import register as register_service
+
+    register_service(sub)
     return parser
 
 
