@@ -21,13 +21,14 @@ def _progress_printer(quiet: bool = False):
         if quiet:
             return
         now = time.monotonic()
-        if now - last[0] < 0.5 and step < total:
+        tty = sys.stderr.isatty()
+        if now - last[0] < (0.5 if tty else 10.0) and step < total:
             return
         last[0] = now
         width = 24
         filled = int(width * step / max(total, 1))
         bar = "#" * filled + "-" * (width - filled)
-        end = "\n" if not sys.stderr.isatty() else "\r"
+        end = "\r" if tty and step < total else "\n"
         sys.stderr.write(f"[{bar}] {step}/{total} {message[:90]:<90}{end}")
         sys.stderr.flush()
 
@@ -39,9 +40,7 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     g = p.add_argument_group("budget")
-    g.add_argument(
-        "--max-steps", type=int, default=d.max_steps, help="training steps per candidate (%(default)s)"
-    )
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="training steps per candidate (%(default)s)")
     g.add_argument(
         "--patch-size",
         type=int,
@@ -66,9 +65,7 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="bf16 autocast where the hardware has it (auto, default)",
     )
-    g.add_argument(
-        "--threads", type=int, default=0, help="torch threads (default: the cores this process may use)"
-    )
+    g.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
     g.add_argument(
         "--spacing",
         type=float,
@@ -231,11 +228,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     configure_threads()
     out = write_demo(args.out, n_cases=args.cases, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
-    print(
-        json.dumps(
-            {k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in out.items()}, indent=2
-        )
-    )
+    print(json.dumps({k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in out.items()}, indent=2))
     return 0
 
 
@@ -248,9 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
-    arch.add_argument(
-        "--network-def", help="JSON file describing a MONAI network (allow-listed classes only)"
-    )
+    arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--no-control", action="store_true", help="skip the random-init control row")
     p.add_argument("--quiet", action="store_true", help="no progress display")

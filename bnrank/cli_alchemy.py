@@ -3,8 +3,302 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from typing import Any
+
+# Budget defaults of `bnrank alchemy` where they differ from a ranking's (see docs/alchemy.md): full
+# fine-tuning needs a smaller learning rate than BN-only training, and more steps than a ranking.
+ALCHEMY_DEFAULTS = {"max_steps": 120, "lr": 3e-3, "val_every": 20, "patience": 4}
+IDENTIFY_STEPS = 60
+IDENTIFY_LR = 1e-2
 
 
 def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config: Callable, load_task: Callable) -> None:
     """Add the alchemy and probe subcommands; the helpers are bnrank.cli's shared option/dataset code."""
+    from bnrank.engine.alchemy import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LAMBDA, DEFAULT_MAX_SHARE, MODES
+    from bnrank.engine.gamma import DEFAULT_THRESHOLD
+    from bnrank.engine.probe import DEFAULT_DRAWS, DEFAULT_THRESHOLDS
+
+    p = sub.add_parser(
+        "alchemy",
+        help="fine-tune a checkpoint with network alchemy (identification, modification, maximization)",
+        description="Network alchemy (thesis §3.2.2) of one checkpoint on one dataset; see docs/alchemy.md.",
+    )
+    _common(p)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="alchemy",
+        help="scratch: the checkpoint's architecture, randomly initialised; finetune: the checkpoint, plain "
+        "fine-tuning; alchemy: identification → modification → fine-tuning (default)",
+    )
+    p.add_argument("--no-identification", action="store_true", help="skip BN-only training; mark by raw γ")
+    p.add_argument("--no-modification", action="store_true", help="re-initialise no kernel")
+    p.add_argument(
+        "--maximization",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fine-tune with L + λ·R_γ (default: on in alchemy mode, off in scratch/finetune)",
+    )
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="R_γ mean weight (%(default)s)")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help="R_γ std weight (%(default)s)")
+    p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="λ, weight of R_γ in the loss (%(default)s)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument(
+        "--threshold", type=float, default=None, help=f"redundant: |γ| under this ({DEFAULT_THRESHOLD}, default)"
+    )
+    sel.add_argument("--fraction", type=float, default=None, help="redundant: this lowest fraction of all γ")
+    p.add_argument(
+        "--max-share",
+        type=float,
+        default=DEFAULT_MAX_SHARE,
+        help="never re-initialise more than this share of all kernels; more is capped, with a warning "
+        "(%(default)s)",
+    )
+    p.add_argument("--folds", type=int, default=None, help="k-fold cross-validation over all cases")
+    p.add_argument("--out", required=True, help="fine-tuned weights (.safetensors; per fold with --folds)")
+    add_budget(p)
+    p.set_defaults(**ALCHEMY_DEFAULTS)
+    g = next((a for a in p._action_groups if a.title == "budget"), p)
+    g.add_argument(
+        "--identify-steps",
+        type=int,
+        default=IDENTIFY_STEPS,
+        help="BN-only steps of the identification phase (%(default)s)",
+    )
+    g.add_argument(
+        "--identify-lr",
+        type=float,
+        default=IDENTIFY_LR,
+        help="learning rate of the identification phase, as in a ranking (%(default)s)",
+    )
+    p.set_defaults(func=lambda args: cmd_alchemy(args, make_config, load_task))
+
+    p = sub.add_parser(
+        "probe",
+        help="γ-clipping probe: Dice after zeroing small γ vs as many random γ (thesis Fig. 3.1)",
+        description="BN-only training, then clip γ under each threshold, and as many at random; see "
+        "docs/alchemy.md.",
+    )
+    _common(p)
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_THRESHOLDS),
+        help="|γ| thresholds (%(default)s)",
+    )
+    p.add_argument(
+        "--draws", type=int, default=DEFAULT_DRAWS, help="random clippings averaged per threshold (%(default)s)"
+    )
+    add_budget(p)
+    p.set_defaults(func=lambda args: cmd_probe(args, make_config, load_task))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.safetensors or PyTorch state dict)")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
+    arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+# ------------------------------------------------------------------------------------------- alchemy
+
+
+def _options(args: argparse.Namespace):
+    from bnrank.engine.alchemy import AlchemyOptions
+
+    return AlchemyOptions(
+        mode=args.mode,
+        identification=not args.no_identification,
+        modification=not args.no_modification,
+        maximization=args.maximization,
+        alpha=args.alpha,
+        beta=args.beta,
+        lam=args.lam,
+        threshold=args.threshold,
+        fraction=args.fraction,
+        max_share=args.max_share,
+        identify_steps=args.identify_steps,
+        identify_lr=args.identify_lr,
+    )
+
+
+def cmd_alchemy(args: argparse.Namespace, make_config: Callable, load_task: Callable) -> int:
+    from bnrank.cli import _progress_printer, _read_network_def
+    from bnrank.engine.alchemy import alchemy_checkpoint, alchemy_kfold, write_json
+    from bnrank.engine.threads import configure_threads
+
+    threads = configure_threads(threads=args.threads)
+    config = make_config(args)
+    options = _options(args)
+    network_def = _read_network_def(args.network_def)
+    dataset, task = load_task(args)
+    common = {
+        "architecture": args.architecture,
+        "network_def": network_def,
+        "dataset_name": str(dataset.root),
+        "on_progress": _progress_printer(args.quiet),
+    }
+    steps = []
+    if options.identifies:
+        steps.append(f"identification ({options.identify_steps} BN-only steps)")
+    if options.modifies:
+        steps.append("modification")
+    steps.append(f"fine-tuning{' with R_γ' if options.maximizes else ''} ({config.max_steps} steps)")
+    print(f"{args.mode}: {' → '.join(steps)}; {threads} thread(s)", file=sys.stderr)
+    if args.folds:
+        result = alchemy_kfold(args.checkpoint, task, config, options, folds=args.folds, out=args.out, **common)
+        print_folds(result)
+        payload: dict[str, Any] = result.to_dict()
+        written = [f.weights for f in result.folds]
+    else:
+        print(
+            f"{len(task.train)} training / {len(task.val)} validation cases",
+            file=sys.stderr,
+        )
+        single, _ = alchemy_checkpoint(args.checkpoint, task, config, options, out=args.out, **common)
+        print_alchemy(single)
+        payload = single.to_dict()
+        written = [single.weights]
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        write_json(payload, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _f(x: float | None, width: int = 6) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.3f}"
+
+
+def print_alchemy(r) -> None:
+    print(f"{r.mode} of {r.checkpoint} ({r.architecture}) on {r.dataset}")
+    print()
+    header = f"{'phase':<38} {'steps':>5}  {'val Dice':>8}  {'sec':>7}"
+    print(header)
+    print("-" * len(header))
+    if r.identification:
+        i = r.identification
+        print(f"{'identification (BN-only)':<38} {i['steps']:>5}  {i['score']:8.3f}  {i['seconds']:7.1f}")
+    if r.modification:
+        m = r.modification
+        print(f"{'modification':<38} {'':>5}  {'':>8}  {'':>7}  re-initialised {m['reinitialised']} kernels")
+    name = "fine-tuning + R_γ (maximization)" if r.options["maximization"] else "fine-tuning"
+    print(f"{name:<38} {r.steps:>5}  {r.score:8.3f}  {r.seconds:7.1f} (all phases)")
+    print()
+    print("per-class Dice: " + ", ".join(f"{c} {_f(d, 0)}" for c, d in r.dice_per_class.items()))
+    print()
+    thr = r.options.get("threshold") or r.gamma["raw"]["summary"].get("threshold")
+    header = f"{'γ':<22} {'count':>6} {'mean':>6} {'std':>6} {'median':>6} {'<' + format(thr, 'g'):>7}"
+    print(header)
+    print("-" * len(header))
+    for phase, stats in r.gamma.items():
+        s = stats["summary"]
+        if not s.get("count"):
+            continue
+        print(
+            f"{phase.replace('_', ' '):<22} {s['count']:>6} {s['mean']:6.3f} {s['std']:6.3f} "
+            f"{s['quantiles']['0.5']:6.3f} {s['share_below']:7.1%}"
+        )
+    if r.r_gamma:
+        print("R_γ: " + ", ".join(f"{k} {v:+.4f}" for k, v in r.r_gamma.items()))
+    if r.selection:
+        s = r.selection
+        rule = f"|γ| < {s['threshold']:g}" if s["rule"] == "threshold" else f"lowest {s['fraction']:.0%}"
+        print()
+        print(
+            f"redundant ({rule}): {s['marked']} of {s['total']} kernels marked, "
+            f"{r.modification['reinitialised']} re-initialised"
+            + (f" (capped at {r.options['max_share']:.0%})" if s["capped"] else "")
+        )
+        rows = [layer for layer in r.modification["layers"] if layer["reinitialised"]]
+        if rows:
+            header = f"{'BN layer':<44} {'fed by':<16} {'kernels':>7} {'re-init':>7}"
+            print(header)
+            print("-" * len(header))
+            for layer in rows:
+                print(
+                    f"{layer['bn'][-44:]:<44} {layer['conv_type']:<16} {layer['channels']:>7} "
+                    f"{layer['reinitialised']:>7}"
+                )
+        untouched = len(r.modification["layers"]) - len(rows)
+        if untouched:
+            print(f"({untouched} other conv→BN layer(s): nothing re-initialised)")
+        for s_ in r.modification["skipped"]:
+            print(f"skipped BN {s_['bn']}: {s_['reason']}")
+    for w in r.warnings:
+        print(f"warning: {w}")
+
+
+def print_folds(res) -> None:
+    first = res.folds[0]
+    classes = list(first.dice_per_class)
+    print(f"{first.mode} of {first.checkpoint} ({first.architecture}), {len(res.folds)}-fold cross-validation")
+    header = f"{'fold':>4} {'train':>5} {'val':>4}  {'Dice':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
+    print(header)
+    print("-" * len(header))
+    for i, f in enumerate(res.folds):
+        cells = "  ".join(f"{_f(f.dice_per_class.get(c)):>10}" for c in classes)
+        print(f"{i:>4} {f.n_train:>5} {f.n_val:>4}  {f.score:6.3f}  {cells}")
+    print("-" * len(header))
+    cells = "  ".join(f"{_f(res.per_class_mean.get(c)):>10}" for c in classes)
+    print(f"{'mean':>4} {'':>5} {'':>4}  {res.dice_mean:6.3f}  {cells}")
+    print(f"Dice {res.dice_mean:.3f} ± {res.dice_std:.3f} (mean ± sample std over {len(res.folds)} folds)")
+    for i, f in enumerate(res.folds):
+        for w in f.warnings:
+            print(f"warning (fold {i}): {w}")
+
+
+# --------------------------------------------------------------------------------------------- probe
+
+
+def cmd_probe(args: argparse.Namespace, make_config: Callable, load_task: Callable) -> int:
+    from bnrank.cli import _progress_printer, _read_network_def
+    from bnrank.engine.alchemy import write_json
+    from bnrank.engine.probe import probe_checkpoint
+    from bnrank.engine.threads import configure_threads
+
+    configure_threads(threads=args.threads)
+    config = make_config(args)
+    network_def = _read_network_def(args.network_def)
+    dataset, task = load_task(args)
+    result = probe_checkpoint(
+        args.checkpoint,
+        task,
+        config,
+        args.thresholds,
+        draws=args.draws,
+        architecture=args.architecture,
+        network_def=network_def,
+        dataset_name=str(dataset.root),
+        on_progress=_progress_printer(args.quiet),
+    )
+    print_probe(result)
+    if args.json:
+        write_json(result.to_dict(), args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def print_probe(r) -> None:
+    print(f"γ-clipping probe of {r.checkpoint} ({r.architecture}) on {r.dataset}")
+    print(
+        f"BN-only training: {r.bn_only.get('steps')} steps; unclipped val Dice {r.dice_unclipped:.3f} "
+        f"({r.n_channels} BN channels)"
+    )
+    header = f"{'|γ| <':>7} {'clipped':>7} {'share':>6}  {'Dice (|γ|<T)':>12}  {'Dice (random)':>15}"
+    print(header)
+    print("-" * len(header))
+    for row in r.rows:
+        rnd = f"{row.dice_random:.3f} ± {row.dice_random_std:.3f}"
+        print(
+            f"{row.threshold:7g} {row.n_clipped:>7} {row.share_clipped:6.1%}  {row.dice_threshold:12.3f}  "
+            f"{rnd:>15}"
+        )
+    print(f"random: the same number of γ zeroed at random, mean ± std over {r.draws} draw(s)")

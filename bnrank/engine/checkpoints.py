@@ -78,9 +78,7 @@ def sniff_format(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(16)
     if len(head) < 8:
-        raise CorruptCheckpointError(
-            f"{path.name}: file is {len(head)} bytes long, too short for a checkpoint"
-        )
+        raise CorruptCheckpointError(f"{path.name}: file is {len(head)} bytes long, too short for a checkpoint")
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
         return "torch"
     (header_len,) = struct.unpack("<Q", head[:8])
@@ -102,9 +100,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptCheckpointError(
-                f"{path.name}: safetensors header is not valid JSON ({exc})"
-            ) from exc
+            raise CorruptCheckpointError(f"{path.name}: safetensors header is not valid JSON ({exc})") from exc
     data_len = size - 8 - header_len
     for key, info in header.items():
         if key == "__metadata__":
@@ -130,9 +126,7 @@ def _read_torch(path: Path) -> Any:
                 f"{path.name}: refused, the file needs code execution to load (it is not plain tensors). "
                 "Save weights with safetensors or torch.save(model.state_dict()) and upload that."
             ) from exc
-        raise CorruptCheckpointError(
-            f"{path.name}: not a readable PyTorch checkpoint ({text[:200]})"
-        ) from exc
+        raise CorruptCheckpointError(f"{path.name}: not a readable PyTorch checkpoint ({text[:200]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
         raise CorruptCheckpointError(
             f"{path.name}: truncated or corrupt PyTorch checkpoint ({str(exc).splitlines()[0][:200]})"
@@ -152,9 +146,7 @@ def unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
         raise CorruptCheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise CorruptCheckpointError(
-            "the file holds no tensors (looked inside " + ", ".join(CONTAINER_KEYS) + ")"
-        )
+        raise CorruptCheckpointError("the file holds no tensors (looked inside " + ", ".join(CONTAINER_KEYS) + ")")
     stripped: list[str] = []
     changed = True
     while changed:

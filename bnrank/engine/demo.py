@@ -48,7 +48,7 @@ def write_demo(
     n_cases: int = 12,
     seed: int = 0,
     source_cases: int = 8,
-    train_steps: int = 60,
+    train_steps: int = 150,
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
     """Write the demo task and its candidates under ``out_dir``; returns their paths."""
@@ -69,9 +69,7 @@ def write_demo(
     }
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = write_demo_task(
-            Path(tmp), n_cases=source_cases, seed=seed + 1000, name="Dataset502_MNIBrainSource"
-        )
+        source = write_demo_task(Path(tmp), n_cases=source_cases, seed=seed + 1000, name="Dataset502_MNIBrainSource")
         pre = preprocess(open_dataset(source), PreprocessConfig(), cache_root=Path(tmp) / "cache")
         task = make_task(pre, val_fraction=0.25, seed=seed)
         torch.manual_seed(seed + 11)

@@ -150,9 +150,7 @@ def stability(entries: Sequence[RankEntry], window: int, fraction: float = 0.5) 
     final = [e.score or 0.0 for e in ok]
     tau = kendalltau(partial, final).statistic
     result["kendall_tau"] = None if tau is None or math.isnan(tau) else round(float(tau), 4)
-    result["same_top1"] = max(range(len(ok)), key=partial.__getitem__) == max(
-        range(len(ok)), key=final.__getitem__
-    )
+    result["same_top1"] = max(range(len(ok)), key=partial.__getitem__) == max(range(len(ok)), key=final.__getitem__)
     return result
 
 
@@ -178,9 +176,7 @@ def rank_candidates(
         entries.append(entry)
         if control and entry.load_report is not None:
             kwargs = {
-                k: v
-                for k, v in entry.load_report["build_kwargs"].items()
-                if k not in ("in_channels", "out_channels")
+                k: v for k, v in entry.load_report["build_kwargs"].items() if k not in ("in_channels", "out_channels")
             }
             key = json.dumps([entry.architecture, kwargs, cand.network_def], sort_keys=True, default=str)
             arch = cand.architecture if cand.network_def is None else None

@@ -20,9 +20,7 @@ def class_lookup(labels: dict[str, int]) -> tuple[list[str], np.ndarray]:
 def make_task(pre: PreprocessedDataset, *, val_fraction: float = 0.25, seed: int = 0) -> TaskData:
     names, lut = class_lookup(pre.labels)
     volumes = [
-        Volume(
-            c.case_id, c.image.astype(np.float32, copy=False), lut[c.label.astype(np.int64)].astype(np.uint8)
-        )
+        Volume(c.case_id, c.image.astype(np.float32, copy=False), lut[c.label.astype(np.int64)].astype(np.uint8))
         for c in pre.cases
     ]
     train_idx, val_idx = split_indices(len(volumes), val_fraction, seed)

@@ -30,7 +30,7 @@ ProgressFn = Callable[[int, int, str], None]
 class TrainConfig:
     """Budget and optimisation settings; one config is shared by every candidate of a ranking."""
 
-    max_steps: int = 60
+    max_steps: int = 100
     patch_size: tuple[int, int, int] = (32, 32, 32)
     batch_size: int = 2
     val_every: int = 10
@@ -149,9 +149,7 @@ class PatchSchedule:
             centre = fg[self.rng.integers(len(fg))]
         else:
             centre = [self.rng.integers(s) for s in shape]
-        return tuple(
-            int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
-        )
+        return tuple(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
@@ -259,9 +257,7 @@ def train(
         raise TrainingError("nothing to train: no parameter requires a gradient")
     optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    schedule = PatchSchedule(
-        data.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio
-    )
+    schedule = PatchSchedule(data.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio)
     torch.manual_seed(config.seed)
 
     curve: list[dict[str, float]] = []
@@ -299,9 +295,7 @@ def train(
             else:
                 since_best += 1
             if on_progress:
-                on_progress(
-                    step, config.max_steps, f"{label} step {step}: loss {loss_value:.3f}, val Dice {dice:.3f}"
-                )
+                on_progress(step, config.max_steps, f"{label} step {step}: loss {loss_value:.3f}, val Dice {dice:.3f}")
             if since_best >= config.patience and step < config.max_steps:
                 stopped_early = True
                 break
@@ -311,9 +305,7 @@ def train(
     names = data.class_names[1:]
     return TrainResult(
         score=windowed_score(curve, config.score_window),
-        dice_per_class={
-            n: (float(d) if np.isfinite(d) else None) for n, d in zip(names, last_dice, strict=True)
-        },
+        dice_per_class={n: (float(d) if np.isfinite(d) else None) for n, d in zip(names, last_dice, strict=True)},
         curve=curve,
         steps=step,
         seconds=round(time.perf_counter() - started, 3),

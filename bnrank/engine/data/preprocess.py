@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,9 +231,11 @@ def preprocess_case(
     data = Orientationd(["image", "label"], axcodes=config.orientation, labels=_NIBABEL_AXIS_LABELS)(data)
     # scale_extent: the grid covers the same field of view (n * old / new voxels, as nnU-Net does),
     # rather than keeping the first and last voxel centres, which loses a voxel when upsampling.
-    data = Spacingd(
-        ["image", "label"], pixdim=spacing, mode=("bilinear", "nearest"), dtype=np.float32, scale_extent=True
-    )(data)
+    with warnings.catch_warnings():  # MONAI warns that align_corners is ignored under scale_extent: intended
+        warnings.filterwarnings("ignore", message="align_corners=False is not compatible")
+        data = Spacingd(
+            ["image", "label"], pixdim=spacing, mode=("bilinear", "nearest"), dtype=np.float32, scale_extent=True
+        )(data)
     image = data["image"].as_tensor().float()
     if image.shape[0] != len(channel_kinds):
         raise DatasetError(

@@ -1,0 +1,99 @@
+"""API keys: random bearer tokens, stored only as their sha256, each bound to an owner.
+
+Every route that reaches user data depends on `current_owner`; the owner it returns is then part of every
+query, which is what makes another owner's id indistinguishable from a missing one (404).
+
+A key's owner is remembered for a few seconds per process, so a burst of polling requests does not cost a
+database round trip each; a revoked key stops working within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.models import ApiKey, utcnow
+
+KEY_PREFIX = "bnr_"
+CACHE_SECONDS = 5.0
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(session: Session, owner: str) -> tuple[ApiKey, str]:
+    """A new key for ``owner``; the plain key is returned once and never stored."""
+    owner = owner.strip()
+    if not owner or len(owner) > 200:
+        raise ValueError("owner must be 1 to 200 characters")
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(owner=owner, key_hash=hash_key(plain), prefix=plain[:12])
+    session.add(row)
+    session.flush()
+    return row, plain
+
+
+def revoke_key(session: Session, key_id: str) -> bool:
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True
+
+
+class KeyCache:
+    """hash → (owner, expiry); thread-safe because sync routes run on a thread pool."""
+
+    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._items: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> str | None:
+        with self._lock:
+            item = self._items.get(key_hash)
+        if item is None or item[1] < time.monotonic():
+            return None
+        return item[0]
+
+    def put(self, key_hash: str, owner: str) -> None:
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key_hash] = (owner, time.monotonic() + self.ttl)
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_owner(request: Request) -> str:
+    """The owner of the request's bearer key, or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>' (create one with `bnrank keys create`)"
+        )
+    digest = hash_key(key.strip())
+    cache: KeyCache = request.app.state.key_cache
+    owner = cache.get(digest)
+    if owner is not None:
+        return owner
+    with request.app.state.db.sessions() as session:
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    if row is None or row.revoked_at is not None:
+        raise _unauthorized("invalid or revoked API key")
+    cache.put(digest, row.owner)
+    return row.owner
+
+
+Owner = Annotated[str, Depends(current_owner)]

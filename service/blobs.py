@@ -1,0 +1,113 @@
+"""A content-addressed blob store: files live under ``sha256/<2 hex>/<sha256>`` below the blob folder.
+
+Addressing by content makes a re-upload free and lets two owners' identical checkpoints share one file,
+while the database keeps a row per owner. Writes go to ``tmp/`` first and are moved into place with an
+atomic rename only when complete, so a crash, a client that hangs up or an upload over the size limit
+never leaves a partial file where a reader could find it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+
+
+class BlobTooLarge(Exception):
+    """The stream passed the size limit; the partial file has already been removed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class BlobWriter:
+    """Hashes and counts while writing; ``write`` refuses the byte that passes the limit."""
+
+    def __init__(self, store: BlobStore, limit: int | None) -> None:
+        self.store = store
+        self.limit = limit
+        self.path = store.tmp_dir / f"{secrets.token_hex(16)}.partial"
+        self._file: BinaryIO | None = self.path.open("xb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._file is None:
+            raise ValueError("writer is closed")
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            self.abort()
+            raise BlobTooLarge(self.limit)
+        self._hash.update(data)
+        self._file.write(data)
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        """Close and delete the partial file (safe to call more than once)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def relpath(sha256: str) -> str:
+        return f"sha256/{sha256[:2]}/{sha256}"
+
+    def path(self, relpath: str) -> Path:
+        """Absolute path of a stored blob; refuses anything that is not a store address."""
+        parts = relpath.split("/")
+        if len(parts) != 3 or parts[0] != "sha256" or not all(p.isalnum() for p in parts[1:]):
+            raise ValueError(f"not a blob address: {relpath!r}")
+        return self.root / relpath
+
+    def writer(self, limit: int | None = None) -> BlobWriter:
+        return BlobWriter(self, limit)
+
+    def commit(self, writer: BlobWriter) -> str:
+        """Move a finished upload to its address; an identical blob already there is kept."""
+        writer.close()
+        rel = self.relpath(writer.sha256)
+        target = self.root / rel
+        if target.exists():
+            writer.path.unlink(missing_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(writer.path, target)
+        return rel
+
+    def put_file(self, source: Path) -> tuple[str, str, int]:
+        """Copy a local file into the store; returns (address, sha256, size)."""
+        writer = self.writer()
+        try:
+            with source.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return self.commit(writer), writer.sha256, writer.size
+
+    def delete(self, relpath: str) -> None:
+        self.path(relpath).unlink(missing_ok=True)

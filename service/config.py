@@ -1,0 +1,159 @@
+"""Every setting of the service, the worker and `bnrank serve`, in one place (env prefix ``BNRANK_``).
+
+The API and the worker are separate processes, often on separate machines; they must agree on the
+database, the broker, the queue, the blob store and the data roots. Reading all of it from one class means
+a setting cannot be added to one side and forgotten on the other, and `Settings.to_env` hands exactly the
+same values to a child process (the embedded worker, test workers).
+
+With nothing set, everything lives under ``./.bnrank/``: a SQLite file, kombu's filesystem broker and the
+blob store, so a laptop needs no server at all. Setting ``BNRANK_DATABASE_URL`` and ``BNRANK_BROKER_URL``
+switches the same code to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    """Settings read from ``BNRANK_*`` environment variables (or passed explicitly, as tests do)."""
+
+    model_config = SettingsConfigDict(env_prefix="BNRANK_", extra="ignore", validate_default=True)
+
+    home: Path = Field(
+        default=Path(".bnrank"), description="folder for the embedded defaults (SQLite, broker, blobs, cache)"
+    )
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: SQLite file under home")
+    broker_url: str = Field(default="", description="Celery broker URL; default: kombu filesystem under home")
+    queue: str = Field(default="bnrank", description="Celery queue the API sends to and workers consume")
+    broker_key_prefix: str = Field(
+        default="", description="prefix for every Redis key of the broker (several deployments on one Redis)"
+    )
+    visibility_timeout_s: int = Field(
+        default=4 * 3600,
+        ge=60,
+        description="Redis: an unacknowledged task is redelivered after this long (must exceed a task's runtime)",
+    )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="folders datasets must live in (JSON list or os.pathsep-separated); default: the cwd",
+    )
+    blob_dir: Path | None = Field(default=None, description="content-addressed blob store; default: home/blobs")
+    cache_dir: Path | None = Field(default=None, description="preprocessing cache; default: home/cache")
+    max_upload_bytes: int = Field(default=2 * GiB, ge=1, description="largest accepted checkpoint upload")
+    upload_validations: int = Field(
+        default=2, ge=1, description="checkpoint validations run at once by one API process (each loads the file)"
+    )
+    device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
+    worker_concurrency: int = Field(default=1, ge=1, description="tasks one worker runs at once")
+    worker_pool: Literal["prefork", "solo", "threads"] = Field(default="prefork", description="Celery pool")
+    api_host: str = Field(default="127.0.0.1", description="address `bnrank serve` listens on")
+    api_port: int = Field(default=8000, ge=0, le=65535, description="port `bnrank serve` listens on")
+    progress_interval_s: float = Field(
+        default=2.0, gt=0, description="how often a running task writes progress and checks for cancel"
+    )
+    sse_poll_interval_s: float = Field(default=0.5, gt=0, description="how often /jobs/{id}/events looks at a job")
+    gamma_threshold: float = Field(default=0.05, gt=0, description="|γ| counted as near zero in γ statistics")
+    max_candidates: int = Field(default=64, ge=1, description="most checkpoints in one ranking")
+    log_level: str = Field(default="INFO", description="log level of the API and the worker")
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """Accept a JSON list or a PATH-style list, because both are natural to type in a shell."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        """Absolute paths everywhere: a worker started from another folder must see the same files."""
+        self.home = self.home.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'bnrank.sqlite3'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        self.blob_dir = (self.blob_dir or self.home / "blobs").expanduser().absolute()
+        self.cache_dir = (self.cache_dir or self.home / "cache").expanduser().absolute()
+        self.data_roots = [p.expanduser().absolute() for p in self.data_roots]
+        if not self.data_roots:
+            raise ValueError("data_roots is empty: at least one folder must hold the datasets")
+        return self
+
+    # ----------------------------------------------------------------------------------------- derived
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def blobs(self) -> Path:
+        assert self.blob_dir is not None  # filled by the validator
+        return self.blob_dir
+
+    @property
+    def preprocess_cache(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        if self.embedded_broker:
+            queue_dir = self.broker_folder / "queue"
+            return {
+                "data_folder_in": str(queue_dir),
+                "data_folder_out": str(queue_dir),
+                "control_folder": str(self.broker_folder / "control"),
+                "store_processed": False,
+                "polling_interval": 0.2,
+            }
+        options: dict[str, Any] = {"visibility_timeout": self.visibility_timeout_s}
+        if self.broker_key_prefix:
+            options["global_keyprefix"] = self.broker_key_prefix
+        return options
+
+    def ensure_folders(self) -> None:
+        """Create the folders the embedded defaults need (the filesystem broker will not create its own)."""
+        for folder in (self.home, self.blobs, self.preprocess_cache):
+            folder.mkdir(parents=True, exist_ok=True)
+        if self.embedded_broker:
+            for key in ("data_folder_in", "control_folder"):
+                Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)
+
+    def to_env(self) -> dict[str, str]:
+        """``BNRANK_*`` variables that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            text = json.dumps([str(v) for v in value]) if isinstance(value, list) else str(value)
+            env[f"BNRANK_{name.upper()}"] = text
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment, read once."""
+    return Settings()

@@ -1,0 +1,158 @@
+"""Starting and stopping the worker (and a whole `bnrank serve`) as child processes.
+
+Used by `bnrank serve` (the embedded worker beside the API), `bnrank demo`, the tests and the benchmark,
+so all of them start processes the same way: the child gets the parent's settings as ``BNRANK_*``
+variables, its own process group (so stopping it also stops Celery's pool children), and a clean stop is
+tried before a kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from service.config import Settings
+
+READY_FILE_ENV = "BNRANK_WORKER_READY_FILE"  # launcher handshake, not a setting: touched when the worker is up
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def worker_command(settings: Settings, loglevel: str | None = None) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--queues",
+        settings.queue,
+        "--concurrency",
+        str(settings.worker_concurrency),
+        "--pool",
+        settings.worker_pool,
+        "--loglevel",
+        loglevel or settings.log_level,
+        "--hostname",
+        f"bnrank-{secrets.token_hex(4)}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if settings.embedded_broker:
+        command.append("--without-heartbeat")
+    return command
+
+
+def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment with every setting spelled out, so the child cannot read other values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BNRANK_")}
+    env.update(settings.to_env())
+    env.update(extra or {})
+    return env
+
+
+def stop(process: subprocess.Popen, grace_s: float = 15.0) -> int | None:
+    """SIGTERM (Celery: finish the running task, give back the rest), then SIGKILL the whole group."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(timeout=10)
+
+
+class WorkerProcess:
+    """A Celery worker child; `wait_ready` returns once it consumes from the queue."""
+
+    def __init__(self, settings: Settings, *, log: IO[bytes] | None = None, loglevel: str | None = None) -> None:
+        settings.ensure_folders()
+        self.ready_file = settings.home / f"worker-{secrets.token_hex(6)}.ready"
+        self.ready_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            worker_command(settings, loglevel),
+            env=child_env(settings, {READY_FILE_ENV: str(self.ready_file)}),
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited with status {self.process.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker was not ready after {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        try:
+            return stop(self.process, grace_s)
+        finally:
+            self.ready_file.unlink(missing_ok=True)
+
+
+class ServeProcess:
+    """`bnrank serve` as a child (API + its worker), for the demo and the benchmark."""
+
+    def __init__(self, settings: Settings, *, log_path: Path, extra_args: list[str] | None = None) -> None:
+        self.settings = settings
+        self.url = f"http://{settings.api_host}:{settings.api_port}"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bnrank.cli", "serve", *(extra_args or [])],
+            env=child_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`bnrank serve` exited with status {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service was not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        try:
+            return stop(self.process, grace_s)
+        finally:
+            self._log.close()

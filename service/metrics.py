@@ -1,0 +1,106 @@
+"""Prometheus metrics: request counts and latency per route, jobs by status, queue length.
+
+Request metrics are recorded by a plain ASGI middleware (no per-request task or thread, unlike Starlette's
+BaseHTTPMiddleware) and labelled by the route *template* (``/v1/jobs/{job_id}``), never the raw path, so
+ids cannot blow up the number of series. Job counts and the queue length are read at scrape time: they
+live in the database and the broker, and a scrape every few seconds is cheaper than keeping counters in
+sync across API replicas and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import Database
+from service.models import JOB_STATUSES, Job
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class StateCollector(Collector):
+    """Jobs by status (from the database) and tasks waiting in the queue (from the broker)."""
+
+    def __init__(self, db: Database, queue_length: Callable[[], int | None]) -> None:
+        self.db = db
+        self.queue_length = queue_length
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("bnrank_jobs", "Jobs by status", labels=["status"])
+        try:
+            with self.db.sessions() as session:
+                counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        except Exception as exc:  # a scrape must not fail because the database is down
+            log.warning("metrics: cannot count jobs: %s", exc)
+            counts = None
+        if counts is not None:
+            for status in JOB_STATUSES:
+                jobs.add_metric([status], counts.get(status, 0))
+            yield jobs
+        try:
+            length = self.queue_length()
+        except Exception as exc:
+            log.warning("metrics: cannot read the queue length: %s", exc)
+            length = None
+        if length is not None:
+            yield GaugeMetricFamily("bnrank_queue_length", "Tasks waiting in the broker queue", value=length)
+
+
+class Metrics:
+    """One registry per app, so several apps in one process (tests) do not collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "bnrank_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bnrank_http_request_duration_seconds",
+            "HTTP request latency (to the end of the response body)",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def add_state(self, collector: StateCollector) -> None:
+        self.registry.register(collector)
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

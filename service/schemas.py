@@ -1,0 +1,230 @@
+"""Request and response bodies. The OpenAPI document generated from these is the API contract.
+
+Requests forbid unknown fields: a misspelt ``max_step`` silently falling back to the default would run a
+ranking with a budget the user never asked for.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bnrank.engine.training import TrainConfig
+
+T = TypeVar("T")
+_DEFAULT = TrainConfig()
+
+
+class Problem(BaseModel):
+    """Why one case of a dataset was left out."""
+
+    case_id: str
+    message: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(description="rows matching the filters, over all pages")
+    limit: int
+    offset: int
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="what is wrong and where")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    sha256: str
+    size: int
+    format: str
+    architecture: str
+    build_kwargs: dict[str, Any]
+    in_channels: int | None
+    out_channels: int | None
+    n_parameters: int
+    n_bn_channels: int
+    modality: str | None
+    load_report: dict[str, Any]
+    gamma_summary: dict[str, Any] | None = Field(default=None, description="raw γ statistics (as uploaded)")
+    created_at: datetime
+
+
+class GammaOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    phase: Literal["raw", "after_bn", "after_alchemy"]
+    threshold: float
+    summary: dict[str, Any]
+    histogram: dict[str, Any]
+    layers: list[dict[str, Any]]
+
+
+# -------------------------------------------------------------------------------------------- datasets
+
+
+class DatasetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=300)
+    uri: str = Field(
+        min_length=1, max_length=4096, description="folder under a data root: absolute, file://, or root-relative"
+    )
+    modality: Literal["CT", "MR", "other"] | None = Field(
+        default=None, description="default: from the dataset's channel names"
+    )
+    format: Literal["auto", "nnunet", "msd"] = "auto"
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    uri: str
+    format: str
+    modality: str
+    n_cases: int
+    labels: dict[str, int]
+    channel_names: list[str]
+    fingerprint: str
+    problems: list[Problem]
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+class Budget(BaseModel):
+    """Per-candidate training budget (the engine's TrainConfig defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=_DEFAULT.max_steps, ge=1, le=1_000_000)
+    patch_size: int | list[int] = Field(default=list(_DEFAULT.patch_size), description="one side or three")
+    batch_size: int = Field(default=_DEFAULT.batch_size, ge=1, le=256)
+    val_every: int = Field(default=_DEFAULT.val_every, ge=1)
+    patience: int = Field(default=_DEFAULT.patience, ge=1)
+    lr: float = Field(default=_DEFAULT.lr, gt=0, le=10)
+    precision: Literal["auto", "fp32", "bf16"] = _DEFAULT.precision
+
+    @field_validator("patch_size")
+    @classmethod
+    def _three_sides(cls, value: int | list[int]) -> list[int]:
+        sides = [value] * 3 if isinstance(value, int) else list(value)
+        if len(sides) != 3:
+            raise ValueError(f"patch_size takes 1 or 3 numbers, got {len(sides)}")
+        if any(s < 4 or s > 1024 for s in sides):
+            raise ValueError(f"each patch side must be between 4 and 1024 voxels, got {sides}")
+        return sides
+
+
+class RankingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    checkpoint_ids: list[str] = Field(min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    control: bool = Field(default=True, description="also rank a random-init copy of each architecture")
+
+    @field_validator("checkpoint_ids")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"checkpoint ids listed twice: {', '.join(dupes)}")
+        return value
+
+
+class AlchemyIn(BaseModel):
+    """Network alchemy (DESIGN §2): identification → modification → maximization, each switchable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    checkpoint_id: str
+    mode: Literal["alchemy", "finetune", "scratch"] = "alchemy"
+    identification: bool = True
+    modification: bool = True
+    maximization: bool = True
+    alpha: float | None = Field(default=None, description="engine default when omitted")
+    beta: float | None = None
+    lam: float | None = Field(default=None, description="λ, weight of the γ regulariser R_γ")
+    threshold: float | None = Field(default=None, gt=0, description="|γ| under which a channel is re-initialised")
+    fraction: float | None = Field(default=None, gt=0, le=1, description="or: re-initialise this lowest share")
+    budget: Budget = Field(default_factory=Budget)
+    folds: int = Field(default=1, ge=1, le=10, description="k-fold cross-validation when above 1")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    dataset_id: str | None
+    params: dict[str, Any]
+    progress: float = Field(description="0..1")
+    message: str
+    cancel_requested: bool
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class EntryOut(BaseModel):
+    id: str
+    rank: int | None
+    name: str
+    checkpoint_id: str | None
+    is_control: bool
+    architecture: str | None
+    status: Literal["queued", "running", "ok", "failed", "cancelled"]
+    score: float | None
+    dice_per_class: dict[str, float | None]
+    gamma: dict[str, dict[str, Any]] = Field(description="γ summary per phase: raw, after_bn")
+    steps: int
+    seconds: float
+    progress: float
+    curve: list[dict[str, float]]
+    error: str | None
+
+
+class RankingOut(BaseModel):
+    job: JobOut
+    entries: list[EntryOut] = Field(description="ranked entries first (best first), then failed/unfinished ones")
+    stability: dict[str, Any] | None = Field(description="order at part of the budget against the final order")
+
+
+class AlchemyResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    fold: int
+    status: str
+    dice: dict[str, Any]
+    reinitialised: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    artifact_id: str | None
+
+
+class AlchemyOut(BaseModel):
+    job: JobOut
+    results: list[AlchemyResultOut]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

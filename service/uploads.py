@@ -1,0 +1,165 @@
+"""Streaming multipart parsing straight into the blob store.
+
+FastAPI's ``UploadFile`` first spools the whole body to a temporary file and only then hands it over, so a
+1 GiB upload would be written twice and the size limit would be enforced after the fact. Here the request
+body is fed chunk by chunk to python-multipart's push parser: the ``file`` part goes directly into a
+`BlobWriter` (hashing as it writes), the other parts are small text fields kept in memory, and the limit
+stops the stream at the first byte past it, deleting what was written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError, MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from service.blobs import BlobStore, BlobTooLarge, BlobWriter
+
+FIELD_LIMIT = 64 * 1024  # a text field larger than this is not a name or a JSON network definition
+FLUSH_BYTES = 1024 * 1024  # hand file data to the writer thread in pieces of about this size
+FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields, allowed on top of the file size limit
+
+
+class UploadError(Exception):
+    """The request is not a usable upload; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class ParsedUpload:
+    fields: dict[str, str] = field(default_factory=dict)
+    writer: BlobWriter | None = None
+    filename: str | None = None
+
+
+class _Collector:
+    """Callback target for the push parser; it only buffers, the async loop does the I/O."""
+
+    def __init__(self, store: BlobStore, limit: int) -> None:
+        self.store = store
+        self.limit = limit
+        self.result = ParsedUpload()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+        self._name: str | None = None
+        self._text: bytearray | None = None
+        self._in_file = False
+
+    # parser callbacks -------------------------------------------------------------------------------
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._name, self._text, self._in_file = None, None, False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        self._name = name
+        if b"filename" in params or name == "file":
+            if name != "file":
+                raise UploadError(422, f"unexpected file part {name!r}: send the checkpoint as the 'file' part")
+            if self.result.writer is not None:
+                raise UploadError(422, "more than one 'file' part: upload one checkpoint per request")
+            self.result.filename = params.get(b"filename", b"").decode("utf-8", "replace") or None
+            self.result.writer = self.store.writer(self.limit)
+            self._in_file = True
+        else:
+            self._text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.pending.append(data[start:end])
+            self.pending_bytes += end - start
+        elif self._text is not None:
+            self._text += data[start:end]
+            if len(self._text) > FIELD_LIMIT:
+                raise UploadError(422, f"form field {self._name!r} is longer than {FIELD_LIMIT} bytes")
+
+    def on_part_end(self) -> None:
+        if self._text is not None and self._name:
+            try:
+                self.result.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UploadError(422, f"form field {self._name!r} is not UTF-8 text") from exc
+        self._in_file = False
+
+    def take(self) -> list[bytes]:
+        chunks, self.pending, self.pending_bytes = self.pending, [], 0
+        return chunks
+
+
+async def receive_upload(
+    headers: dict[str, str], body: AsyncIterator[bytes], store: BlobStore, limit: int
+) -> ParsedUpload:
+    """Parse a multipart body, writing its ``file`` part to the blob store's tmp folder.
+
+    On success the caller owns ``result.writer`` (commit or abort it). On any error nothing is left behind.
+    """
+    content_type, params = parse_options_header(headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UploadError(422, "expected a multipart/form-data body with a 'file' part")
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        raise UploadError(413, f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+
+    collector = _Collector(store, limit)
+    callbacks = {
+        name: getattr(collector, name)
+        for name in (
+            "on_part_begin",
+            "on_part_data",
+            "on_part_end",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+        )
+    }
+    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+    total = 0
+    try:
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit + FORM_OVERHEAD and collector.result.writer is None:
+                raise UploadError(413, f"upload exceeds the limit of {limit} bytes")
+            parser.write(chunk)
+            if collector.pending_bytes >= FLUSH_BYTES and collector.result.writer is not None:
+                await run_in_threadpool(collector.result.writer.write_many, collector.take())
+        parser.finalize()
+        if collector.result.writer is not None and collector.pending:
+            await run_in_threadpool(collector.result.writer.write_many, collector.take())
+    except BaseException as exc:
+        if collector.result.writer is not None:
+            collector.result.writer.abort()
+        if isinstance(exc, BlobTooLarge):
+            raise UploadError(413, f"upload exceeds the limit of {limit} bytes") from exc
+        if isinstance(exc, MultipartParseError | FormParserError):
+            raise UploadError(422, f"malformed multipart body: {exc}") from exc
+        if isinstance(exc, ClientDisconnect):
+            raise UploadError(400, "the client disconnected before the upload was complete") from exc
+        raise
+    if collector.result.writer is None:
+        raise UploadError(422, "the form has no 'file' part: send the checkpoint as multipart field 'file'")
+    collector.result.writer.close()
+    return collector.result
