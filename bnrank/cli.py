@@ -127,9 +127,12 @@ def _fmt(x: float | None) -> str:
     return "   -  " if x is None else f"{x:6.3f}"
 
 
-def print_ranking(result) -> None:
+def print_ranking(result, logme: dict[str, float | None] | None = None) -> None:
+    """The ranking table; ``logme`` (checkpoint → LogME score) adds a column beside the BN-only score."""
     classes = list(next((e.dice_per_class for e in result.entries if e.dice_per_class), {}))
     header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
+    if logme is not None:
+        header += f"  {'LogME':>6}"
     header += f"  {'γ<0.05':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
     print(header)
     print("-" * len(header))
@@ -138,6 +141,8 @@ def print_ranking(result) -> None:
         cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
         rank = str(e.rank) if e.rank else "-"
         gamma = f"{share:7.1%}" if share is not None else f"{'-':>7}"
+        if logme is not None:
+            cells += f"  {_fmt(logme.get(e.checkpoint))}"
         line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {e.checkpoint}"
         if e.status != "ok":
             line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
@@ -151,8 +156,10 @@ def print_ranking(result) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
     from bnrank.engine.ranking import Candidate, rank_candidates
     from bnrank.engine.threads import configure_threads
+    from bnrank.engine.verify import control_candidates, format_verify, verify_config, verify_ranking
 
     threads = configure_threads(threads=args.threads)
     config = _config(args)
@@ -162,24 +169,71 @@ def cmd_rank(args: argparse.Namespace) -> int:
         Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def)
         for p in args.checkpoints
     ]
+    how = "LogME (forward passes only)" if args.method == "logme" else f"{config.max_steps} steps each"
     print(
         f"ranking {len(candidates)} candidate(s) on {len(task.train)} training / {len(task.val)} validation "
-        f"cases, {config.max_steps} steps each, {threads} thread(s)",
+        f"cases by {args.method}, {how}, {threads} thread(s)",
         file=sys.stderr,
     )
-    result = rank_candidates(
-        candidates,
-        task,
-        config,
-        dataset_name=str(dataset.root),
-        control=not args.no_control,
-        on_progress=_progress_printer(args.quiet),
-    )
-    print_ranking(result)
+    progress = _progress_printer(args.quiet)
+    logme_config = LogMEConfig.from_train_config(config)
+    if args.method == "logme":
+        result = rank_logme(
+            candidates, task, config, dataset_name=str(dataset.root), control=not args.no_control, logme=logme_config
+        )
+    else:
+        result = rank_candidates(
+            candidates,
+            task,
+            config,
+            dataset_name=str(dataset.root),
+            control=not args.no_control,
+            on_progress=progress,
+        )
+    payload = result.to_dict()
+    payload["method"] = args.method
+    logme_scores = None
+    if args.method == "both":
+        # LogME of the same candidates (and controls) beside the BN-only score; the order stays BN-only's.
+        own = {e.checkpoint: e for e in result.entries if not e.is_control}
+        paired = [c for c in candidates if c.name in own]
+        controls = [] if args.no_control else control_candidates([own[c.name] for c in paired], paired)
+        lm = {c.name: logme_entry(c, task, config, logme_config) for c in [*candidates, *controls]}
+        logme_scores = {name: e.score for name, e in lm.items()}
+        for row in payload["entries"]:
+            row["logme"] = logme_scores.get(row["checkpoint"])
+        payload["logme"] = _logme_agreement(result.entries, logme_scores)
+        payload["logme"]["seconds"] = round(sum(e.seconds for e in lm.values()), 3)
+    print_ranking(result, logme_scores)
+    if args.method == "both" and payload["logme"]["kendall_tau"] is not None:
+        print(
+            f"LogME vs BN-only order: Kendall τ = {payload['logme']['kendall_tau']:.2f}, same top-1: "
+            f"{'yes' if payload['logme']['same_top1'] else 'no'} (LogME took {payload['logme']['seconds']:.1f}s)"
+        )
+    if args.verify:
+        vconfig = verify_config(config, steps=args.verify_steps, lr=args.verify_lr)
+        report = verify_ranking(result, candidates, task, vconfig, args.verify, on_progress=progress)
+        payload["verify"] = report
+        print(format_verify(report))
     if args.json:
-        result.write_json(args.json)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0 if any(e.status == "ok" and not e.is_control for e in result.entries) else 1
+
+
+def _logme_agreement(entries, logme: dict[str, float | None]) -> dict[str, Any]:
+    """Kendall τ between the BN-only and the LogME order of the entries both scored."""
+    from scipy.stats import kendalltau
+
+    both = [e for e in entries if e.status == "ok" and logme.get(e.checkpoint) is not None]
+    out: dict[str, Any] = {"kendall_tau": None, "same_top1": None}
+    if len(both) >= 2:
+        bn = [e.score or 0.0 for e in both]
+        lm = [logme[e.checkpoint] for e in both]
+        tau = kendalltau(bn, lm).statistic
+        out["kendall_tau"] = None if tau != tau else round(float(tau), 4)  # NaN when one side is constant
+        out["same_top1"] = max(range(len(both)), key=bn.__getitem__) == max(range(len(both)), key=lm.__getitem__)
+    return out
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -232,6 +286,36 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
+    from bnrank.engine.threads import configure_threads
+
+    threads = configure_threads(threads=args.threads)
+    patch = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
+    if len(patch) != 3:
+        raise BNRankError(f"--patch-size takes 1 or 3 numbers, got {len(args.patch_size)}")
+    config = PretrainConfig(
+        architecture=args.architecture,
+        build_kwargs={"width": args.width} if args.width else {},
+        steps=args.steps,
+        patch_size=tuple(patch),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        modality=args.modality,
+        device=args.device,
+        precision=args.precision,
+    )
+    print(f"pretraining {args.architecture} for {args.steps} steps, {threads} thread(s)", file=sys.stderr)
+    path, result = pretrain_folder(args.volumes, args.out, config, on_progress=_progress_printer(args.quiet))
+    first = result.curve[0]["loss"] if result.curve else result.final_loss
+    print(
+        f"wrote {path}: {result.n_volumes} volume(s), {result.steps} steps in {result.seconds:.1f}s, "
+        f"restoration MSE {first:.4f} -> {result.final_loss:.4f}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnrank", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bnrank {__version__}")
@@ -245,6 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--no-control", action="store_true", help="skip the random-init control row")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--method",
+        choices=["bnonly", "logme", "both"],
+        default="bnonly",
+        help="bnonly: BN-only evaluation (default); logme: LogME of the decoder features, forward passes only "
+        "(score = evidence per voxel, steps 0); both: rank by BN-only and report LogME beside it",
+    )
+    from bnrank.engine.verify import VERIFY_LR, VERIFY_STEPS
+
+    p.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="K",
+        help="self-check: fine-tune (all parameters, short budget) the top K and the bottom entry and report "
+        "whether their fine-tuned order agrees with the ranking",
+    )
+    p.add_argument("--verify-steps", type=int, default=VERIFY_STEPS, help="fine-tuning steps of --verify (%(default)s)")
+    p.add_argument("--verify-lr", type=float, default=VERIFY_LR, help="fine-tuning lr of --verify (%(default)s)")
     _add_budget(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.set_defaults(func=cmd_rank)
@@ -262,6 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised Models Genesis pretraining on a folder of unlabeled NIfTI volumes",
+        description="Restore corrupted patches (Bézier intensity curve, local pixel shuffling, in-/out-painting) "
+        "with MSE; writes a candidate checkpoint. See bnrank/engine/pretrain.py.",
+    )
+    p.add_argument("--volumes", required=True, help="folder of unlabeled *.nii.gz / *.nii volumes")
+    p.add_argument("--architecture", default="unet3d", help="registered architecture (%(default)s)")
+    p.add_argument("--width", type=int, default=None, help="unet3d width (default: the architecture's own, 32)")
+    p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="MR: z-score; CT: window → [0,1] (MR)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--patch-size", type=int, nargs="+", default=[32], help="patch side(s) (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="%(default)s")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="%(default)s")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.set_defaults(func=cmd_pretrain)
 
     from bnrank.cli_alchemy import register as register_alchemy
 

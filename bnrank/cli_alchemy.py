@@ -53,8 +53,7 @@ def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config:
         "--max-share",
         type=float,
         default=DEFAULT_MAX_SHARE,
-        help="never re-initialise more than this share of all kernels; more is capped, with a warning "
-        "(%(default)s)",
+        help="never re-initialise more than this share of all kernels; more is capped, with a warning (%(default)s)",
     )
     p.add_argument("--folds", type=int, default=None, help="k-fold cross-validation over all cases")
     p.add_argument("--out", required=True, help="fine-tuned weights (.safetensors; per fold with --folds)")
@@ -78,8 +77,7 @@ def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config:
     p = sub.add_parser(
         "probe",
         help="γ-clipping probe: Dice after zeroing small γ vs as many random γ (thesis Fig. 3.1)",
-        description="BN-only training, then clip γ under each threshold, and as many at random; see "
-        "docs/alchemy.md.",
+        description="BN-only training, then clip γ under each threshold, and as many at random; see docs/alchemy.md.",
     )
     _common(p)
     p.add_argument(
@@ -297,8 +295,5 @@ def print_probe(r) -> None:
     print("-" * len(header))
     for row in r.rows:
         rnd = f"{row.dice_random:.3f} ± {row.dice_random_std:.3f}"
-        print(
-            f"{row.threshold:7g} {row.n_clipped:>7} {row.share_clipped:6.1%}  {row.dice_threshold:12.3f}  "
-            f"{rnd:>15}"
-        )
+        print(f"{row.threshold:7g} {row.n_clipped:>7} {row.share_clipped:6.1%}  {row.dice_threshold:12.3f}  {rnd:>15}")
     print(f"random: the same number of γ zeroed at random, mean ± std over {r.draws} draw(s)")

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,17 @@ DEMO_CANDIDATES = ("brain_supervised", "brain_early", "brain_damaged", "random_i
 
 def _info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _safe_url(url: str) -> str:
+    """A URL fit for a log line: any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def _settings(**overrides: Any) -> Any:
@@ -48,9 +60,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.ensure_folders()
     migrate(settings)
-    _info(f"database: {settings.database_url}")
-    _info(f"broker:   {settings.broker_url} (queue {settings.queue})")
+    _info(f"database: {_safe_url(settings.database_url)}")
+    _info(f"broker:   {_safe_url(settings.broker_url)} (queue {settings.queue})")
     _info(f"blobs:    {settings.blobs}; data roots: {', '.join(str(r) for r in settings.data_roots)}")
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
+    # installed before it started; this one turns it into a normal exit, so the worker is stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     worker = None if args.no_worker else WorkerProcess(settings)
     try:
         uvicorn.run(
@@ -60,11 +75,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level.lower(),
             access_log=args.access_log,
         )
+    except KeyboardInterrupt:
+        pass
     finally:
         if worker is not None:
             _info("stopping the worker")
             worker.stop()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -88,7 +109,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     migrate(settings, args.revision)
-    _info(f"{settings.database_url}: at revision {args.revision}")
+    _info(f"{_safe_url(settings.database_url)}: at revision {args.revision}")
     return 0
 
 
@@ -144,13 +165,15 @@ class ProgressLine:
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.shown: tuple[Any, ...] | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
-        done = event.get("status") in ("succeeded", "failed", "cancelled")
-        if not done and now - self.last < (0.2 if self.tty else 5.0):
+        state = (event.get("status"), event.get("progress"), event.get("message"))
+        done = state[0] in ("succeeded", "failed", "cancelled")
+        if state == self.shown or (not done and now - self.last < (0.2 if self.tty else 5.0)):
             return
-        self.last = now
+        self.last, self.shown = now, state
         text = f"[{_bar(event.get('progress', 0.0))}] {event.get('progress', 0.0):4.0%} {event.get('status', ''):<9} "
         text += str(event.get("message") or "")[:80]
         end = "\r" if self.tty and not done else "\n"
@@ -223,6 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_roots=[out],
         api_host="127.0.0.1",
         api_port=args.port or free_port(),
+        torch_threads=args.threads,
     )
     settings.ensure_folders()
     migrate(settings)
@@ -417,6 +441,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-serving", action="store_true", help="leave the service running afterwards")
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.add_argument("--max-steps", type=int, default=0, help="budget per candidate (default: the engine's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the worker (%(default)s: it shares the machine with the API and this client, "
+        "and an oversubscribed step runs many times slower; 0: all cores)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("remote", help="talk to a running service")

@@ -85,29 +85,34 @@ class BlobStore:
     def writer(self, limit: int | None = None) -> BlobWriter:
         return BlobWriter(self, limit)
 
-    def commit(self, writer: BlobWriter) -> str:
-        """Move a finished upload to its address; an identical blob already there is kept."""
-        writer.close()
-        rel = self.relpath(writer.sha256)
+    def _place(self, source: Path, sha256: str) -> str:
+        """Rename a complete file to its address; an identical blob already there is kept."""
+        rel = self.relpath(sha256)
         target = self.root / rel
         if target.exists():
-            writer.path.unlink(missing_ok=True)
+            source.unlink(missing_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(writer.path, target)
+            os.replace(source, target)
         return rel
 
-    def put_file(self, source: Path) -> tuple[str, str, int]:
-        """Copy a local file into the store; returns (address, sha256, size)."""
-        writer = self.writer()
-        try:
-            with source.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        return self.commit(writer), writer.sha256, writer.size
+    def commit(self, writer: BlobWriter) -> str:
+        """Move a finished upload to its address."""
+        writer.close()
+        return self._place(writer.path, writer.sha256)
+
+    def adopt(self, source: Path) -> tuple[str, str, int]:
+        """Move a finished file (e.g. fine-tuned weights) into the store; returns (address, sha256, size).
+
+        ``source`` should be on the store's file system (``tmp_dir``) so the move is a rename.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with source.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return self._place(source, digest.hexdigest()), digest.hexdigest(), size
 
     def delete(self, relpath: str) -> None:
         self.path(relpath).unlink(missing_ok=True)

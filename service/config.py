@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
     worker_concurrency: int = Field(default=1, ge=1, description="tasks one worker runs at once")
     worker_pool: Literal["prefork", "solo", "threads"] = Field(default="prefork", description="Celery pool")
+    torch_threads: int = Field(
+        default=0, ge=0, description="torch threads per task; 0: the cores this worker may use / worker_concurrency"
+    )
     api_host: str = Field(default="127.0.0.1", description="address `bnrank serve` listens on")
     api_port: int = Field(default=8000, ge=0, le=65535, description="port `bnrank serve` listens on")
     progress_interval_s: float = Field(

@@ -35,16 +35,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Sync routes run on AnyIO's thread pool (40 threads). The pool may keep fewer connections open, but it
+# must be able to *hand out* one per thread: with fewer, threads block on the pool while the requests that
+# hold connections wait for a free thread to close their sessions, and everything stalls until the pool
+# timeout (found by bench/api.py with 64 clients).
+MAX_CONNECTIONS = 48
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine tuned for the backend: pragmas for SQLite, a pre-pinged pool for servers."""
+    overflow = max(0, MAX_CONNECTIONS - pool_size)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=overflow,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=overflow, pool_pre_ping=True)
 
 
 class Database:
@@ -54,6 +67,10 @@ class Database:
         self.url = settings.database_url
         self.engine = make_engine(self.url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads of polled endpoints: no BEGIN/ROLLBACK round trips. Each statement sees committed data;
+        # the worker commits a row's result before it closes the job, so reading the job first and its
+        # rows second never shows a finished job with unfinished rows.
+        self.reads = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -3,22 +3,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.blobs import BlobStore
 from service.config import Settings
-from service.models import Dataset, Job
+from service.models import Dataset, Job, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.db.sessions() as session:
         yield session
+
+
+async def in_session(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(session, *args)`` on the thread pool with a fresh session: one thread hop per request.
+
+    Hot read endpoints (job and result polling) are async and use this instead of a session dependency
+    plus a sync body, which costs three hops (dependency enter, body, dependency exit).
+    """
+
+    def call() -> T:
+        with request.app.state.db.reads() as session:
+            return fn(session, *args)
+
+    return await run_in_threadpool(call)
 
 
 def get_settings(request: Request) -> Settings:
@@ -65,3 +85,37 @@ def owned_dataset(session: Session, owner: str, dataset_id: str) -> Dataset:
     if dataset is None:
         raise not_found("dataset", dataset_id)
     return dataset
+
+
+def submit_job(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    job: Job,
+    task_name: str,
+    task_args: Callable[[], list[list[Any]]],
+) -> None:
+    """Commit the job with its task ids, then send one task per unit of work.
+
+    Ids are chosen before the commit so the row is complete before any task can start. ``task_args`` is
+    called after the commit, when the rows have their ids. If the broker refuses, the job can never run:
+    it is marked failed and the caller gets 503.
+    """
+    session.add(job)
+    session.flush()
+    args = task_args()
+    task_ids = [str(uuid.uuid4()) for _ in args]
+    job.task_ids = task_ids
+    session.commit()
+    try:
+        with celery.producer_or_acquire() as producer:  # one broker connection for all of the job's tasks
+            for task_id, arguments in zip(task_ids, args, strict=True):
+                celery.send_task(task_name, args=arguments, task_id=task_id, queue=settings.queue, producer=producer)
+    except Exception as exc:  # kombu raises a zoo of connection errors
+        log.error("cannot enqueue job %s: %s", job.id, exc)
+        session.rollback()
+        job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
+        session.commit()
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the task broker is unreachable: {exc}"
+        ) from exc

@@ -1,13 +1,14 @@
 """The job state machine, shared by the API (create, cancel) and the worker (claim, finish, finalise).
 
-A ranking is a job row plus one entry row per candidate (and per random-init control); one Celery task
-runs each entry. Nothing waits for the group as a whole: whichever task finishes the *last* entry orders
-the entries and closes the job. That needs no result backend and no chord, and it survives redelivery:
+A ranking is a job row plus one entry row per candidate (and per random-init control); an alchemy job is a
+job row plus one result row per fold. One Celery task runs each row. Nothing waits for the group as a
+whole: whichever task finishes the *last* row closes the job (for a ranking: orders the entries). That
+needs no result backend and no chord, and it survives redelivery:
 
 - state changes are conditional updates (``... WHERE status IN (...)``), so two deliveries of one task,
   or a task and a cancel, cannot both win;
-- entries are unique per (job, slot) and results are written over the row, never appended;
-- every task commits its entry before it looks at the others, so the last one to commit always sees all
+- rows are unique per (job, slot) or (job, fold) and results are written over them, never appended;
+- every task commits its row before it looks at the others, so the last one to commit always sees all
   of them finished and finalises; the job's own conditional update makes finalising happen once.
 """
 
@@ -26,6 +27,7 @@ from bnrank.engine.training import TrainConfig
 from service.models import (
     TERMINAL_ENTRY_STATUSES,
     TERMINAL_JOB_STATUSES,
+    AlchemyResult,
     Checkpoint,
     Job,
     RankingEntry,
@@ -90,45 +92,67 @@ def ranking_entries(checkpoints: Sequence[Checkpoint], control: bool) -> list[Ra
     return entries
 
 
-def job_progress(session: Session, job_id: str) -> float:
-    value = session.scalar(select(func.avg(RankingEntry.progress)).where(RankingEntry.job_id == job_id))
+def work_rows(kind: str) -> type[RankingEntry] | type[AlchemyResult]:
+    """The table holding a job's units of work: one row per candidate, or one per alchemy fold."""
+    return RankingEntry if kind == "ranking" else AlchemyResult
+
+
+def job_progress(session: Session, job_id: str, rows: type[RankingEntry] | type[AlchemyResult]) -> float:
+    value = session.scalar(select(func.avg(rows.progress)).where(rows.job_id == job_id))
     return float(value or 0.0)
 
 
 def request_cancel(session: Session, job: Job) -> None:
     """Ask a job to stop: queued work is cancelled at once, running work at its next progress report."""
+    rows = work_rows(job.kind)
     now = utcnow()
     job.cancel_requested = True
     job.updated_at = now
-    if job.status == "queued" and job.kind != "ranking":
-        session.execute(
-            update(Job).where(Job.id == job.id, Job.status == "queued").values(status="cancelled", finished_at=now)
-        )
     session.execute(
-        update(RankingEntry)
-        .where(RankingEntry.job_id == job.id, RankingEntry.status == "queued")
+        update(rows)
+        .where(rows.job_id == job.id, rows.status == "queued")
         .values(status="cancelled", finished_at=now, progress=1.0)
     )
     session.flush()
-    if job.kind == "ranking":
-        finalise_ranking(session, job.id)
+    finalise(session, job.id)
     session.refresh(job)
 
 
-def finalise_ranking(session: Session, job_id: str) -> bool:
-    """Order the entries and close the job, if every entry is finished and nobody closed it yet.
-
-    Runs inside the caller's transaction; returns whether this call closed the job.
-    """
-    entries = list(
-        session.scalars(select(RankingEntry).where(RankingEntry.job_id == job_id).order_by(RankingEntry.position))
-    )
-    if not entries or any(e.status not in TERMINAL_ENTRY_STATUSES for e in entries):
-        return False
+def finalise(session: Session, job_id: str) -> bool:
+    """Close the job if all its work is finished and nobody closed it yet (see the module docstring)."""
     job = session.get(Job, job_id)
     if job is None or job.status in TERMINAL_JOB_STATUSES:
         return False
+    return finalise_ranking(session, job) if job.kind == "ranking" else finalise_alchemy(session, job)
 
+
+def _close(session: Session, job: Job, status: str, error: str | None, result: dict[str, Any]) -> bool:
+    """The one conditional update that ends a job; only one caller can win it."""
+    now = utcnow()
+    closed = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(ACTIVE_JOB))
+        .values(
+            status=status,
+            error=error,
+            result=result,
+            progress=1.0,
+            message=f"{job.kind} {status}",
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return closed == 1
+
+
+def finalise_ranking(session: Session, job: Job) -> bool:
+    """Order the entries and close the job, if every entry is finished. Runs in the caller's transaction."""
+    entries = list(
+        session.scalars(select(RankingEntry).where(RankingEntry.job_id == job.id).order_by(RankingEntry.position))
+    )
+    if not entries or any(e.status not in TERMINAL_ENTRY_STATUSES for e in entries):
+        return False
     engine_entries = [
         RankEntry(
             checkpoint=e.id,
@@ -147,35 +171,39 @@ def finalise_ranking(session: Session, job_id: str) -> bool:
         window = TrainConfig().score_window
     result = {"stability": stability(ordered, window), "ranked": [e.checkpoint for e in ordered if e.rank]}
 
-    candidates_ok = [e for e in entries if e.status == "ok" and not e.is_control]
     if job.cancel_requested:
         status, error = "cancelled", None
-    elif candidates_ok:
+    elif any(e.status == "ok" and not e.is_control for e in entries):
         status, error = "succeeded", None
     else:
         status = "failed"
         reasons = "; ".join(f"{e.name}: {e.error}" for e in entries if e.status == "failed" and not e.is_control)
         error = f"no candidate could be evaluated ({reasons or 'all were cancelled'})"[:4000]
-
-    now = utcnow()
-    closed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
-        .values(
-            status=status,
-            error=error,
-            result=result,
-            progress=1.0,
-            message=f"ranking {status}",
-            finished_at=now,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if closed != 1:
+    if not _close(session, job, status, error, result):
         return False
     ranks = {e.checkpoint: e.rank for e in ordered}
     for e in entries:
         e.rank = ranks.get(e.id)
     session.flush()
     return True
+
+
+def finalise_alchemy(session: Session, job: Job) -> bool:
+    """Close an alchemy job once every fold is finished: succeeded only if every fold succeeded."""
+    folds = list(session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job.id)))
+    if not folds or any(f.status not in TERMINAL_ENTRY_STATUSES for f in folds):
+        return False
+    scores = [float(f.dice["score"]) for f in folds if f.status == "ok" and "score" in f.dice]
+    result: dict[str, Any] = {"dice_per_fold": [f.dice.get("score") for f in sorted(folds, key=lambda f: f.fold)]}
+    if scores:
+        mean = sum(scores) / len(scores)
+        var = sum((s - mean) ** 2 for s in scores) / (len(scores) - 1) if len(scores) > 1 else 0.0
+        result.update(dice_mean=mean, dice_std=var**0.5)
+    if job.cancel_requested:
+        status, error = "cancelled", None
+    elif all(f.status == "ok" for f in folds):
+        status, error = "succeeded", None
+    else:
+        status = "failed"
+        error = "; ".join(f"fold {f.fold}: {f.error}" for f in folds if f.status == "failed")[:4000] or None
+    return _close(session, job, status, error, result)

@@ -102,9 +102,6 @@ class WorkerProcess:
                 raise TimeoutError(f"the worker was not ready after {timeout_s:.0f}s")
             time.sleep(0.1)
 
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
     def stop(self, grace_s: float = 15.0) -> int | None:
         try:
             return stop(self.process, grace_s)

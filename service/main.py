@@ -20,6 +20,7 @@ from bnrank import __version__
 from service.auth import KeyCache
 from service.blobs import BlobStore
 from service.broker import BrokerProbe
+from service.cache import FinishedCache
 from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import Metrics, MetricsMiddleware, StateCollector
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
+    app.state.finished_rankings = FinishedCache()
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -41,12 +41,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_KINDS = ("ranking", "alchemy", "probe")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ENTRY_STATUSES = ("queued", "running", "ok", "failed", "cancelled")
 TERMINAL_ENTRY_STATUSES = frozenset({"ok", "failed", "cancelled"})
-GAMMA_PHASES = ("raw", "after_bn", "after_alchemy")
 
 
 def utcnow() -> datetime:
@@ -146,7 +143,7 @@ class Dataset(Base):
 
 
 class Job(Base):
-    """A ranking, alchemy or probe run. ``progress``/``message`` are written by the worker while it runs."""
+    """A ranking or an alchemy run. ``progress``/``message`` are written by the worker while it runs."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -255,7 +252,8 @@ class Artifact(Base):
 
 
 class AlchemyResult(Base):
-    """One fold of an alchemy job (fold 0 when there is no cross-validation)."""
+    """One fold of an alchemy job (fold 0 when there is no cross-validation); like a ranking entry, the
+    (job, fold) pair is the slot a redelivered task writes over."""
 
     __tablename__ = "alchemy_results"
     __table_args__ = (UniqueConstraint("job_id", "fold"),)
@@ -264,12 +262,15 @@ class AlchemyResult(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     fold: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     dice: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reinitialised: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     artifact_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="alchemy_results")

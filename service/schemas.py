@@ -61,7 +61,7 @@ class CheckpointOut(BaseModel):
 class GammaOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    phase: Literal["raw", "after_bn", "after_alchemy"]
+    phase: Literal["raw", "after_bn", "modified", "after_alchemy"]
     threshold: float
     summary: dict[str, Any]
     histogram: dict[str, Any]
@@ -146,23 +146,28 @@ class RankingIn(BaseModel):
 
 
 class AlchemyIn(BaseModel):
-    """Network alchemy (DESIGN §2): identification → modification → maximization, each switchable."""
+    """Network alchemy (DESIGN §2): identification → modification → maximization, each switchable.
+
+    Options left out take the engine's defaults.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str
     checkpoint_id: str
     mode: Literal["alchemy", "finetune", "scratch"] = "alchemy"
-    identification: bool = True
-    modification: bool = True
-    maximization: bool = True
-    alpha: float | None = Field(default=None, description="engine default when omitted")
-    beta: float | None = None
-    lam: float | None = Field(default=None, description="λ, weight of the γ regulariser R_γ")
-    threshold: float | None = Field(default=None, gt=0, description="|γ| under which a channel is re-initialised")
-    fraction: float | None = Field(default=None, gt=0, le=1, description="or: re-initialise this lowest share")
+    identification: bool = Field(default=True, description="BN-only training first, to find redundant kernels")
+    modification: bool = Field(default=True, description="re-initialise the kernels found redundant")
+    maximization: bool | None = Field(default=None, description="train with L + λ·R_γ (default: on in alchemy mode)")
+    alpha: float | None = Field(default=None, ge=0, description="R_γ weight of the mean |γ|")
+    beta: float | None = Field(default=None, ge=0, description="R_γ weight of the std of γ")
+    lam: float | None = Field(default=None, ge=0, description="λ, weight of R_γ in the loss")
+    threshold: float | None = Field(default=None, gt=0, description="|γ| under which a kernel is redundant")
+    fraction: float | None = Field(default=None, gt=0, le=1, description="or: this lowest share of all γ")
+    identify_steps: int | None = Field(default=None, ge=1, description="BN-only budget (default: max_steps)")
+    identify_lr: float | None = Field(default=None, gt=0, description="BN-only learning rate (default: lr)")
     budget: Budget = Field(default_factory=Budget)
-    folds: int = Field(default=1, ge=1, le=10, description="k-fold cross-validation when above 1")
+    folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
@@ -212,16 +217,19 @@ class AlchemyResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     fold: int
-    status: str
-    dice: dict[str, Any]
-    reinitialised: dict[str, Any]
+    status: Literal["queued", "running", "ok", "failed", "cancelled"]
+    progress: float
+    dice: dict[str, Any] = Field(description="score (mean foreground Dice) and per_class")
+    reinitialised: dict[str, Any] = Field(description="kernels re-initialised, in total and per layer")
     metrics: dict[str, Any]
+    gamma: dict[str, dict[str, Any]] = Field(default_factory=dict, description="γ summary per phase")
     error: str | None
-    artifact_id: str | None
+    artifact_id: str | None = Field(description="fine-tuned weights: GET /v1/artifacts/{artifact_id}")
 
 
 class AlchemyOut(BaseModel):
     job: JobOut
+    summary: dict[str, Any] | None = Field(description="Dice per fold, mean and std, once finished")
     results: list[AlchemyResultOut]
 
 

@@ -144,8 +144,11 @@ async def receive_upload(
             if total > limit + FORM_OVERHEAD and collector.result.writer is None:
                 raise UploadError(413, f"upload exceeds the limit of {limit} bytes")
             parser.write(chunk)
-            if collector.pending_bytes >= FLUSH_BYTES and collector.result.writer is not None:
-                await run_in_threadpool(collector.result.writer.write_many, collector.take())
+            writer = collector.result.writer
+            if writer is not None and writer.size + collector.pending_bytes > limit:
+                raise BlobTooLarge(limit)  # at the chunk that passes the limit, not at the next flush
+            if writer is not None and collector.pending_bytes >= FLUSH_BYTES:
+                await run_in_threadpool(writer.write_many, collector.take())
         parser.finalize()
         if collector.result.writer is not None and collector.pending:
             await run_in_threadpool(collector.result.writer.write_many, collector.take())

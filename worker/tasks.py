@@ -1,26 +1,28 @@
-"""Celery tasks: each evaluates one ranking entry with the engine and writes the outcome to its row.
+"""Celery tasks: one evaluates one ranking entry, another runs one alchemy fold; each writes its row.
 
 The Celery functions are thin; the work is in plain functions taking a `WorkerContext`, so tests can run
 a task body in-process against the same database to check what a redelivery does.
 
-A task never raises for a candidate's problem (bad file, NaN loss, dataset changed): the entry is marked
-failed with the reason, and the ranking goes on with the others. Cancel is cooperative: a reporter thread
-writes progress every few seconds and reads the job's cancel flag; the engine's progress callback then
-raises `Cancelled` at the next step it reports.
+A task never raises for a problem with its input (bad file, NaN loss, dataset changed): its row is marked
+failed with the reason, and the rest of the job goes on. Cancel is cooperative: a reporter thread writes
+progress every few seconds and reads the job's cancel flag; the engine's progress callback then raises
+`Cancelled` at the next step it reports. Claiming, finishing and closing jobs follow service.jobflow.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from celery.signals import worker_ready
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_dataset, preprocess
 from bnrank.engine.errors import BNRankError, DatasetError
@@ -31,11 +33,13 @@ from bnrank.engine.training import TaskData
 from service.blobs import BlobStore
 from service.config import Settings, get_settings
 from service.db import Database
-from service.jobflow import finalise_ranking, job_progress, train_config
+from service.jobflow import finalise, job_progress, train_config
 from service.launcher import READY_FILE_ENV
 from service.models import (
     TERMINAL_ENTRY_STATUSES,
     TERMINAL_JOB_STATUSES,
+    AlchemyResult,
+    Artifact,
     Checkpoint,
     Dataset,
     GammaStat,
@@ -44,7 +48,7 @@ from service.models import (
     utcnow,
 )
 from service.paths import PathRefused, resolve_in_roots
-from worker.celery_app import TASK_RANK_ENTRY, app
+from worker.celery_app import TASK_ALCHEMY, TASK_RANK_ENTRY, app
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,9 @@ class WorkerContext:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         else:
             self.device = settings.device
-        self.threads = configure_threads(concurrent_jobs=settings.worker_concurrency)
+        self.threads = configure_threads(
+            concurrent_jobs=settings.worker_concurrency, threads=settings.torch_threads or None
+        )
         self._tasks: OrderedDict[tuple[str, int], TaskData] = OrderedDict()
         self._tasks_lock = threading.Lock()
         log.info("worker process ready: device %s, %d torch thread(s)", self.device, self.threads)
@@ -112,19 +118,22 @@ def context() -> WorkerContext:
 
 # ------------------------------------------------------------------------------------------ progress
 
+WorkRow: TypeAlias = type[RankingEntry] | type[AlchemyResult]
+
 
 class ProgressReporter:
     """Writes the latest progress to the database every few seconds from a side thread, and learns about
     cancellation there; the engine's callback only swaps a tuple and checks a flag, so it costs nothing."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str, entry_id: str) -> None:
+    def __init__(self, ctx: WorkerContext, rows: WorkRow, job_id: str, row_id: str) -> None:
         self.ctx = ctx
+        self.rows = rows
         self.job_id = job_id
-        self.entry_id = entry_id
+        self.row_id = row_id
         self._latest: tuple[int, int, str] = (0, 1, "starting")
         self._cancelled = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress-{entry_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"progress-{row_id}", daemon=True)
 
     def __enter__(self) -> ProgressReporter:
         self._thread.start()
@@ -144,55 +153,132 @@ class ProgressReporter:
             try:
                 self.flush()
             except Exception as exc:  # a database hiccup must not kill the evaluation
-                log.warning("progress of %s not written: %s", self.entry_id, exc)
+                log.warning("progress of %s not written: %s", self.row_id, exc)
 
     def flush(self) -> None:
         step, total, message = self._latest
-        now = utcnow()
+        rows = self.rows
         with self.ctx.db.session() as s:
             s.execute(
-                update(RankingEntry)
-                .where(RankingEntry.id == self.entry_id, RankingEntry.status == "running")
+                update(rows)
+                .where(rows.id == self.row_id, rows.status == "running")
                 .values(progress=min(step / max(total, 1), 0.99))
             )
             s.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == "running")
-                .values(progress=job_progress(s, self.job_id), message=message[:500], updated_at=now)
+                .values(progress=job_progress(s, self.job_id, rows), message=message[:500], updated_at=utcnow())
             )
             cancel, status = s.execute(select(Job.cancel_requested, Job.status).where(Job.id == self.job_id)).one()
         if cancel or status in TERMINAL_JOB_STATUSES:
             self._cancelled.set()
 
 
-# ------------------------------------------------------------------------------------------- ranking
+# ------------------------------------------------------------------------------------------- claiming
+
+
+def _cancel_row(s: Session, rows: WorkRow, row_id: str) -> None:
+    s.execute(
+        update(rows)
+        .where(rows.id == row_id, rows.status.in_(("queued", "running")))
+        .values(status="cancelled", progress=1.0, finished_at=utcnow())
+    )
+
+
+def _claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult) -> bool:
+    """Mark a row running (and its job, if this is the first); False when there is nothing to do.
+
+    A row already finished is a redelivery of done work; a row of a cancelled or ended job is cancelled.
+    Either way the job may now be complete, so finalising is attempted.
+    """
+    if row.status in TERMINAL_ENTRY_STATUSES:
+        finalise(s, job.id)
+        return False
+    if job.status in TERMINAL_JOB_STATUSES or job.cancel_requested:
+        _cancel_row(s, rows, row.id)
+        s.flush()
+        finalise(s, job.id)
+        return False
+    now = utcnow()
+    claimed = s.execute(
+        update(rows)
+        .where(rows.id == row.id, rows.status.in_(("queued", "running")))
+        .values(status="running", attempts=rows.attempts + 1, started_at=now, progress=0.0, error=None)
+    ).rowcount
+    if claimed != 1:
+        return False
+    s.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(status="running", started_at=now))
+    return True
 
 
 @dataclass
-class EntryWork:
-    """What a task needs from the database, read once while claiming the entry."""
+class Work:
+    """What a task needs from the database, read once while claiming its row."""
 
     job_id: str
-    entry_id: str
+    row_id: str
+    owner: str
     name: str
     params: dict[str, Any]
     dataset_id: str | None
     dataset_uri: str | None
     skip_cases: set[str]
-    candidate: Candidate | None
     checkpoint_id: str | None
+    candidate: Candidate | None = None
     problem: str | None = None
 
 
-def _cancel_entry(s: Any, entry_id: str) -> None:
-    s.execute(
-        update(RankingEntry)
-        .where(RankingEntry.id == entry_id, RankingEntry.status.in_(("queued", "running")))
-        .values(status="cancelled", progress=1.0, finished_at=utcnow())
+def _work(ctx: WorkerContext, s: Session, job: Job, row_id: str, name: str, checkpoint_id: str | None) -> Work:
+    dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
+    work = Work(
+        job_id=job.id,
+        row_id=row_id,
+        owner=job.owner,
+        name=name,
+        params=dict(job.params),
+        dataset_id=job.dataset_id,
+        dataset_uri=dataset.uri if dataset else None,
+        skip_cases={p["case_id"] for p in (dataset.problems if dataset else [])},
+        checkpoint_id=checkpoint_id,
     )
+    if dataset is None:
+        work.problem = "the dataset of this job no longer exists"
+    elif checkpoint_id is None:
+        work.problem = "the checkpoint was deleted before it could be used"
+    else:
+        ckpt = s.get(Checkpoint, checkpoint_id)
+        assert ckpt is not None  # the foreign keys set checkpoint_id to NULL on delete
+        work.candidate = Candidate(
+            name=name,
+            path=ctx.blobs.path(ckpt.blob_path),
+            architecture=None if ckpt.network_def else ckpt.architecture,
+            network_def=ckpt.network_def,
+        )
+    return work
 
 
-def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> EntryWork | None:
+def _gamma_rows(work: Work, stats_by_phase: dict[str, dict[str, Any]], threshold: float, **link: Any) -> list:
+    return [
+        GammaStat(
+            checkpoint_id=work.checkpoint_id,
+            dataset_id=work.dataset_id,
+            job_id=work.job_id,
+            phase=phase,
+            threshold=float(stats["summary"].get("threshold", threshold)),
+            summary=stats["summary"],
+            histogram=stats["histogram"],
+            layers=stats["layers"],
+            **link,
+        )
+        for phase, stats in stats_by_phase.items()
+        if stats
+    ]
+
+
+# ------------------------------------------------------------------------------------------- ranking
+
+
+def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> Work | None:
     """Mark the entry running and read what it needs; None when there is nothing (left) to do."""
     with ctx.db.session() as s:
         entry = s.get(RankingEntry, entry_id)
@@ -200,63 +286,21 @@ def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> EntryWork | N
         if entry is None or job is None or entry.job_id != job_id:
             log.warning("task for unknown entry %s of job %s: skipped", entry_id, job_id)
             return None
-        if entry.status in TERMINAL_ENTRY_STATUSES:  # a redelivery of finished work
-            finalise_ranking(s, job_id)
+        if not _claim(s, RankingEntry, job, entry):
             return None
-        if job.status in TERMINAL_JOB_STATUSES or job.cancel_requested:
-            _cancel_entry(s, entry_id)
-            s.flush()
-            finalise_ranking(s, job_id)
-            return None
-        now = utcnow()
-        claimed = s.execute(
-            update(RankingEntry)
-            .where(RankingEntry.id == entry_id, RankingEntry.status.in_(("queued", "running")))
-            .values(status="running", attempts=RankingEntry.attempts + 1, started_at=now, progress=0.0, error=None)
-        ).rowcount
-        if claimed != 1:
-            return None
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", started_at=now, updated_at=now)
-        )
-        dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
-        work = EntryWork(
-            job_id=job_id,
-            entry_id=entry_id,
-            name=entry.name,
-            params=dict(job.params),
-            dataset_id=job.dataset_id,
-            dataset_uri=dataset.uri if dataset else None,
-            skip_cases={p["case_id"] for p in (dataset.problems if dataset else [])},
-            candidate=None,
-            checkpoint_id=entry.checkpoint_id,
-        )
-        if entry.is_control:
+        work = _work(ctx, s, job, entry_id, entry.name, entry.checkpoint_id)
+        if entry.is_control and work.dataset_uri is not None:
+            work.problem = None
             work.candidate = Candidate(
                 name=entry.name,
                 architecture=entry.architecture,
                 network_def=entry.network_def,
                 build_kwargs=dict(entry.build_kwargs or {}),
             )
-        elif entry.checkpoint_id is None:
-            work.problem = "the checkpoint was deleted before it could be evaluated"
-        else:
-            ckpt = s.get(Checkpoint, entry.checkpoint_id)
-            assert ckpt is not None  # the foreign key sets checkpoint_id to NULL on delete
-            work.candidate = Candidate(
-                name=entry.name,
-                path=ctx.blobs.path(ckpt.blob_path),
-                architecture=None if ckpt.network_def else ckpt.architecture,
-                network_def=ckpt.network_def,
-            )
-        if work.dataset_uri is None:
-            work.problem = "the dataset of this job no longer exists"
         return work
 
 
-def _evaluate(ctx: WorkerContext, work: EntryWork, reporter: ProgressReporter) -> RankEntry:
+def _evaluate(ctx: WorkerContext, work: Work, reporter: ProgressReporter) -> RankEntry:
     if work.problem:
         return RankEntry(checkpoint=work.name, status="failed", error=work.problem)
     assert work.candidate is not None and work.dataset_uri is not None
@@ -269,12 +313,11 @@ def _evaluate(ctx: WorkerContext, work: EntryWork, reporter: ProgressReporter) -
     return evaluate_candidate(work.candidate, data, config, on_progress=reporter.update)
 
 
-def save_outcome(ctx: WorkerContext, work: EntryWork, outcome: RankEntry | None) -> None:
+def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> None:
     """Write the entry's result over its row (never a new row), then try to close the ranking."""
-    now = utcnow()
     with ctx.db.session() as s:
         if outcome is None:  # cancelled
-            _cancel_entry(s, work.entry_id)
+            _cancel_row(s, RankingEntry, work.row_id)
         else:
             values: dict[str, Any] = {
                 "status": outcome.status,
@@ -286,35 +329,30 @@ def save_outcome(ctx: WorkerContext, work: EntryWork, outcome: RankEntry | None)
                 "error": outcome.error if outcome.status != "ok" else None,
                 "load_report": outcome.load_report,
                 "progress": 1.0,
-                "finished_at": now,
+                "finished_at": utcnow(),
             }
             if outcome.architecture:
                 values["architecture"] = outcome.architecture
             written = s.execute(
                 update(RankingEntry)
-                .where(RankingEntry.id == work.entry_id, RankingEntry.status == "running")
+                .where(RankingEntry.id == work.row_id, RankingEntry.status == "running")
                 .values(**values)
             ).rowcount
             if written == 1:
-                s.execute(delete(GammaStat).where(GammaStat.entry_id == work.entry_id))
-                for phase, key in (("raw", "before"), ("after_bn", "after")):
-                    stats = outcome.gamma.get(key)
-                    if stats:
-                        s.add(
-                            GammaStat(
-                                checkpoint_id=work.checkpoint_id,
-                                dataset_id=work.dataset_id,
-                                job_id=work.job_id,
-                                entry_id=work.entry_id,
-                                phase=phase,
-                                threshold=float(stats["summary"].get("threshold", ctx.settings.gamma_threshold)),
-                                summary=stats["summary"],
-                                histogram=stats["histogram"],
-                                layers=stats["layers"],
-                            )
-                        )
+                s.execute(delete(GammaStat).where(GammaStat.entry_id == work.row_id))
+                phases = {"raw": outcome.gamma.get("before", {}), "after_bn": outcome.gamma.get("after", {})}
+                s.add_all(_gamma_rows(work, phases, ctx.settings.gamma_threshold, entry_id=work.row_id))
         s.flush()
-        finalise_ranking(s, work.job_id)
+        finalise(s, work.job_id)
+
+
+def _run(ctx: WorkerContext, rows: WorkRow, work: Work, body: Any) -> Any:
+    """Run ``body(reporter)`` with progress reporting; None means cancelled, an exception a failure."""
+    with ProgressReporter(ctx, rows, work.job_id, work.row_id) as reporter:
+        try:
+            return body(reporter)
+        except Cancelled:
+            return None
 
 
 def run_rank_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> str:
@@ -323,19 +361,164 @@ def run_rank_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> str:
     if work is None:
         return "skipped"
     log.info("evaluating %s (job %s)", work.name, job_id)
-    outcome: RankEntry | None
-    with ProgressReporter(ctx, job_id, entry_id) as reporter:
-        try:
-            outcome = _evaluate(ctx, work, reporter)
-        except Cancelled:
-            outcome = None
-        except Exception as exc:  # torch out of memory, a bug: still only this candidate fails
-            log.exception("entry %s of job %s crashed", entry_id, job_id)
-            outcome = RankEntry(checkpoint=work.name, status="failed", error=f"{type(exc).__name__}: {exc}")
-    save_outcome(ctx, work, outcome)
+    try:
+        outcome = _run(ctx, RankingEntry, work, lambda reporter: _evaluate(ctx, work, reporter))
+    except Exception as exc:  # torch out of memory, a bug: still only this candidate fails
+        log.exception("entry %s of job %s crashed", entry_id, job_id)
+        outcome = RankEntry(checkpoint=work.name, status="failed", error=f"{type(exc).__name__}: {exc}")
+    save_entry(ctx, work, outcome)
     status = "cancelled" if outcome is None else outcome.status
     log.info("%s: %s", work.name, status if outcome is None or not outcome.error else f"{status}: {outcome.error}")
     return status
+
+
+# ------------------------------------------------------------------------------------------- alchemy
+
+# Engine γ phases → the phase names stored in gamma_stats.
+ALCHEMY_GAMMA_PHASES = {
+    "raw": "raw",
+    "after_identification": "after_bn",
+    "after_modification": "modified",
+    "after_alchemy": "after_alchemy",
+    "after_training": "after_alchemy",
+}
+
+
+def claim_fold(ctx: WorkerContext, job_id: str, fold: int) -> Work | None:
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        row = s.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job_id, AlchemyResult.fold == fold)).first()
+        if job is None or row is None:
+            log.warning("task for unknown fold %s of job %s: skipped", fold, job_id)
+            return None
+        if not _claim(s, AlchemyResult, job, row):
+            return None
+        checkpoint_id = job.params.get("checkpoint_id")
+        ckpt = s.get(Checkpoint, checkpoint_id) if checkpoint_id else None
+        name = f"{ckpt.name if ckpt else 'checkpoint'} fold {fold}"
+        return _work(ctx, s, job, row.id, name, ckpt.id if ckpt else None)
+
+
+def _alchemy(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> tuple[Any, Path]:
+    from bnrank.engine.alchemy import AlchemyOptions, alchemy_checkpoint
+    from bnrank.engine.folds import fold_tasks
+
+    if work.problem:
+        raise BNRankError(work.problem)
+    assert work.candidate is not None and work.dataset_uri is not None
+    config = train_config(work.params, device=ctx.device)
+    options = AlchemyOptions(**work.params["options"])
+    data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
+    folds = int(work.params.get("folds", 1))
+    if folds > 1:
+        data = fold_tasks(data, folds, config.seed)[fold]
+    out = ctx.blobs.tmp_dir / f"{secrets.token_hex(16)}.safetensors"
+    result, _ = alchemy_checkpoint(
+        work.candidate.path,  # type: ignore[arg-type]
+        data,
+        config,
+        options,
+        out=out,
+        architecture=work.candidate.architecture,
+        network_def=work.candidate.network_def,
+        dataset_name=work.dataset_uri,
+        on_progress=reporter.update,
+    )
+    return result, out
+
+
+def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: Path | None, error: str | None) -> None:
+    """Fine-tuned weights into the blob store (an artifact), the fold's result over its row, then finalise."""
+    with ctx.db.session() as s:
+        if outcome is None and error is None:
+            _cancel_row(s, AlchemyResult, work.row_id)
+        elif error is not None:
+            s.execute(
+                update(AlchemyResult)
+                .where(AlchemyResult.id == work.row_id, AlchemyResult.status == "running")
+                .values(status="failed", error=error[:4000], progress=1.0, finished_at=utcnow())
+            )
+        else:
+            assert weights is not None
+            blob_path, sha256, size = ctx.blobs.adopt(weights)
+            mode = outcome.mode
+            artifact = Artifact(
+                owner=work.owner,
+                job_id=work.job_id,
+                kind="weights",
+                name=f"{work.name.replace(' ', '.')}.{mode}.safetensors",
+                sha256=sha256,
+                size=size,
+                blob_path=blob_path,
+            )
+            s.add(artifact)
+            s.flush()
+            metrics = {
+                "mode": mode,
+                "steps": outcome.steps,
+                "seconds": outcome.seconds,
+                "curve": outcome.curve,
+                "identification": outcome.identification,
+                "selection": outcome.selection,
+                "r_gamma": outcome.r_gamma,
+                "warnings": outcome.warnings,
+                "options": outcome.options,
+                "n_train": outcome.n_train,
+                "n_val": outcome.n_val,
+                "val_cases": outcome.val_cases,
+            }
+            written = s.execute(
+                update(AlchemyResult)
+                .where(AlchemyResult.id == work.row_id, AlchemyResult.status == "running")
+                .values(
+                    status="ok",
+                    dice={"score": outcome.score, "per_class": outcome.dice_per_class},
+                    reinitialised=outcome.modification or {},
+                    metrics=metrics,
+                    artifact_id=artifact.id,
+                    progress=1.0,
+                    error=None,
+                    finished_at=utcnow(),
+                )
+            ).rowcount
+            if written == 1:
+                s.execute(delete(GammaStat).where(GammaStat.job_id == work.job_id, GammaStat.fold == fold))
+                phases = {ALCHEMY_GAMMA_PHASES[k]: v for k, v in outcome.gamma.items() if k in ALCHEMY_GAMMA_PHASES}
+                s.add_all(_gamma_rows(work, phases, ctx.settings.gamma_threshold, fold=fold))
+            else:
+                s.delete(artifact)
+        s.flush()
+        finalise(s, work.job_id)
+
+
+def run_alchemy_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
+    work = claim_fold(ctx, job_id, fold)
+    if work is None:
+        return "skipped"
+    log.info("alchemy on %s (job %s)", work.name, job_id)
+    weights: Path | None = None
+    error: str | None = None
+    outcome = None
+    try:
+        ran = _run(ctx, AlchemyResult, work, lambda reporter: _alchemy(ctx, work, fold, reporter))
+        if ran is not None:
+            outcome, weights = ran
+    except (BNRankError, ValueError) as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.exception("alchemy fold %s of job %s crashed", fold, job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        save_fold(ctx, work, fold, outcome, weights, error)
+    finally:
+        if weights is not None:
+            weights.unlink(missing_ok=True)
+    status = "failed" if error else ("cancelled" if outcome is None else "ok")
+    log.info("%s: %s", work.name, status if not error else f"{status}: {error}")
+    return status
+
+
+# --------------------------------------------------------------------------------------------- celery
 
 
 @worker_ready.connect
@@ -349,3 +532,8 @@ def _announce_ready(**_: Any) -> None:
 @app.task(name=TASK_RANK_ENTRY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def rank_entry(job_id: str, entry_id: str) -> str:
     return run_rank_entry(context(), job_id, entry_id)
+
+
+@app.task(name=TASK_ALCHEMY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def alchemy_fold(job_id: str, fold: int) -> str:
+    return run_alchemy_fold(context(), job_id, fold)

@@ -118,7 +118,10 @@ def find_conv_bn_pairs(
     running statistics are untouched.
     """
     device = next(model.parameters()).device
-    x = example if isinstance(example, torch.Tensor) else torch.randn(*example, device=device)
+    if isinstance(example, torch.Tensor):
+        x = example
+    else:  # a private generator: tracing must not move the global RNG
+        x = torch.randn(*example, generator=torch.Generator().manual_seed(0)).to(device)
     names = {id(m): n for n, m in model.named_modules()}
     produced: dict[int, tuple[str, torch.Tensor, int]] = {}
     fed: dict[str, list[str | None]] = {}
@@ -194,6 +197,7 @@ class Selection:
     marked: int
     kept_after_cap: int
     capped: bool
+    min_abs_gamma: float
     channels: dict[str, list[int]]
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +248,13 @@ def select_redundant(
             f"many would discard most of the checkpoint, so only the {cap} with the smallest |γ| "
             f"(max share {max_share:.0%}) are re-initialised"
         )
+    if kept == 0:
+        what = f"|γ| < {threshold:g}" if rule == "threshold" else f"the lowest {fraction:g} of {total}"
+        warnings.append(
+            f"no kernel is marked redundant by {what} (smallest |γ| is {float(values.min()):.3f}), so none is "
+            "re-initialised; short BN-only training seldom drives γ near 0: mark by --fraction instead, or "
+            "give identification more steps"
+        )
     chosen = set(order[:kept].tolist())
     channels: dict[str, list[int]] = {}
     offset = 0
@@ -260,6 +271,7 @@ def select_redundant(
         marked=n_marked,
         kept_after_cap=kept,
         capped=kept < n_marked,
+        min_abs_gamma=float(values.min()),
         channels=channels,
     )
     return selection, warnings
@@ -357,6 +369,12 @@ class AlchemyOptions:
             raise AlchemyError(f"identify_steps must be at least 1, got {self.identify_steps}")
         if self.threshold is not None and self.fraction is not None:
             raise AlchemyError("give a threshold or a fraction of redundant kernels, not both")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise AlchemyError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise AlchemyError(f"threshold must be a positive number, got {self.threshold}")
+        if not 0.0 < self.max_share <= 1.0:
+            raise AlchemyError(f"max_share must be in (0, 1], got {self.max_share}")
 
     @property
     def identifies(self) -> bool:
@@ -423,7 +441,9 @@ class _Phases:
         callback = self.on_progress
 
         def show(step: int, _total: int, message: str) -> None:
-            callback(start + step, self.total, f"{self.prefix}[{name}] {message.strip()}")
+            message = message.strip()
+            at = message.find("step ")  # drop train()'s label: the phase name says it
+            callback(start + step, self.total, f"{self.prefix}[{name}] {message[max(at, 0) :]}")
 
         return show
 
@@ -508,13 +528,12 @@ def run_alchemy(
 
     for p in model.parameters():
         p.requires_grad_(True)
-    regulariser = None
-    r_values: dict[str, float] = {}
-    if options.maximizes:
-        regulariser = gamma_regulariser(options.alpha, options.beta, options.lam)
+    regulariser = gamma_regulariser(options.alpha, options.beta, options.lam) if options.maximizes else None
+    r_values: dict[str, float] = {}  # R_γ is recorded with or without maximization, for comparison
+    if has_batchnorm(model):
         with torch.no_grad():
             r_values["before"] = float(r_gamma(model, options.alpha, options.beta))
-    phase_name = "maximization (fine-tuning with R_γ)" if options.maximizes else "fine-tuning"
+    phase_name = "maximization: fine-tuning with R_γ" if options.maximizes else "fine-tuning"
     ft = train(
         model,
         model.parameters(),
@@ -524,7 +543,7 @@ def run_alchemy(
         on_progress=phases.phase(phase_name, config.max_steps),
         label=phase_name,
     )
-    if options.maximizes:
+    if r_values:
         with torch.no_grad():
             r_values["after"] = float(r_gamma(model, options.alpha, options.beta))
     gamma["after_alchemy" if options.mode == "alchemy" else "after_training"] = gamma_stats(model, thr)

@@ -25,7 +25,9 @@ from bnrank.engine.bn_only import bn_only_evaluate
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, bn_layers
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, evaluate, mean_foreground
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.01, 0.02, DEFAULT_THRESHOLD, 0.1, 0.2, 0.3, 0.5)
+# From the default "redundant" threshold up to |γ| values that a short BN-only run does reach (see
+# docs/alchemy.md: after 60 BN-only steps on the demo the smallest |γ| is about 0.4-0.5).
+DEFAULT_THRESHOLDS: tuple[float, ...] = (DEFAULT_THRESHOLD, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_DRAWS = 3
 
 

@@ -267,6 +267,7 @@ def delete_checkpoint(checkpoint_id: str, request: Request, session: SessionDep,
     blob_path = ckpt.blob_path
     session.delete(ckpt)
     session.commit()
+    request.app.state.finished_rankings.discard_all()  # their entries now point at no checkpoint
     users = session.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.blob_path == blob_path))
     users = (users or 0) + (
         session.scalar(select(func.count()).select_from(Artifact).where(Artifact.blob_path == blob_path)) or 0

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from service.auth import Owner
-from service.deps import Limit, Offset, SessionDep, not_found, owned_job
+from service.deps import Limit, Offset, SessionDep, in_session, not_found, owned_job
 from service.jobflow import request_cancel
-from service.models import TERMINAL_JOB_STATUSES, Job, RankingEntry
+from service.models import TERMINAL_JOB_STATUSES, AlchemyResult, Job, RankingEntry
 from service.schemas import ErrorOut, JobOut, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -33,7 +33,7 @@ def list_jobs(
     status_: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query(alias="status")
     ] = None,
-    kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
+    kind: Annotated[Literal["ranking", "alchemy"] | None, Query()] = None,
 ) -> Page[JobOut]:
     where = [Job.owner == owner]
     if status_:
@@ -48,8 +48,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-def get_job(job_id: str, session: SessionDep, owner: Owner) -> JobOut:
-    return JobOut.model_validate(owned_job(session, owner, job_id))
+async def get_job(job_id: str, request: Request, owner: Owner) -> JobOut:
+    return await in_session(request, lambda s: JobOut.model_validate(owned_job(s, owner, job_id)))
 
 
 @router.post(
@@ -68,24 +68,29 @@ def cancel_job(job_id: str, session: SessionDep, owner: Owner) -> JobOut:
     return JobOut.model_validate(job)
 
 
-def _snapshot(request: Request, owner: str, job_id: str) -> dict[str, Any] | None:
-    with request.app.state.db.sessions() as session:
-        job = session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).first()
-        if job is None:
-            return None
-        entries = session.execute(
-            select(RankingEntry.name, RankingEntry.status, RankingEntry.progress)
-            .where(RankingEntry.job_id == job_id)
-            .order_by(RankingEntry.position)
-        ).all()
-        return {
-            "id": job.id,
-            "status": job.status,
-            "progress": round(job.progress, 4),
-            "message": job.message,
-            "error": job.error,
-            "entries": [{"name": n, "status": s, "progress": round(p, 4)} for n, s, p in entries],
-        }
+def _snapshot(session: Session, owner: str, job_id: str) -> dict[str, Any] | None:
+    """What an event carries: the job's state and each unit of work's (candidates, or alchemy folds)."""
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).first()
+    if job is None:
+        return None
+    if job.kind == "ranking":
+        label, order = RankingEntry.name, RankingEntry.position
+        work = select(label, RankingEntry.status, RankingEntry.progress).where(RankingEntry.job_id == job_id)
+    else:
+        label, order = AlchemyResult.fold, AlchemyResult.fold
+        work = select(label, AlchemyResult.status, AlchemyResult.progress).where(AlchemyResult.job_id == job_id)
+    rows = session.execute(work.order_by(order)).all()
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "message": job.message,
+        "error": job.error,
+        "entries": [
+            {"name": name if job.kind == "ranking" else f"fold {name}", "status": s, "progress": round(p, 4)}
+            for name, s, p in rows
+        ],
+    }
 
 
 def _event(name: str, data: dict[str, Any], event_id: int) -> str:
@@ -101,7 +106,7 @@ def _event(name: str, data: dict[str, Any], event_id: int) -> str:
 )
 async def job_events(job_id: str, request: Request, owner: Owner) -> StreamingResponse:
     """Server-sent events: a ``progress`` event whenever the job changes, ``end`` when it finished."""
-    first = await run_in_threadpool(_snapshot, request, owner, job_id)
+    first = await in_session(request, _snapshot, owner, job_id)
     if first is None:
         raise not_found("job", job_id)
     interval: float = request.app.state.settings.sse_poll_interval_s
@@ -125,7 +130,7 @@ async def job_events(job_id: str, request: Request, owner: Owner) -> StreamingRe
             await asyncio.sleep(interval)
             if await request.is_disconnected():
                 return
-            snapshot = await run_in_threadpool(_snapshot, request, owner, job_id)
+            snapshot = await in_session(request, _snapshot, owner, job_id)
 
     return StreamingResponse(
         stream(),

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
-
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth import Owner
-from service.deps import UNPROCESSABLE, CeleryDep, SessionDep, SettingsDep, not_found, owned_dataset, owned_job
+from service.cache import FinishedCache
+from service.deps import (
+    UNPROCESSABLE,
+    CeleryDep,
+    SessionDep,
+    SettingsDep,
+    in_session,
+    not_found,
+    owned_dataset,
+    owned_job,
+    submit_job,
+)
 from service.jobflow import ranking_entries, train_config
-from service.models import Checkpoint, GammaStat, Job, RankingEntry, utcnow
+from service.models import TERMINAL_JOB_STATUSES, Checkpoint, GammaStat, Job, RankingEntry
 from service.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
 from worker.celery_app import TASK_RANK_ENTRY
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
-
-
-def mark_enqueue_failed(session: Session, job: Job, exc: Exception) -> HTTPException:
-    """The broker refused the tasks: the job can never run, so say so on the row and to the caller."""
-    log.error("cannot enqueue job %s: %s", job.id, exc)
-    session.rollback()
-    job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
-    session.commit()
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the task broker is unreachable: {exc}")
 
 
 @router.post(
@@ -61,16 +59,7 @@ def create_ranking(
 
     job = Job(owner=owner, kind="ranking", dataset_id=dataset.id, params=params, message="queued")
     job.entries = ranking_entries([found[c] for c in body.checkpoint_ids], body.control)
-    # Task ids are chosen here so the job row is complete in one commit, before any task can start.
-    tasks = [(str(uuid.uuid4()), entry) for entry in job.entries]
-    job.task_ids = [task_id for task_id, _ in tasks]
-    session.add(job)
-    session.commit()
-    try:
-        for task_id, entry in tasks:
-            celery.send_task(TASK_RANK_ENTRY, args=[job.id, entry.id], task_id=task_id, queue=settings.queue)
-    except Exception as exc:  # kombu raises a zoo of connection errors
-        raise mark_enqueue_failed(session, job, exc) from exc
+    submit_job(session, celery, settings, job, TASK_RANK_ENTRY, lambda: [[job.id, e.id] for e in job.entries])
     response.headers["Location"] = f"/v1/rankings/{job.id}"
     return JobOut.model_validate(job)
 
@@ -96,15 +85,37 @@ def entry_out(entry: RankingEntry, gamma: dict[str, dict]) -> EntryOut:
 
 
 @router.get("/{job_id}", response_model=RankingOut, responses={404: {"model": ErrorOut}})
-def get_ranking(job_id: str, session: SessionDep, owner: Owner) -> RankingOut:
-    """The job and its entries: ranked ones best first, then failed or unfinished ones."""
+async def get_ranking(job_id: str, request: Request, owner: Owner) -> Response:
+    """The job and its entries: ranked ones best first, then failed or unfinished ones.
+
+    A finished ranking never changes again, and it is what dashboards and clients re-read most, so its
+    serialised body is kept in memory (per process) and served without touching the database.
+    """
+    cache: FinishedCache = request.app.state.finished_rankings
+    body = cache.get(job_id, owner)
+    if body is None:
+        ranking = await in_session(request, _ranking, owner, job_id)
+        body = ranking.model_dump_json().encode()
+        if ranking.job.status in TERMINAL_JOB_STATUSES:
+            cache.put(job_id, owner, body)
+    return Response(body, media_type="application/json")
+
+
+def _ranking(session: Session, owner: str, job_id: str) -> RankingOut:
     job = owned_job(session, owner, job_id, kind="ranking")
-    entries = list(session.scalars(select(RankingEntry).where(RankingEntry.job_id == job.id)))
+    # One query for entries and their γ summaries (a polled endpoint: round trips are its cost).
+    rows = session.execute(
+        select(RankingEntry, GammaStat.phase, GammaStat.summary)
+        .outerjoin(GammaStat, GammaStat.entry_id == RankingEntry.id)
+        .where(RankingEntry.job_id == job.id)
+    ).all()
+    by_id: dict[str, RankingEntry] = {}
     gamma: dict[str, dict[str, dict]] = {}
-    for entry_id, phase, summary in session.execute(
-        select(GammaStat.entry_id, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job.id)
-    ):
-        gamma.setdefault(entry_id, {})[phase] = summary
+    for entry, phase, summary in rows:
+        by_id[entry.id] = entry
+        if phase is not None:
+            gamma.setdefault(entry.id, {})[phase] = summary
+    entries = list(by_id.values())
     entries.sort(key=lambda e: (e.rank is None, e.rank or 0, e.position))
     return RankingOut(
         job=JobOut.model_validate(job),

@@ -50,7 +50,9 @@ def _build(name: str, out_channels: int = 3, seed: int = 5) -> nn.Module:
 @pytest.mark.parametrize("name", sorted(NARROW))
 def test_every_bn_is_paired_with_the_conv_feeding_it(name: str) -> None:
     model = _build(name)
+    rng = torch.get_rng_state()
     pairs, skipped = find_conv_bn_pairs(model, (1, 1, 16, 16, 16))
+    assert torch.equal(rng, torch.get_rng_state())  # tracing leaves the global RNG alone
     assert skipped == []
     assert [p.bn for p in pairs] == [n for n, _ in bn_layers(model)]
     modules = dict(model.named_modules())
@@ -176,6 +178,13 @@ def test_selection_by_fraction_takes_the_smallest_gammas() -> None:
         select_redundant(model, fraction=0.0)
 
 
+def test_a_threshold_that_marks_nothing_says_so() -> None:
+    selection, warnings = select_redundant(_build("unet3d"))  # fresh: every γ = 1
+    assert selection.rule == "threshold" and selection.threshold == 0.05 and selection.marked == 0
+    assert selection.channels == {} and selection.min_abs_gamma == 1.0
+    assert len(warnings) == 1 and "no kernel is marked" in warnings[0] and "--fraction" in warnings[0]
+
+
 def test_a_threshold_that_marks_every_kernel_is_capped_with_a_warning() -> None:
     model = _build("unet3d")
     selection, warnings = select_redundant(model, threshold=100.0)
@@ -249,7 +258,7 @@ def test_modes_and_switches(tmp_path: Path) -> None:
     scratch, _ = alchemy_checkpoint(ckpt, task, config, AlchemyOptions(mode="scratch"))
     again, _ = alchemy_checkpoint(ckpt, task, config, AlchemyOptions(mode="scratch"))
     assert scratch.identification is None and scratch.modification is None
-    assert scratch.options["maximization"] is False and scratch.r_gamma == {}
+    assert scratch.options["maximization"] is False and set(scratch.r_gamma) == {"before", "after"}
     assert scratch.score == pytest.approx(again.score)  # seeded
     assert set(scratch.gamma) == {"raw", "after_training"}
 
@@ -259,7 +268,7 @@ def test_modes_and_switches(tmp_path: Path) -> None:
     plain, _ = alchemy_checkpoint(
         ckpt, task, config, AlchemyOptions(maximization=False, modification=False, identify_steps=2)
     )
-    assert plain.identification is not None and plain.modification is None and plain.r_gamma == {}
+    assert plain.identification is not None and plain.modification is None
     noid, _ = alchemy_checkpoint(ckpt, task, config, AlchemyOptions(identification=False, fraction=0.05))
     assert noid.identification is None and noid.modification["reinitialised"] > 0
 
@@ -322,6 +331,12 @@ def test_options_are_validated() -> None:
         AlchemyOptions(lam=float("nan"))
     with pytest.raises(AlchemyError, match="not both"):
         AlchemyOptions(threshold=0.1, fraction=0.2)
+    with pytest.raises(AlchemyError, match="fraction"):
+        AlchemyOptions(fraction=1.5)
+    with pytest.raises(AlchemyError, match="threshold"):
+        AlchemyOptions(threshold=-1.0)
+    with pytest.raises(AlchemyError, match="max_share"):
+        AlchemyOptions(max_share=0.0)
     assert issubclass(AlchemyError, BNRankError) and issubclass(FoldError, BNRankError)
 
 

@@ -1,0 +1,116 @@
+"""Alchemy jobs through the real worker (one task per fold), their results and downloadable weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bnrank.engine.checkpoints import load_checkpoint
+from service.client import Client
+from service.launcher import WorkerProcess
+from tests.service.conftest import TINY_BUDGET, upload, wait_job
+
+
+@pytest.fixture(scope="module")
+def setup(alice: httpx.Client, checkpoint_files: dict[str, Path], dataset_dir: Path) -> dict[str, str]:
+    ckpt = upload(alice, checkpoint_files["good_a"]).json()["id"]
+    dataset = alice.post("/v1/datasets", json={"name": "tiny", "uri": str(dataset_dir)}).json()["id"]
+    return {"checkpoint_id": ckpt, "dataset_id": dataset}
+
+
+@pytest.fixture(scope="module")
+def alchemy_job(worker: WorkerProcess, alice: httpx.Client, setup: dict[str, str]) -> dict[str, Any]:
+    response = alice.post("/v1/alchemy", json={**setup, "budget": TINY_BUDGET, "fraction": 0.2})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["kind"] == "alchemy" and response.headers["location"] == f"/v1/alchemy/{job['id']}"
+    assert wait_job(alice, job["id"])["status"] == "succeeded"
+    return alice.get(f"/v1/alchemy/{job['id']}").json()
+
+
+def test_alchemy_reports_dice_kernels_gamma_and_weights(alchemy_job: dict[str, Any]) -> None:
+    assert alchemy_job["job"]["status"] == "succeeded"
+    [fold] = alchemy_job["results"]
+    assert fold["fold"] == 0 and fold["status"] == "ok" and fold["error"] is None
+    assert 0.0 <= fold["dice"]["score"] <= 1.0
+    assert set(fold["dice"]["per_class"]) == {"tumor", "edema"}
+    assert fold["reinitialised"]["reinitialised"] > 0  # 20 % of the kernels were re-drawn
+    assert set(fold["gamma"]) == {"raw", "after_bn", "modified", "after_alchemy"}
+    assert fold["metrics"]["mode"] == "alchemy" and fold["metrics"]["steps"] == 4
+    assert alchemy_job["summary"]["dice_per_fold"] == [fold["dice"]["score"]]
+
+
+def test_fine_tuned_weights_download_and_load(
+    alice: httpx.Client, bob: httpx.Client, alchemy_job: dict[str, Any], tmp_path: Path
+) -> None:
+    artifact_id = alchemy_job["results"][0]["artifact_id"]
+    response = alice.get(f"/v1/artifacts/{artifact_id}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert ".safetensors" in response.headers["content-disposition"]
+    path = tmp_path / "tuned.safetensors"
+    path.write_bytes(response.content)
+    _, report = load_checkpoint(path)
+    assert report.architecture == "unet3d" and report.matched_fraction == 1.0
+    assert bob.get(f"/v1/artifacts/{artifact_id}").status_code == 404
+    assert alice.get("/v1/artifacts/art_unknown").status_code == 404
+
+
+def test_k_fold_runs_one_task_per_fold(
+    alice: httpx.Client, api: str, setup: dict[str, str], worker: WorkerProcess
+) -> None:
+    body = {**setup, "mode": "finetune", "folds": 2, "budget": TINY_BUDGET}
+    response = alice.post("/v1/alchemy", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["params"]["folds"] == 2
+    with Client(api, alice.headers["authorization"].split()[1]) as client:
+        events = list(client.events(job["id"]))
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+    assert [e["name"] for e in events[-1][1]["entries"]] == ["fold 0", "fold 1"]
+    result = alice.get(f"/v1/alchemy/{job['id']}").json()
+    assert [r["fold"] for r in result["results"]] == [0, 1]
+    assert all(r["status"] == "ok" and r["reinitialised"] == {} for r in result["results"])
+    assert {"dice_mean", "dice_std"} <= set(result["summary"])
+    assert len({r["artifact_id"] for r in result["results"]}) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "expected"),
+    [
+        ({"threshold": 0.1, "fraction": 0.2}, 422, "not both"),
+        ({"folds": 9}, 422, "folds"),
+        ({"mode": "magic"}, 422, "mode"),
+        ({"checkpoint_id": "ck_unknown"}, 404, "ck_unknown"),
+        ({"dataset_id": "ds_unknown"}, 404, "ds_unknown"),
+    ],
+)
+def test_bad_alchemy_requests(
+    alice: httpx.Client, setup: dict[str, str], change: dict, status: int, expected: str
+) -> None:
+    response = alice.post("/v1/alchemy", json={**setup, **change})
+    assert response.status_code == status, response.text
+    assert expected in response.json()["detail"]
+
+
+def test_alchemy_jobs_belong_to_their_owner(bob: httpx.Client, alchemy_job: dict[str, Any], setup: dict) -> None:
+    assert bob.get(f"/v1/alchemy/{alchemy_job['job']['id']}").status_code == 404
+    assert bob.post("/v1/alchemy", json=setup).status_code == 404
+
+
+def test_without_the_engine_module_alchemy_answers_501(
+    alice: httpx.Client, setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.routes.alchemy as route
+
+    def missing(name: str) -> None:
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(route.importlib, "import_module", missing)
+    response = alice.post("/v1/alchemy", json=setup)
+    assert response.status_code == 501
+    assert "not available" in response.json()["detail"]
+    assert alice.get("/v1/alchemy/job_anything").status_code == 501
