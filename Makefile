@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-local serve test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,10 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole product on the embedded default: demo data, API + worker, uploads, dataset, ranking, table.
 demo: install
+	$(VENV)/bin/bnrank demo --out $(DEMO)
+
+# The same ranking with the engine alone, no service.
+demo-local: install
 	$(VENV)/bin/bnrank demo-data --out $(DEMO)
 	$(VENV)/bin/bnrank rank --dataset $(DEMO)/Dataset501_MNIBrain --json $(DEMO)/ranking.json \
 		$(DEMO)/candidates/*.safetensors
+
+serve: install
+	$(VENV)/bin/bnrank serve
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -182,31 +182,28 @@ class ProgressLine:
 
 
 def print_ranking(ranking: dict[str, Any]) -> None:
-    """The ranking table of `bnrank rank`, from the REST representation."""
-    entries = ranking["entries"]
-    classes = list(next((e["dice_per_class"] for e in entries if e["dice_per_class"]), {}))
-    threshold = next((e["gamma"]["after_bn"].get("threshold") for e in entries if e["gamma"].get("after_bn")), 0.05)
-    header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
-    header += f"  {'γ<' + format(threshold, 'g'):>7}  {'steps':>5}  {'sec':>6}  checkpoint"
-    print(header)
-    print("-" * len(header))
-    for e in entries:
-        rank = str(e["rank"]) if e["rank"] else "-"
-        if e["status"] != "ok":
-            print(f"{rank:>4}  {e['status'].upper():>6}  {e['name']}: {e['error'] or ''}")
-            continue
-        cells = "  ".join(
-            f"{'-':>10}" if e["dice_per_class"].get(c) is None else f"{e['dice_per_class'][c]:10.3f}" for c in classes
+    """The ranking table of `bnrank rank` (bnrank.cli.print_ranking), from the REST representation."""
+    from bnrank.cli import print_ranking as print_engine_ranking
+    from bnrank.engine.ranking import RankEntry, RankingResult
+
+    entries = [
+        RankEntry(
+            checkpoint=e["name"],
+            status=e["status"],
+            rank=e["rank"],
+            score=e["score"],
+            dice_per_class=e["dice_per_class"],
+            gamma={"after": {"summary": e["gamma"]["after_bn"]}} if "after_bn" in e["gamma"] else {},
+            steps=e["steps"],
+            seconds=e["seconds"],
+            error=e["error"] or (None if e["status"] == "ok" else e["status"]),
+            is_control=e["is_control"],
         )
-        share = e["gamma"].get("after_bn", {}).get("share_below")
-        gamma = f"{share:7.1%}" if share is not None else f"{'-':>7}"
-        print(f"{rank:>4}  {e['score']:6.3f}  {cells}  {gamma}  {e['steps']:>5}  {e['seconds']:6.1f}  {e['name']}")
-    stability = ranking.get("stability") or {}
-    if stability.get("kendall_tau") is not None:
-        print(
-            f"stability: order at {stability['at_fraction']:.0%} of the budget vs the end, Kendall τ = "
-            f"{stability['kendall_tau']:.2f}, same top-1: {'yes' if stability['same_top1'] else 'no'}"
-        )
+        for e in ranking["entries"]
+    ]
+    print_engine_ranking(
+        RankingResult(dataset="", entries=entries, config={}, stability=ranking.get("stability") or {})
+    )
 
 
 # ----------------------------------------------------------------------------------------------- demo
@@ -231,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from bnrank.engine.demo import write_demo
         from bnrank.engine.threads import configure_threads
 
-        configure_threads()
+        configure_threads(threads=args.threads or None)
         _info(f"writing the demo data to {out} ...")
         write_demo(out, log=_info)
 
