@@ -37,9 +37,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import head_modules
 from bnrank.engine.errors import BNRankError, TrainingError
-from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, build_candidate, order_entries
+from bnrank.engine.ranking import (
+    Candidate,
+    RankEntry,
+    RankingResult,
+    build_candidate,
+    control_candidates,
+    order_entries,
+)
 from bnrank.engine.training import PatchSchedule, TaskData, TrainConfig, autocast, resolve_device
-from bnrank.engine.verify import control_candidates
 
 EPSILON = 1e-5
 MAX_ITERATIONS = 11  # the reference implementation's bound; it typically converges in 2-3 iterations

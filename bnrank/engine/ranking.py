@@ -154,6 +154,32 @@ def stability(entries: Sequence[RankEntry], window: int, fraction: float = 0.5) 
     return result
 
 
+def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The random-init controls ``rank_candidates`` adds: one per architecture and build options seen.
+
+    ``entries[i]`` is the (unordered) entry of ``candidates[i]``.
+    """
+    controls: dict[str, Candidate] = {}
+    for entry, cand in zip(entries, candidates, strict=False):
+        if entry.load_report is None or entry.is_control:
+            continue
+        kwargs = {
+            k: v for k, v in entry.load_report["build_kwargs"].items() if k not in ("in_channels", "out_channels")
+        }
+        key = json.dumps([entry.architecture, kwargs, cand.network_def], sort_keys=True, default=str)
+        arch = cand.architecture if cand.network_def is None else None
+        controls.setdefault(
+            key,
+            Candidate(
+                name=f"control: random init ({entry.architecture})",
+                architecture=arch or entry.architecture,
+                network_def=cand.network_def,
+                build_kwargs=kwargs,
+            ),
+        )
+    return list(controls.values())
+
+
 def rank_candidates(
     candidates: Sequence[Candidate],
     data: TaskData,
@@ -165,31 +191,14 @@ def rank_candidates(
 ) -> RankingResult:
     """Evaluate every candidate (and the random-init controls) on the same data, schedule and head seed."""
     entries: list[RankEntry] = []
-    controls: dict[str, Candidate] = {}
     for i, cand in enumerate(candidates):
 
         def progress(step: int, total: int, msg: str, i: int = i) -> None:
             if on_progress:
                 on_progress(i * total + step, len(candidates) * total, msg)
 
-        entry = evaluate_candidate(cand, data, config, on_progress=progress)
-        entries.append(entry)
-        if control and entry.load_report is not None:
-            kwargs = {
-                k: v for k, v in entry.load_report["build_kwargs"].items() if k not in ("in_channels", "out_channels")
-            }
-            key = json.dumps([entry.architecture, kwargs, cand.network_def], sort_keys=True, default=str)
-            arch = cand.architecture if cand.network_def is None else None
-            controls.setdefault(
-                key,
-                Candidate(
-                    name=f"control: random init ({entry.architecture})",
-                    architecture=arch or entry.architecture,
-                    network_def=cand.network_def,
-                    build_kwargs=kwargs,
-                ),
-            )
-    for cand in controls.values():
+        entries.append(evaluate_candidate(cand, data, config, on_progress=progress))
+    for cand in control_candidates(entries, candidates) if control else []:
         entries.append(evaluate_candidate(cand, data, config))
     ordered = order_entries(entries)
     return RankingResult(

@@ -11,7 +11,6 @@ those K + 1 agrees with the ranking's order. It costs K + 1 short fine-tunings, 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from scipy.stats import kendalltau
 
 from bnrank.engine.bn_only import reinit_head
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, build_candidate
+from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, build_candidate, control_candidates
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
 
 # A short full fine-tuning: the learning rate of `bnrank alchemy`'s fine-tuning (full training wants a
@@ -45,32 +44,6 @@ def finetune_candidate(
     for p in model.parameters():
         p.requires_grad_(True)
     return train(model, model.parameters(), data, config, on_progress=on_progress, label=candidate.name)
-
-
-def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The random-init controls ``rank_candidates`` adds: one per architecture and build options seen.
-
-    ``entries[i]`` is the (unordered) entry of ``candidates[i]``.
-    """
-    controls: dict[str, Candidate] = {}
-    for entry, cand in zip(entries, candidates, strict=False):
-        if entry.load_report is None or entry.is_control:
-            continue
-        kwargs = {
-            k: v for k, v in entry.load_report["build_kwargs"].items() if k not in ("in_channels", "out_channels")
-        }
-        key = json.dumps([entry.architecture, kwargs, cand.network_def], sort_keys=True, default=str)
-        arch = cand.architecture if cand.network_def is None else None
-        controls.setdefault(
-            key,
-            Candidate(
-                name=f"control: random init ({entry.architecture})",
-                architecture=arch or entry.architecture,
-                network_def=cand.network_def,
-                build_kwargs=kwargs,
-            ),
-        )
-    return list(controls.values())
 
 
 def _candidate_for(entry: RankEntry, candidates: Sequence[Candidate], entries: Sequence[RankEntry]) -> Candidate:
