@@ -7,11 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# Budget defaults of `bnrank alchemy` where they differ from a ranking's (see docs/alchemy.md): full
-# fine-tuning needs a smaller learning rate than BN-only training, and more steps than a ranking.
-ALCHEMY_DEFAULTS = {"max_steps": 120, "lr": 3e-3, "val_every": 20, "patience": 4}
-IDENTIFY_STEPS = 60
-IDENTIFY_LR = 1e-2
+from bnrank.engine.alchemy import FINETUNE_DEFAULTS as ALCHEMY_DEFAULTS
+from bnrank.engine.alchemy import IDENTIFY_LR, IDENTIFY_STEPS
 
 
 def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config: Callable, load_task: Callable) -> None:

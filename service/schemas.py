@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bnrank.engine.alchemy import FINETUNE_DEFAULTS, IDENTIFY_LR, IDENTIFY_STEPS
 from bnrank.engine.training import TrainConfig
 
 T = TypeVar("T")
@@ -145,6 +146,15 @@ class RankingIn(BaseModel):
         return value
 
 
+class AlchemyBudget(Budget):
+    """Fine-tuning budget: all parameters train, so a smaller learning rate than a ranking's BN-only one."""
+
+    max_steps: int = Field(default=FINETUNE_DEFAULTS["max_steps"], ge=1, le=1_000_000)
+    val_every: int = Field(default=FINETUNE_DEFAULTS["val_every"], ge=1)
+    patience: int = Field(default=FINETUNE_DEFAULTS["patience"], ge=1)
+    lr: float = Field(default=FINETUNE_DEFAULTS["lr"], gt=0, le=10)
+
+
 class AlchemyIn(BaseModel):
     """Network alchemy (DESIGN §2): identification → modification → maximization, each switchable.
 
@@ -164,9 +174,9 @@ class AlchemyIn(BaseModel):
     lam: float | None = Field(default=None, ge=0, description="λ, weight of R_γ in the loss")
     threshold: float | None = Field(default=None, gt=0, description="|γ| under which a kernel is redundant")
     fraction: float | None = Field(default=None, gt=0, le=1, description="or: this lowest share of all γ")
-    identify_steps: int | None = Field(default=None, ge=1, description="BN-only budget (default: max_steps)")
-    identify_lr: float | None = Field(default=None, gt=0, description="BN-only learning rate (default: lr)")
-    budget: Budget = Field(default_factory=Budget)
+    identify_steps: int | None = Field(default=IDENTIFY_STEPS, ge=1, description="BN-only steps of identification")
+    identify_lr: float | None = Field(default=IDENTIFY_LR, gt=0, description="BN-only learning rate of identification")
+    budget: AlchemyBudget = Field(default_factory=AlchemyBudget)
     folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 

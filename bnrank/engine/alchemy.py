@@ -50,6 +50,12 @@ DEFAULT_ALPHA = 0.1
 DEFAULT_BETA = 1.0
 DEFAULT_LAMBDA = 1e-4
 DEFAULT_MAX_SHARE = 0.5
+# Budget defaults of an alchemy job where they differ from a ranking's (docs/alchemy.md): full fine-tuning
+# needs a smaller learning rate than BN-only training, and more steps than a ranking. The CLI and the
+# service both take them from here.
+FINETUNE_DEFAULTS = {"max_steps": 120, "lr": 3e-3, "val_every": 20, "patience": 4}
+IDENTIFY_STEPS = 60
+IDENTIFY_LR = 1e-2
 _STD_EPS = 1e-12  # keeps ∂std/∂γ finite when every γ is equal (a fresh network: all γ = 1)
 
 
