@@ -76,15 +76,20 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: inside the dataset)")
 
 
-def _config(args: argparse.Namespace):
-    from bnrank.engine.training import TrainConfig
-
+def _patch_size(args: argparse.Namespace) -> tuple[int, int, int]:
+    """--patch-size takes one side (a cube) or three."""
     patch = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
     if len(patch) != 3:
         raise BNRankError(f"--patch-size takes 1 or 3 numbers, got {len(args.patch_size)}")
+    return tuple(patch)
+
+
+def _config(args: argparse.Namespace):
+    from bnrank.engine.training import TrainConfig
+
     return TrainConfig(
         max_steps=args.max_steps,
-        patch_size=tuple(patch),
+        patch_size=_patch_size(args),
         batch_size=args.batch_size,
         val_every=args.val_every,
         patience=args.patience,
@@ -291,14 +296,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bnrank.engine.threads import configure_threads
 
     threads = configure_threads(threads=args.threads)
-    patch = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
-    if len(patch) != 3:
-        raise BNRankError(f"--patch-size takes 1 or 3 numbers, got {len(args.patch_size)}")
     config = PretrainConfig(
         architecture=args.architecture,
         build_kwargs={"width": args.width} if args.width else {},
         steps=args.steps,
-        patch_size=tuple(patch),
+        patch_size=_patch_size(args),
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
