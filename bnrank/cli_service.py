@@ -48,16 +48,15 @@ def _settings(**overrides: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
     from service.db import migrate
     from service.launcher import WorkerProcess
+    from service.logs import configure_logging
     from service.main import create_app
 
     settings = _settings(api_host=args.host, api_port=args.port)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     settings.ensure_folders()
     migrate(settings)
     _info(f"database: {_safe_url(settings.database_url)}")
@@ -73,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=settings.api_host,
             port=settings.api_port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # configure_logging above: the same text or JSON format as the worker
             access_log=args.access_log,
         )
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ with, a direct look is a single round trip (Redis ``PING``/``LLEN``) or a direct
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,43 @@ class BrokerProbe:
         if self.settings.embedded_broker:
             suffix = f".{self.settings.queue}.msg"
             return sum(1 for name in os.listdir(self._queue_folder()) if name.endswith(suffix))
+        return None
+
+    def pending_task_ids(self) -> set[str] | None:
+        """Ids of every task the broker still holds: waiting, or delivered but not yet acknowledged.
+
+        None where the broker cannot be asked (then nothing is re-sent as lost). Redis keeps waiting
+        messages in the queue's list and delivered ones in the ``unacked`` hash until the worker acks
+        (``acks_late``: after the task ran). The filesystem broker keeps a file per waiting message; a
+        message a worker has taken is no longer visible, which makes a re-send possible but harmless
+        (the tasks are idempotent and a row being worked on cannot be claimed twice).
+        """
+        if self._redis is not None:
+            prefix = self.settings.broker_key_prefix
+            # Unacked first: a message moves from the list to the hash, so reading in this order can only
+            # see it twice, never miss it.
+            raw = list(self._redis.hvals(prefix + "unacked"))
+            raw += self._redis.lrange(prefix + self.settings.queue, 0, -1)
+            ids = set()
+            for item in raw:
+                try:
+                    message = json.loads(item)
+                    if isinstance(message, list):  # unacked: [message, exchange, routing key]
+                        message = message[0]
+                    ids.add(str(message["headers"]["id"]))
+                except (ValueError, KeyError, TypeError, IndexError):
+                    continue
+            return ids
+        if self.settings.embedded_broker:
+            folder = self._queue_folder()
+            suffix = f".{self.settings.queue}.msg"
+            ids = set()
+            for path in folder.glob(f"*{suffix}"):
+                try:
+                    ids.add(str(json.loads(path.read_bytes())["headers"]["id"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # taken by a worker while we looked, or half-written
+            return ids
         return None
 
     def close(self) -> None:

@@ -64,10 +64,26 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(
         default=2.0, gt=0, description="how often a running task writes progress and checks for cancel"
     )
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a running task whose heartbeat is older than this is presumed dead and its work re-sent",
+    )
+    requeue_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a queued task the broker no longer holds is re-sent once it was dispatched this long ago",
+    )
+    recover_interval_s: float = Field(
+        default=15.0, gt=0, description="how often each worker sweeps for lost or orphaned work"
+    )
     sse_poll_interval_s: float = Field(default=0.5, gt=0, description="how often /jobs/{id}/events looks at a job")
     gamma_threshold: float = Field(default=0.05, gt=0, description="|γ| counted as near zero in γ statistics")
     max_candidates: int = Field(default=64, ge=1, description="most checkpoints in one ranking")
     log_level: str = Field(default="INFO", description="log level of the API and the worker")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for a terminal; json (one object per line, with job ids) for collectors"
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -100,6 +116,11 @@ class Settings(BaseSettings):
         self.data_roots = [p.expanduser().absolute() for p in self.data_roots]
         if not self.data_roots:
             raise ValueError("data_roots is empty: at least one folder must hold the datasets")
+        if self.lease_s < 3 * self.progress_interval_s:
+            raise ValueError(
+                f"lease_s ({self.lease_s}) must be at least 3 × progress_interval_s ({self.progress_interval_s}):"
+                " a live task renews its heartbeat only that often"
+            )
         return self
 
     # ----------------------------------------------------------------------------------------- derived

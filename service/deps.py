@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
@@ -16,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.blobs import BlobStore
 from service.config import Settings
+from service.dispatch import send_tasks
+from service.jobflow import stamp_dispatch, task_message
 from service.models import Dataset, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -87,30 +88,22 @@ def owned_dataset(session: Session, owner: str, dataset_id: str) -> Dataset:
     return dataset
 
 
-def submit_job(
-    session: Session,
-    celery: Celery,
-    settings: Settings,
-    job: Job,
-    task_name: str,
-    task_args: Callable[[], list[list[Any]]],
-) -> None:
-    """Commit the job with its task ids, then send one task per unit of work.
+def submit_job(session: Session, celery: Celery, settings: Settings, job: Job) -> None:
+    """Commit the job with its rows and their task ids, then send one task per row.
 
-    Ids are chosen before the commit so the row is complete before any task can start. ``task_args`` is
-    called after the commit, when the rows have their ids. If the broker refuses, the job can never run:
-    it is marked failed and the caller gets 503.
+    Ids are chosen before the commit so the rows are complete before any task can start. If the broker
+    refuses, the job can never run: it is marked failed and the caller gets 503.
     """
     session.add(job)
     session.flush()
-    args = task_args()
-    task_ids = [str(uuid.uuid4()) for _ in args]
-    job.task_ids = task_ids
+    rows = job.entries if job.kind == "ranking" else job.alchemy_results
+    messages = []
+    for row in rows:
+        name, args = task_message(job, row)
+        messages.append((stamp_dispatch(job, row), name, args))
     session.commit()
     try:
-        with celery.producer_or_acquire() as producer:  # one broker connection for all of the job's tasks
-            for task_id, arguments in zip(task_ids, args, strict=True):
-                celery.send_task(task_name, args=arguments, task_id=task_id, queue=settings.queue, producer=producer)
+        send_tasks(celery, settings.queue, messages)
     except Exception as exc:  # kombu raises a zoo of connection errors
         log.error("cannot enqueue job %s: %s", job.id, exc)
         session.rollback()

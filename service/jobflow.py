@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,30 @@ from service.models import (
 )
 
 ACTIVE_JOB = ("queued", "running")
+
+# Celery task names, by job kind. The API sends tasks by name and never imports the worker's task module.
+TASK_RANK_ENTRY = "bnrank.rank_entry"
+TASK_ALCHEMY = "bnrank.alchemy"
+TASK_PROBE = "bnrank.probe"
+JOB_TASKS = {"ranking": TASK_RANK_ENTRY, "alchemy": TASK_ALCHEMY, "probe": TASK_PROBE}
+
+WorkRow = RankingEntry | AlchemyResult
+
+
+def task_message(job: Job, row: WorkRow) -> tuple[str, list[Any]]:
+    """The task that runs one unit of work, and its arguments: (job, entry) or (job, fold)."""
+    if isinstance(row, RankingEntry):
+        return JOB_TASKS[job.kind], [job.id, row.id]
+    return JOB_TASKS[job.kind], [job.id, row.fold]
+
+
+def stamp_dispatch(job: Job, row: WorkRow) -> str:
+    """Give the row a fresh task id (recorded on the job too) just before its message is sent."""
+    task_id = str(uuid.uuid4())
+    row.task_id = task_id
+    row.dispatched_at = utcnow()
+    job.task_ids = [*(job.task_ids or []), task_id]
+    return task_id
 
 
 def train_config(params: dict[str, Any], device: str = "cpu") -> TrainConfig:
@@ -93,7 +118,7 @@ def ranking_entries(checkpoints: Sequence[Checkpoint], control: bool) -> list[Ra
 
 
 def work_rows(kind: str) -> type[RankingEntry] | type[AlchemyResult]:
-    """The table holding a job's units of work: one row per candidate, or one per alchemy fold."""
+    """The table holding a job's units of work: one row per candidate, or one per alchemy/probe fold."""
     return RankingEntry if kind == "ranking" else AlchemyResult
 
 
@@ -123,7 +148,7 @@ def finalise(session: Session, job_id: str) -> bool:
     job = session.get(Job, job_id)
     if job is None or job.status in TERMINAL_JOB_STATUSES:
         return False
-    return finalise_ranking(session, job) if job.kind == "ranking" else finalise_alchemy(session, job)
+    return finalise_ranking(session, job) if job.kind == "ranking" else finalise_folds(session, job)
 
 
 def _close(session: Session, job: Job, status: str, error: str | None, result: dict[str, Any]) -> bool:
@@ -188,8 +213,8 @@ def finalise_ranking(session: Session, job: Job) -> bool:
     return True
 
 
-def finalise_alchemy(session: Session, job: Job) -> bool:
-    """Close an alchemy job once every fold is finished: succeeded only if every fold succeeded."""
+def finalise_folds(session: Session, job: Job) -> bool:
+    """Close an alchemy or probe job once every fold is finished: succeeded only if every fold succeeded."""
     folds = list(session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job.id)))
     if not folds or any(f.status not in TERMINAL_ENTRY_STATUSES for f in folds):
         return False

@@ -24,7 +24,7 @@ from service.cache import FinishedCache
 from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import Metrics, MetricsMiddleware, StateCollector
-from service.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, rankings
+from service.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, probes, rankings
 from worker.celery_app import make_celery
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     app.include_router(health.router)
-    for module in (checkpoints, datasets, rankings, alchemy, jobs, artifacts):
+    for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts):
         app.include_router(module.router)  # each router carries its full /v1/... prefix (metrics labels)
     return app

@@ -1,10 +1,11 @@
-"""Prometheus metrics: request counts and latency per route, jobs by status, queue length.
+"""Prometheus metrics: request counts and latency per route, jobs by status, queue length, task durations.
 
 Request metrics are recorded by a plain ASGI middleware (no per-request task or thread, unlike Starlette's
 BaseHTTPMiddleware) and labelled by the route *template* (``/v1/jobs/{job_id}``), never the raw path, so
 ids cannot blow up the number of series. Job counts and the queue length are read at scrape time: they
 live in the database and the broker, and a scrape every few seconds is cheaper than keeping counters in
-sync across API replicas and workers.
+sync across API replicas and workers. Task durations come from the same place: every finished unit of work
+stores its run time, so the histogram covers all workers on all hosts without a metrics port per worker.
 """
 
 from __future__ import annotations
@@ -15,21 +16,47 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal_column, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import Database
-from service.models import JOB_STATUSES, Job
+from service.models import JOB_STATUSES, AlchemyResult, Job, RankingEntry
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+TASK_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0)
+
+
+def _duration_histograms(session: Any) -> Iterator[Metric]:
+    """``bnrank_task_duration_seconds`` by task kind and outcome, from the finished rows (one query each)."""
+    family = HistogramMetricFamily(
+        "bnrank_task_duration_seconds", "Run time of finished tasks", labels=["task", "status"]
+    )
+    for rows, kind in ((RankingEntry, literal_column("'ranking'")), (AlchemyResult, Job.kind)):
+        buckets = [func.sum(case((rows.seconds <= b, 1), else_=0)) for b in TASK_BUCKETS]
+        query = (
+            select(kind, rows.status, func.count(), func.sum(rows.seconds), *buckets)
+            .join(Job, Job.id == rows.job_id)
+            .where(rows.status.in_(("ok", "failed")))
+            .group_by(kind, rows.status)
+        )
+        for job_kind, status, count, total, *cumulative in session.execute(query):
+            task = TASK_LABELS.get(job_kind, job_kind)
+            points = [(str(b), int(c or 0)) for b, c in zip(TASK_BUCKETS, cumulative, strict=True)]
+            family.add_metric([task, status], [*points, ("+Inf", int(count))], float(total or 0.0))
+    yield family
+
+
+TASK_LABELS = {"ranking": "rank_entry", "alchemy": "alchemy_fold", "probe": "probe_fold"}
+
+
 class StateCollector(Collector):
-    """Jobs by status (from the database) and tasks waiting in the queue (from the broker)."""
+    """Jobs by status and task durations (from the database), tasks waiting in the queue (from the broker)."""
 
     def __init__(self, db: Database, queue_length: Callable[[], int | None]) -> None:
         self.db = db
@@ -47,6 +74,11 @@ class StateCollector(Collector):
             for status in JOB_STATUSES:
                 jobs.add_metric([status], counts.get(status, 0))
             yield jobs
+        try:
+            with self.db.sessions() as session:
+                yield from list(_duration_histograms(session))
+        except Exception as exc:
+            log.warning("metrics: cannot read task durations: %s", exc)
         try:
             length = self.queue_length()
         except Exception as exc:

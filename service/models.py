@@ -178,7 +178,11 @@ class Job(Base):
 
 class RankingEntry(Base):
     """One candidate of a ranking. ``slot`` (checkpoint id, or ``control:<architecture key>``) is unique per
-    job, so a redelivered task updates its row instead of adding a second one."""
+    job, so a redelivered task updates its row instead of adding a second one.
+
+    ``task_id``/``dispatched_at`` name the latest message sent for the row and ``heartbeat_at`` is renewed
+    by the worker running it: together they let `service.recovery` tell a lost message or a dead worker
+    from work that is merely waiting or slow (the same columns sit on ``alchemy_results``)."""
 
     __tablename__ = "ranking_entries"
     __table_args__ = (UniqueConstraint("job_id", "slot"),)
@@ -202,6 +206,9 @@ class RankingEntry(Base):
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text)
     load_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -252,8 +259,9 @@ class Artifact(Base):
 
 
 class AlchemyResult(Base):
-    """One fold of an alchemy job (fold 0 when there is no cross-validation); like a ranking entry, the
-    (job, fold) pair is the slot a redelivered task writes over."""
+    """One fold of an alchemy or γ-clipping probe job (fold 0 when there is no cross-validation); like a
+    ranking entry, the (job, fold) pair is the slot a redelivered task writes over. A probe keeps its
+    per-threshold table in ``metrics`` and the unclipped Dice in ``dice``."""
 
     __tablename__ = "alchemy_results"
     __table_args__ = (UniqueConstraint("job_id", "fold"),)
@@ -264,6 +272,10 @@ class AlchemyResult(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
     dice: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reinitialised: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

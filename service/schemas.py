@@ -12,6 +12,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, IDENTIFY_LR, IDENTIFY_STEPS
+from bnrank.engine.probe import DEFAULT_DRAWS as PROBE_DRAWS
+from bnrank.engine.probe import DEFAULT_THRESHOLDS as PROBE_THRESHOLDS
 from bnrank.engine.training import TrainConfig
 
 T = TypeVar("T")
@@ -181,6 +183,31 @@ class AlchemyIn(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+class ProbeIn(BaseModel):
+    """The γ-clipping probe (thesis Fig. 3.1): BN-only training, then zero the γ under each threshold and as
+    many random γ, and compare the Dice. Tells whether small γ mark redundant kernels on *this* dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    checkpoint_id: str
+    thresholds: list[float] = Field(
+        default_factory=lambda: list(PROBE_THRESHOLDS), min_length=1, max_length=32, description="|γ| cut-offs"
+    )
+    draws: int = Field(default=PROBE_DRAWS, ge=1, le=20, description="random clippings averaged per threshold")
+    budget: Budget = Field(default_factory=Budget, description="the BN-only training before clipping")
+    folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        bad = [t for t in value if not (t > 0 and t < float("inf"))]
+        if bad:
+            raise ValueError(f"thresholds must be positive finite numbers, got {bad}")
+        return sorted(set(value))
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -241,6 +268,35 @@ class AlchemyOut(BaseModel):
     job: JobOut
     summary: dict[str, Any] | None = Field(description="Dice per fold, mean and std, once finished")
     results: list[AlchemyResultOut]
+
+
+class ProbeRowOut(BaseModel):
+    threshold: float
+    n_clipped: int
+    share_clipped: float = Field(description="share of all BN channels clipped")
+    dice_threshold: float = Field(description="Dice with every |γ| under the threshold zeroed")
+    dice_random: float = Field(description="Dice with as many random γ zeroed (mean over draws)")
+    dice_random_std: float
+    dice_per_class_threshold: dict[str, float | None]
+    dice_random_draws: list[float]
+
+
+class ProbeFoldOut(BaseModel):
+    fold: int
+    status: Literal["queued", "running", "ok", "failed", "cancelled"]
+    progress: float
+    dice_unclipped: float | None = Field(description="validation Dice after BN-only training, nothing clipped")
+    n_channels: int | None
+    rows: list[ProbeRowOut] = Field(description="one per threshold, ascending")
+    bn_only: dict[str, Any] = Field(description="the BN-only training: score, per-class Dice, curve, steps")
+    gamma: dict[str, dict[str, Any]] = Field(default_factory=dict, description="γ summary after BN-only")
+    seconds: float | None
+    error: str | None
+
+
+class ProbeOut(BaseModel):
+    job: JobOut
+    folds: list[ProbeFoldOut]
 
 
 class Health(BaseModel):

@@ -11,14 +11,13 @@ tasks another worker could start. The tasks are idempotent, so a redelivery is h
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from service.config import Settings, get_settings
-
-TASK_RANK_ENTRY = "bnrank.rank_entry"
-TASK_ALCHEMY = "bnrank.alchemy"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -45,6 +44,16 @@ def make_celery(settings: Settings) -> Celery:
         conf["worker_send_task_events"] = False
     app.conf.update(conf)
     return app
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery leaves logging to us when this signal has a receiver: BNRANK_LOG_FORMAT applies to workers too."""
+    from service.logs import configure_logging
+
+    settings = get_settings()
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else (loglevel or settings.log_level)
+    configure_logging(str(level), settings.log_format)
 
 
 app = make_celery(get_settings())

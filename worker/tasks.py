@@ -15,13 +15,15 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from celery.signals import worker_ready
-from sqlalchemy import delete, select, update
+from celery.signals import worker_ready, worker_shutting_down
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_dataset, preprocess
@@ -31,10 +33,12 @@ from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
 from bnrank.engine.training import TaskData
 from service.blobs import BlobStore
+from service.broker import BrokerProbe
 from service.config import Settings, get_settings
 from service.db import Database
-from service.jobflow import finalise, job_progress, train_config
+from service.jobflow import TASK_ALCHEMY, TASK_PROBE, TASK_RANK_ENTRY, finalise, job_progress, train_config
 from service.launcher import READY_FILE_ENV
+from service.logs import job_context
 from service.models import (
     TERMINAL_ENTRY_STATUSES,
     TERMINAL_JOB_STATUSES,
@@ -48,7 +52,8 @@ from service.models import (
     utcnow,
 )
 from service.paths import PathRefused, resolve_in_roots
-from worker.celery_app import TASK_ALCHEMY, TASK_RANK_ENTRY, app
+from service.recovery import Sweeper
+from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +130,16 @@ class ProgressReporter:
     """Writes the latest progress to the database every few seconds from a side thread, and learns about
     cancellation there; the engine's callback only swaps a tuple and checks a flag, so it costs nothing."""
 
-    def __init__(self, ctx: WorkerContext, rows: WorkRow, job_id: str, row_id: str) -> None:
+    def __init__(self, ctx: WorkerContext, rows: WorkRow, work: Work) -> None:
         self.ctx = ctx
         self.rows = rows
-        self.job_id = job_id
-        self.row_id = row_id
+        self.job_id = work.job_id
+        self.row_id = work.row_id
+        self.attempt = work.attempt
         self._latest: tuple[int, int, str] = (0, 1, "starting")
         self._cancelled = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress-{row_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"progress-{work.row_id}", daemon=True)
 
     def __enter__(self) -> ProgressReporter:
         self._thread.start()
@@ -159,11 +165,11 @@ class ProgressReporter:
         step, total, message = self._latest
         rows = self.rows
         with self.ctx.db.session() as s:
-            s.execute(
+            mine = s.execute(
                 update(rows)
-                .where(rows.id == self.row_id, rows.status == "running")
-                .values(progress=min(step / max(total, 1), 0.99))
-            )
+                .where(rows.id == self.row_id, rows.status == "running", rows.attempts == self.attempt)
+                .values(progress=min(step / max(total, 1), 0.99), heartbeat_at=utcnow())
+            ).rowcount
             s.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == "running")
@@ -172,43 +178,59 @@ class ProgressReporter:
             cancel, status = s.execute(select(Job.cancel_requested, Job.status).where(Job.id == self.job_id)).one()
         if cancel or status in TERMINAL_JOB_STATUSES:
             self._cancelled.set()
+        elif not mine:  # the lease was lost (the recovery sweep re-sent this work): stop, another run owns it
+            log.warning("%s: lease lost to another attempt; stopping", self.row_id)
+            self._cancelled.set()
 
 
 # ------------------------------------------------------------------------------------------- claiming
 
 
-def _cancel_row(s: Session, rows: WorkRow, row_id: str) -> None:
-    s.execute(
-        update(rows)
-        .where(rows.id == row_id, rows.status.in_(("queued", "running")))
-        .values(status="cancelled", progress=1.0, finished_at=utcnow())
-    )
+def _cancel_row(s: Session, rows: WorkRow, row_id: str, attempt: int | None = None) -> None:
+    """Cancel a row; with ``attempt``, only if that run still owns it (its lease was not taken over)."""
+    query = update(rows).where(rows.id == row_id, rows.status.in_(("queued", "running")))
+    if attempt is not None:
+        query = query.where(rows.attempts == attempt)
+    s.execute(query.values(status="cancelled", progress=1.0, finished_at=utcnow()))
 
 
-def _claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult) -> bool:
-    """Mark a row running (and its job, if this is the first); False when there is nothing to do.
+def _claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult, lease_s: float) -> int:
+    """Mark a row running (and its job, if this is the first); the attempt number, or 0 for nothing to do.
 
     A row already finished is a redelivery of done work; a row of a cancelled or ended job is cancelled.
-    Either way the job may now be complete, so finalising is attempted.
+    Either way the job may now be complete, so finalising is attempted. A row another worker is running
+    (its heartbeat younger than the lease) is left to it: this is a duplicate delivery. The attempt number
+    is the claim's token: every later write of this run is conditional on it, so a run whose lease was taken
+    over can no longer write.
     """
     if row.status in TERMINAL_ENTRY_STATUSES:
         finalise(s, job.id)
-        return False
+        return 0
     if job.status in TERMINAL_JOB_STATUSES or job.cancel_requested:
         _cancel_row(s, rows, row.id)
         s.flush()
         finalise(s, job.id)
-        return False
+        return 0
     now = utcnow()
+    live = now - timedelta(seconds=lease_s)
     claimed = s.execute(
         update(rows)
-        .where(rows.id == row.id, rows.status.in_(("queued", "running")))
-        .values(status="running", attempts=rows.attempts + 1, started_at=now, progress=0.0, error=None)
+        .where(
+            rows.id == row.id,
+            rows.attempts == row.attempts,
+            or_(
+                rows.status == "queued",
+                (rows.status == "running") & or_(rows.heartbeat_at.is_(None), rows.heartbeat_at <= live),
+            ),
+        )
+        .values(status="running", attempts=row.attempts + 1, started_at=now, heartbeat_at=now, progress=0.0, error=None)
+        .execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:
-        return False
+        log.info("%s is being run by another worker: this delivery is a duplicate, skipped", row.id)
+        return 0
     s.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(status="running", started_at=now))
-    return True
+    return row.attempts + 1
 
 
 @dataclass
@@ -224,11 +246,15 @@ class Work:
     dataset_uri: str | None
     skip_cases: set[str]
     checkpoint_id: str | None
+    attempt: int = 0
+    seconds: float = 0.0
     candidate: Candidate | None = None
     problem: str | None = None
 
 
-def _work(ctx: WorkerContext, s: Session, job: Job, row_id: str, name: str, checkpoint_id: str | None) -> Work:
+def _work(
+    ctx: WorkerContext, s: Session, job: Job, row_id: str, name: str, checkpoint_id: str | None, attempt: int
+) -> Work:
     dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
     work = Work(
         job_id=job.id,
@@ -240,6 +266,7 @@ def _work(ctx: WorkerContext, s: Session, job: Job, row_id: str, name: str, chec
         dataset_uri=dataset.uri if dataset else None,
         skip_cases={p["case_id"] for p in (dataset.problems if dataset else [])},
         checkpoint_id=checkpoint_id,
+        attempt=attempt,
     )
     if dataset is None:
         work.problem = "the dataset of this job no longer exists"
@@ -286,9 +313,10 @@ def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> Work | None:
         if entry is None or job is None or entry.job_id != job_id:
             log.warning("task for unknown entry %s of job %s: skipped", entry_id, job_id)
             return None
-        if not _claim(s, RankingEntry, job, entry):
+        attempt = _claim(s, RankingEntry, job, entry, ctx.settings.lease_s)
+        if not attempt:
             return None
-        work = _work(ctx, s, job, entry_id, entry.name, entry.checkpoint_id)
+        work = _work(ctx, s, job, entry_id, entry.name, entry.checkpoint_id, attempt)
         if entry.is_control and work.dataset_uri is not None:
             work.problem = None
             work.candidate = Candidate(
@@ -317,7 +345,7 @@ def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> Non
     """Write the entry's result over its row (never a new row), then try to close the ranking."""
     with ctx.db.session() as s:
         if outcome is None:  # cancelled
-            _cancel_row(s, RankingEntry, work.row_id)
+            _cancel_row(s, RankingEntry, work.row_id, work.attempt)
         else:
             values: dict[str, Any] = {
                 "status": outcome.status,
@@ -335,7 +363,11 @@ def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> Non
                 values["architecture"] = outcome.architecture
             written = s.execute(
                 update(RankingEntry)
-                .where(RankingEntry.id == work.row_id, RankingEntry.status == "running")
+                .where(
+                    RankingEntry.id == work.row_id,
+                    RankingEntry.status == "running",
+                    RankingEntry.attempts == work.attempt,
+                )
                 .values(**values)
             ).rowcount
             if written == 1:
@@ -348,11 +380,14 @@ def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> Non
 
 def _run(ctx: WorkerContext, rows: WorkRow, work: Work, body: Any) -> Any:
     """Run ``body(reporter)`` with progress reporting; None means cancelled, an exception a failure."""
-    with ProgressReporter(ctx, rows, work.job_id, work.row_id) as reporter:
+    started = time.perf_counter()
+    with ProgressReporter(ctx, rows, work) as reporter:
         try:
             return body(reporter)
         except Cancelled:
             return None
+        finally:
+            work.seconds = time.perf_counter() - started
 
 
 def run_rank_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> str:
@@ -391,12 +426,13 @@ def claim_fold(ctx: WorkerContext, job_id: str, fold: int) -> Work | None:
         if job is None or row is None:
             log.warning("task for unknown fold %s of job %s: skipped", fold, job_id)
             return None
-        if not _claim(s, AlchemyResult, job, row):
+        attempt = _claim(s, AlchemyResult, job, row, ctx.settings.lease_s)
+        if not attempt:
             return None
         checkpoint_id = job.params.get("checkpoint_id")
         ckpt = s.get(Checkpoint, checkpoint_id) if checkpoint_id else None
         name = f"{ckpt.name if ckpt else 'checkpoint'} fold {fold}"
-        return _work(ctx, s, job, row.id, name, ckpt.id if ckpt else None)
+        return _work(ctx, s, job, row.id, name, ckpt.id if ckpt else None, attempt)
 
 
 def _alchemy(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> tuple[Any, Path]:
@@ -431,12 +467,16 @@ def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: 
     """Fine-tuned weights into the blob store (an artifact), the fold's result over its row, then finalise."""
     with ctx.db.session() as s:
         if outcome is None and error is None:
-            _cancel_row(s, AlchemyResult, work.row_id)
+            _cancel_row(s, AlchemyResult, work.row_id, work.attempt)
         elif error is not None:
             s.execute(
                 update(AlchemyResult)
-                .where(AlchemyResult.id == work.row_id, AlchemyResult.status == "running")
-                .values(status="failed", error=error[:4000], progress=1.0, finished_at=utcnow())
+                .where(
+                    AlchemyResult.id == work.row_id,
+                    AlchemyResult.status == "running",
+                    AlchemyResult.attempts == work.attempt,
+                )
+                .values(status="failed", error=error[:4000], progress=1.0, seconds=work.seconds, finished_at=utcnow())
             )
         else:
             assert weights is not None
@@ -469,7 +509,11 @@ def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: 
             }
             written = s.execute(
                 update(AlchemyResult)
-                .where(AlchemyResult.id == work.row_id, AlchemyResult.status == "running")
+                .where(
+                    AlchemyResult.id == work.row_id,
+                    AlchemyResult.status == "running",
+                    AlchemyResult.attempts == work.attempt,
+                )
                 .values(
                     status="ok",
                     dice={"score": outcome.score, "per_class": outcome.dice_per_class},
@@ -477,6 +521,7 @@ def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: 
                     metrics=metrics,
                     artifact_id=artifact.id,
                     progress=1.0,
+                    seconds=work.seconds,
                     error=None,
                     finished_at=utcnow(),
                 )
@@ -518,22 +563,129 @@ def run_alchemy_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
     return status
 
 
+# --------------------------------------------------------------------------------------------- probe
+
+
+def _probe(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> Any:
+    from bnrank.engine.folds import fold_tasks
+    from bnrank.engine.probe import probe_checkpoint
+
+    if work.problem:
+        raise BNRankError(work.problem)
+    assert work.candidate is not None and work.dataset_uri is not None
+    config = train_config(work.params, device=ctx.device)
+    data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
+    folds = int(work.params.get("folds", 1))
+    if folds > 1:
+        data = fold_tasks(data, folds, config.seed)[fold]
+    return probe_checkpoint(
+        work.candidate.path,  # type: ignore[arg-type]
+        data,
+        config,
+        work.params["thresholds"],
+        draws=int(work.params["draws"]),
+        architecture=work.candidate.architecture,
+        network_def=work.candidate.network_def,
+        dataset_name=work.dataset_uri,
+        on_progress=reporter.update,
+    )
+
+
+def save_probe(ctx: WorkerContext, work: Work, fold: int, outcome: Any, error: str | None) -> None:
+    """The probe's table over the fold's row (``metrics``), the BN-only γ as a gamma_stats row, then finalise."""
+    rows = AlchemyResult
+    mine = (rows.id == work.row_id, rows.status == "running", rows.attempts == work.attempt)
+    with ctx.db.session() as s:
+        if outcome is None and error is None:
+            _cancel_row(s, rows, work.row_id, work.attempt)
+        elif error is not None:
+            s.execute(
+                update(rows)
+                .where(*mine)
+                .values(status="failed", error=error[:4000], progress=1.0, seconds=work.seconds, finished_at=utcnow())
+            )
+        else:
+            result = outcome.to_dict()
+            gamma_after = result["bn_only"].pop("gamma", None)
+            written = s.execute(
+                update(rows)
+                .where(*mine)
+                .values(
+                    status="ok",
+                    dice={"score": outcome.dice_unclipped, "per_class": outcome.dice_per_class_unclipped},
+                    metrics={"probe": result},
+                    progress=1.0,
+                    seconds=work.seconds,
+                    error=None,
+                    finished_at=utcnow(),
+                )
+            ).rowcount
+            if written == 1:
+                s.execute(delete(GammaStat).where(GammaStat.job_id == work.job_id, GammaStat.fold == fold))
+                s.add_all(_gamma_rows(work, {"after_bn": gamma_after}, ctx.settings.gamma_threshold, fold=fold))
+        s.flush()
+        finalise(s, work.job_id)
+
+
+def run_probe_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
+    work = claim_fold(ctx, job_id, fold)
+    if work is None:
+        return "skipped"
+    log.info("γ-clipping probe on %s (job %s)", work.name, job_id)
+    error: str | None = None
+    outcome = None
+    try:
+        outcome = _run(ctx, AlchemyResult, work, lambda reporter: _probe(ctx, work, fold, reporter))
+    except (BNRankError, ValueError) as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.exception("probe fold %s of job %s crashed", fold, job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    save_probe(ctx, work, fold, outcome, error)
+    status = "failed" if error else ("cancelled" if outcome is None else "ok")
+    log.info("%s: %s", work.name, status if not error else f"{status}: {error}")
+    return status
+
+
 # --------------------------------------------------------------------------------------------- celery
 
 
+_sweeper: Sweeper | None = None
+
+
 @worker_ready.connect
-def _announce_ready(**_: Any) -> None:
-    """Tell a parent that started this worker (service.launcher) that it now consumes from the queue."""
+def _on_ready(**_: Any) -> None:
+    """Start the recovery sweep in the worker's main process, then tell a parent that started this worker
+    (service.launcher) that it now consumes from the queue."""
+    global _sweeper
+    settings = get_settings()
+    db = Database(settings, pool_size=1)
+    _sweeper = Sweeper(db, app, settings, BrokerProbe(settings, app).pending_task_ids).start()
     ready_file = os.environ.get(READY_FILE_ENV)
     if ready_file:
         Path(ready_file).touch()
 
 
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    """Warm shutdown (SIGTERM): Celery finishes the tasks in flight; the sweep stops now."""
+    if _sweeper is not None:
+        _sweeper.stop()
+
+
 @app.task(name=TASK_RANK_ENTRY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def rank_entry(job_id: str, entry_id: str) -> str:
-    return run_rank_entry(context(), job_id, entry_id)
+    with job_context(job_id, entry_id=entry_id):
+        return run_rank_entry(context(), job_id, entry_id)
 
 
 @app.task(name=TASK_ALCHEMY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def alchemy_fold(job_id: str, fold: int) -> str:
-    return run_alchemy_fold(context(), job_id, fold)
+    with job_context(job_id, fold=str(fold)):
+        return run_alchemy_fold(context(), job_id, fold)
+
+
+@app.task(name=TASK_PROBE, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def probe_fold(job_id: str, fold: int) -> str:
+    with job_context(job_id, fold=str(fold)):
+        return run_probe_fold(context(), job_id, fold)

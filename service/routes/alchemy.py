@@ -29,7 +29,6 @@ from service.deps import (
 from service.jobflow import train_config
 from service.models import AlchemyResult, Checkpoint, GammaStat, Job
 from service.schemas import AlchemyIn, AlchemyOut, AlchemyResultOut, ErrorOut, JobOut
-from worker.celery_app import TASK_ALCHEMY
 
 router = APIRouter(prefix="/v1/alchemy", tags=["alchemy"])
 
@@ -98,7 +97,7 @@ def create_alchemy(
         )
     job = Job(owner=owner, kind="alchemy", dataset_id=dataset.id, params=params, message="queued")
     job.alchemy_results = [AlchemyResult(fold=i) for i in range(body.folds)]
-    submit_job(session, celery, settings, job, TASK_ALCHEMY, lambda: [[job.id, i] for i in range(body.folds)])
+    submit_job(session, celery, settings, job)
     response.headers["Location"] = f"/v1/alchemy/{job.id}"
     return JobOut.model_validate(job)
 

@@ -33,7 +33,7 @@ def list_jobs(
     status_: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query(alias="status")
     ] = None,
-    kind: Annotated[Literal["ranking", "alchemy"] | None, Query()] = None,
+    kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
 ) -> Page[JobOut]:
     where = [Job.owner == owner]
     if status_:

@@ -22,7 +22,6 @@ from service.deps import (
 from service.jobflow import ranking_entries, train_config
 from service.models import TERMINAL_JOB_STATUSES, Checkpoint, GammaStat, Job, RankingEntry
 from service.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
-from worker.celery_app import TASK_RANK_ENTRY
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
 
@@ -59,7 +58,7 @@ def create_ranking(
 
     job = Job(owner=owner, kind="ranking", dataset_id=dataset.id, params=params, message="queued")
     job.entries = ranking_entries([found[c] for c in body.checkpoint_ids], body.control)
-    submit_job(session, celery, settings, job, TASK_RANK_ENTRY, lambda: [[job.id, e.id] for e in job.entries])
+    submit_job(session, celery, settings, job)
     response.headers["Location"] = f"/v1/rankings/{job.id}"
     return JobOut.model_validate(job)
 

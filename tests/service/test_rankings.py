@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from service.client import Client
 from service.launcher import WorkerProcess
-from service.models import GammaStat, Job, RankingEntry
+from service.models import GammaStat, Job, RankingEntry, utcnow
 from tests.service.conftest import TINY_BUDGET, Stack, upload, wait_for, wait_job
 from worker.tasks import WorkerContext, run_rank_entry
 
@@ -187,11 +188,22 @@ def test_redelivered_tasks_do_not_duplicate_anything(
     assert run_rank_entry(worker_context, job_id, good["id"]) == "skipped"
     assert _counts(stack, job_id) == before
 
-    # A delivery after a worker died mid-task (entry and job left 'running'): the entry is evaluated
-    # again over the same row, the job is closed again, and no row is added.
+    # A worker is running the entry (job and entry 'running', heartbeat fresh): a duplicate delivery of
+    # its message leaves it to that worker.
     with stack.db.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(status="running", finished_at=None))
-        s.execute(update(RankingEntry).where(RankingEntry.id == good["id"]).values(status="running", rank=None))
+        s.execute(
+            update(RankingEntry)
+            .where(RankingEntry.id == good["id"])
+            .values(status="running", rank=None, heartbeat_at=utcnow())
+        )
+    assert run_rank_entry(worker_context, job_id, good["id"]) == "skipped"
+
+    # The worker died (its heartbeat is older than the lease): the redelivery evaluates the entry again
+    # over the same row, the job is closed again, and no row is added.
+    stale = utcnow() - timedelta(seconds=worker_context.settings.lease_s + 1)
+    with stack.db.session() as s:
+        s.execute(update(RankingEntry).where(RankingEntry.id == good["id"]).values(heartbeat_at=stale))
     assert run_rank_entry(worker_context, job_id, good["id"]) == "ok"
     assert _counts(stack, job_id) == before
     with stack.db.session() as s:

@@ -1,0 +1,108 @@
+"""``/v1/probes``: the γ-clipping probe (thesis Fig. 3.1) as a job, one task per fold.
+
+Before trusting alchemy's "small γ = redundant kernel" on a new dataset, a user can check it: if zeroing
+the small γ costs far less Dice than zeroing as many random γ, the γ ranking means something there.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.auth import Owner
+from service.deps import (
+    UNPROCESSABLE,
+    CeleryDep,
+    SessionDep,
+    SettingsDep,
+    in_session,
+    not_found,
+    owned_dataset,
+    owned_job,
+    submit_job,
+)
+from service.jobflow import train_config
+from service.models import AlchemyResult, Checkpoint, GammaStat, Job
+from service.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
+
+router = APIRouter(prefix="/v1/probes", tags=["probes"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+)
+def create_probe(
+    body: ProbeIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Owner
+) -> JobOut:
+    """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
+    dataset = owned_dataset(session, owner, body.dataset_id)
+    ckpt = session.scalars(
+        select(Checkpoint).where(Checkpoint.id == body.checkpoint_id, Checkpoint.owner == owner)
+    ).first()
+    if ckpt is None:
+        raise not_found("checkpoint", body.checkpoint_id)
+    if ckpt.n_bn_channels == 0:
+        raise HTTPException(
+            UNPROCESSABLE, detail=f"checkpoint {ckpt.id!r} ({ckpt.architecture}) has no BatchNorm γ to clip"
+        )
+    if body.folds > dataset.n_cases:
+        raise HTTPException(
+            UNPROCESSABLE,
+            detail=f"folds: {body.folds} folds need at least as many cases; the dataset has {dataset.n_cases}",
+        )
+    params = {
+        "budget": body.budget.model_dump(),
+        "seed": body.seed,
+        "folds": body.folds,
+        "checkpoint_id": ckpt.id,
+        "thresholds": body.thresholds,
+        "draws": body.draws,
+    }
+    try:
+        train_config(params)
+    except ValueError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=f"budget: {exc}") from exc
+    job = Job(owner=owner, kind="probe", dataset_id=dataset.id, params=params, message="queued")
+    job.alchemy_results = [AlchemyResult(fold=i) for i in range(body.folds)]
+    submit_job(session, celery, settings, job)
+    response.headers["Location"] = f"/v1/probes/{job.id}"
+    return JobOut.model_validate(job)
+
+
+@router.get("/{job_id}", response_model=ProbeOut, responses={404: {"model": ErrorOut}})
+async def get_probe(job_id: str, request: Request, owner: Owner) -> ProbeOut:
+    """The job and, per fold, the unclipped Dice and one row per threshold: Dice clipped by |γ| vs at random."""
+    return await in_session(request, _probe, owner, job_id)
+
+
+def _probe(session: Session, owner: str, job_id: str) -> ProbeOut:
+    job = owned_job(session, owner, job_id, kind="probe")
+    gamma: dict[int, dict[str, dict]] = {}
+    for fold, phase, summary in session.execute(
+        select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job.id)
+    ):
+        gamma.setdefault(fold or 0, {})[phase] = summary
+    folds = []
+    for row in session.scalars(
+        select(AlchemyResult).where(AlchemyResult.job_id == job.id).order_by(AlchemyResult.fold)
+    ):
+        probe = (row.metrics or {}).get("probe") or {}
+        folds.append(
+            ProbeFoldOut(
+                fold=row.fold,
+                status=row.status,  # type: ignore[arg-type]
+                progress=row.progress,
+                dice_unclipped=probe.get("dice_unclipped"),
+                n_channels=probe.get("n_channels"),
+                rows=probe.get("rows", []),
+                bn_only=probe.get("bn_only", {}),
+                gamma=gamma.get(row.fold, {}),
+                seconds=probe.get("seconds"),
+                error=row.error,
+            )
+        )
+    return ProbeOut(job=JobOut.model_validate(job), folds=folds)
