@@ -92,6 +92,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "torch_threads": 1,
         "device": "cpu",
         "log_level": "INFO",
+        # Tests that stage a dead worker or a lost message call `service.recovery.sweep` themselves; the
+        # session worker's own sweep would race them. tests/deploy runs workers with the sweep on.
+        "recover_interval_s": 3600,
     }
     suffix = secrets.token_hex(4)
     pg_name = None
