@@ -113,6 +113,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    """One recovery sweep now (workers run one every BNRANK_RECOVER_INTERVAL_S): for operators after an
+    outage, or where no worker is up to notice."""
+    from service.broker import BrokerProbe
+    from service.db import Database
+    from service.recovery import sweep
+    from worker.celery_app import make_celery
+
+    settings = _settings()
+    celery = make_celery(settings)
+    db, probe = Database(settings, pool_size=1), BrokerProbe(settings, celery)
+    try:
+        report = sweep(db, celery, settings, probe.pending_task_ids)
+    finally:
+        probe.close()
+        db.dispose()
+    _info(
+        f"re-sent {len(report.orphaned)} orphaned and {len(report.lost)} lost task(s); "
+        f"closed {len(report.closed)} finished job(s)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- keys
 
 
@@ -303,12 +326,34 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
     return budget
 
 
+RESULT_PATHS = {"ranking": "/v1/rankings", "alchemy": "/v1/alchemy", "probe": "/v1/probes"}
+
+
+def _print_result(kind: str, result: dict[str, Any], as_json: bool = False) -> None:
+    if as_json or kind == "alchemy":
+        print(json.dumps(result, indent=2))
+    elif kind == "ranking":
+        print_ranking(result)
+    else:
+        print_probe_job(result)
+
+
+def print_probe_job(result: dict[str, Any]) -> None:
+    """Per fold: Dice after clipping the γ under each threshold against clipping as many at random."""
+    for fold in result["folds"]:
+        if fold["status"] != "ok":
+            print(f"fold {fold['fold']}: {fold['status']} {fold['error'] or ''}".rstrip())
+            continue
+        print(f"fold {fold['fold']}: Dice {fold['dice_unclipped']:.3f} unclipped, {fold['n_channels']} BN channels")
+        print(f"  {'|γ| <':>7}  {'clipped':>8}  {'Dice (by γ)':>11}  {'Dice (random)':>15}")
+        for r in fold["rows"]:
+            random = f"{r['dice_random']:.3f} ± {r['dice_random_std']:.3f}"
+            print(f"  {r['threshold']:>7g}  {r['share_clipped']:>8.1%}  {r['dice_threshold']:>11.3f}  {random:>15}")
+
+
 def _follow(client: Any, job_id: str) -> dict[str, Any]:
     final = client.wait(job_id, on_progress=ProgressLine())
-    if final["kind"] == "ranking":
-        print_ranking(client.get(f"/v1/rankings/{job_id}"))
-    else:
-        print(json.dumps(client.get(f"/v1/alchemy/{job_id}"), indent=2))
+    _print_result(final["kind"], client.get(f"{RESULT_PATHS[final['kind']]}/{job_id}"))
     return final
 
 
@@ -365,6 +410,15 @@ def _remote(args: argparse.Namespace, client: Any) -> int:
         print(job["id"])
         if args.wait:
             return 0 if _follow(client, job["id"])["status"] == "succeeded" else 1
+    elif command == "probe":
+        body = {"dataset_id": args.dataset, "checkpoint_id": args.checkpoint, "folds": args.folds}
+        body.update({"budget": _budget(args), "seed": args.seed, "draws": args.draws})
+        if args.thresholds:
+            body["thresholds"] = args.thresholds
+        job = client.post("/v1/probes", body)
+        print(job["id"])
+        if args.wait:
+            return 0 if _follow(client, job["id"])["status"] == "succeeded" else 1
     elif command == "status":
         job = client.get(f"/v1/jobs/{args.job}")
         if args.follow and job["status"] not in ("succeeded", "failed", "cancelled"):
@@ -376,12 +430,7 @@ def _remote(args: argparse.Namespace, client: Any) -> int:
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
     elif command == "results":
         job = client.get(f"/v1/jobs/{args.job}")
-        path = f"/v1/rankings/{args.job}" if job["kind"] == "ranking" else f"/v1/alchemy/{args.job}"
-        result = client.get(path)
-        if args.json or job["kind"] != "ranking":
-            print(json.dumps(result, indent=2))
-        else:
-            print_ranking(result)
+        _print_result(job["kind"], client.get(f"{RESULT_PATHS[job['kind']]}/{args.job}"), args.json)
     elif command == "cancel":
         job = client.post(f"/v1/jobs/{args.job}/cancel")
         _info(f"{job['id']}: cancel requested (status {job['status']})")
@@ -422,6 +471,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="bring the service database schema up to date (Alembic)")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("recover", help="re-send work whose broker message was lost or whose worker died")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("keys", help="manage API keys of the service")
     keys = p.add_subparsers(dest="keys_command", required=True)
@@ -486,6 +538,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--folds", type=int, default=1)
     for name in ("identification", "modification", "maximization"):
         r.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
+    _add_remote_budget(r)
+
+    r = remote.add_parser("probe", help="queue a γ-clipping probe (thesis Fig. 3.1); prints the job id")
+    r.add_argument("--dataset", required=True, help="dataset id")
+    r.add_argument("--checkpoint", required=True, help="checkpoint id")
+    r.add_argument("--thresholds", type=float, nargs="+", help="|γ| cut-offs (default: the engine's)")
+    r.add_argument("--draws", type=int, default=3, help="random clippings per threshold (%(default)s)")
+    r.add_argument("--folds", type=int, default=1)
     _add_remote_budget(r)
 
     r = remote.add_parser("status", help="a job's state; --follow shows a live progress bar until it ends")

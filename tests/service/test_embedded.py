@@ -124,6 +124,13 @@ def test_serve_with_no_settings_ranks_end_to_end(
         code, _, err = remote("status", job_id)
         assert code == 0 and "succeeded" in err
 
+        # The γ-clipping probe through the same client: a table of Dice clipped by |γ| vs at random.
+        probe = ("--thresholds", "0.05", "2", "--draws", "1")
+        code, out, err = remote("probe", "--dataset", dataset_id, "--checkpoint", ids[0], *probe, *budget, "--wait")
+        assert code == 0, out + err
+        assert out.splitlines()[0].startswith("job_") and "Dice (by γ)" in out
+        assert "100.0%" in out  # every |γ| is under 2: the whole network clipped
+
         code, _, err = remote("checkpoints", key="bnr_wrong")
         assert code == 2 and "HTTP 401" in err
     finally:
