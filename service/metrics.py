@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, literal_column, select
+from sqlalchemy import case, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import Database
@@ -37,13 +37,13 @@ def _duration_histograms(session: Any) -> Iterator[Metric]:
     family = HistogramMetricFamily(
         "bnrank_task_duration_seconds", "Run time of finished tasks", labels=["task", "status"]
     )
-    for rows, kind in ((RankingEntry, literal_column("'ranking'")), (AlchemyResult, Job.kind)):
+    for rows in (RankingEntry, AlchemyResult):
         buckets = [func.sum(case((rows.seconds <= b, 1), else_=0)) for b in TASK_BUCKETS]
         query = (
-            select(kind, rows.status, func.count(), func.sum(rows.seconds), *buckets)
+            select(Job.kind, rows.status, func.count(), func.sum(rows.seconds), *buckets)
             .join(Job, Job.id == rows.job_id)
             .where(rows.status.in_(("ok", "failed")))
-            .group_by(kind, rows.status)
+            .group_by(Job.kind, rows.status)
         )
         for job_kind, status, count, total, *cumulative in session.execute(query):
             task = TASK_LABELS.get(job_kind, job_kind)
