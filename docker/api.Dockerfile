@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# The API image, CPU only: `bnrank serve --no-worker`. Compose also runs the one-shot migration
+# (entrypoint-migrate.sh) and the CPU worker (entrypoint-worker.sh, profile `cpu`) from it.
+# Build from the repository root:  docker build -f docker/api.Dockerfile -t bnrank-api .
+FROM python:3.11-slim
+
+# The CPU wheel of the torch version BNRank is tested with (any 2.x from 2.4 on works).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+LABEL org.opencontainers.image.title="bnrank-api" \
+      org.opencontainers.image.description="BNRank API (FastAPI), migrations and CPU worker" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Paths are those of docker-compose.yml's volumes; BNRANK_* variables given at run time override them.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    BNRANK_HOME=/var/lib/bnrank \
+    BNRANK_BLOB_DIR=/var/lib/bnrank/blobs \
+    BNRANK_CACHE_DIR=/var/lib/bnrank/cache \
+    BNRANK_DATA_ROOTS=/data \
+    BNRANK_API_HOST=0.0.0.0 \
+    BNRANK_API_PORT=8000
+
+# The same user (uid 10001) in every BNRank image: the blob store and the cache are volumes shared by the API
+# and the workers. The folders exist here so that a new named volume takes their owner.
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /var/lib/bnrank bnrank \
+    && mkdir -p /var/lib/bnrank/blobs /var/lib/bnrank/cache /data \
+    && chown -R bnrank:bnrank /var/lib/bnrank \
+    && python -m venv "$VIRTUAL_ENV"
+
+# 1. torch alone, the largest layer and the one that changes least.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL" \
+    && python -c "import torch; assert torch.version.cuda is None, 'expected the CPU build of torch'"
+
+WORKDIR /app
+
+# 2. the other dependencies, read from pyproject.toml alone, so that editing the source reuses this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# 3. the source. Installed editable on purpose: service/db.py finds alembic.ini and alembic/ next to the
+# service package, which a plain `pip install .` would move into site-packages without them.
+COPY README.md alembic.ini ./
+COPY alembic/ alembic/
+COPY bnrank/ bnrank/
+COPY service/ service/
+COPY worker/ worker/
+RUN pip install --no-deps -e . \
+    && python -c "import service.db as d; assert d.ALEMBIC_INI.is_file() and d.ALEMBIC_DIR.is_dir()"
+COPY --chmod=755 docker/entrypoint-api.sh docker/entrypoint-migrate.sh docker/entrypoint-worker.sh docker/
+
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BNRANK_API_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["/app/docker/entrypoint-api.sh"]
