@@ -8,10 +8,12 @@ differs between two candidates' runs is their weights, nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,6 +165,22 @@ class PatchSchedule:
         return torch.from_numpy(np.stack(images)).float(), torch.from_numpy(np.stack(labels).astype(np.int64))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16).
+
+    oneDNN also *accepts* bf16 on plain AVX512 (``_is_mkldnn_bf16_supported`` says yes) but emulates it:
+    on such a CPU a unet3d training step under bf16 autocast took twice as long as in fp32 (0.69 s vs
+    0.34 s, width 8, 32³ patches, 2 threads). Only Linux reports the flags; elsewhere the answer is no.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(text.split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def use_bf16(config: TrainConfig) -> bool:
     if config.precision == "fp32":
         return False
@@ -170,7 +188,7 @@ def use_bf16(config: TrainConfig) -> bool:
         return True
     if config.device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cpu_has_native_bf16() and torch.backends.mkldnn.is_available()
 
 
 def autocast(config: TrainConfig) -> contextlib.AbstractContextManager:

@@ -172,3 +172,15 @@ def test_ranking_survives_a_broken_candidate(tmp_path: Path) -> None:
     assert len(control) == 1 and control[0].status == "ok"
     assert sorted(e.rank for e in result.entries if e.rank) == [1, 2]
     assert result.to_dict()["entries"][0]["rank"] == 1
+
+
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emulated bf16 (plain AVX512) ran twice as slow as fp32: `auto` must not pick it on such a CPU."""
+    from bnrank.engine import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert not training.use_bf16(TrainConfig(precision="auto", device="cpu"))
+    assert training.use_bf16(TrainConfig(precision="bf16", device="cpu"))  # asked for explicitly
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert training.use_bf16(TrainConfig(precision="auto", device="cpu")) == torch.backends.mkldnn.is_available()
+    assert not training.use_bf16(TrainConfig(precision="fp32", device="cpu"))
