@@ -12,7 +12,6 @@ GETs of the last, still queued, ranking. Nothing consumes the queue; it is delet
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 import tempfile
 import time
@@ -22,40 +21,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="requests of each kind (%(default)s)")
     args = parser.parse_args()
 
-    import psycopg
-    import redis
-
     warnings.simplefilter("ignore")
+    from api import make_settings  # bench/api.py: the same throwaway database, queue and key prefix
     from fastapi.testclient import TestClient
 
     from service.auth import create_key
-    from service.config import Settings
     from service.db import Database, migrate
     from service.main import create_app
     from tests.engine.volumes import write_nnunet_dataset
     from tests.service.conftest import make_checkpoint
 
-    name = f"bnrank_cost_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     root = Path(tempfile.mkdtemp(prefix="bnrank-cost-"))
     (root / "data").mkdir()
-    settings = Settings(
-        home=root / "home",
-        database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-        broker_url="redis://127.0.0.1:6379/0",
-        queue=name,
-        broker_key_prefix=f"{name}:",
-        data_roots=[root / "data"],
-    )
+    settings, cleanup = make_settings("postgres", root / "home", root / "data")
     settings.ensure_folders()
     migrate(settings)
     db = Database(settings)
@@ -87,11 +71,7 @@ def main() -> None:
             get_ms = 1000 * (time.perf_counter() - started) / args.n
     finally:
         db.dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client_redis = redis.Redis.from_url(settings.broker_url)
-        for k in client_redis.scan_iter(match=f"{name}:*"):
-            client_redis.delete(k)
+        cleanup()
     print(f"one request at a time, in-process, PostgreSQL + Redis; {args.n} of each")
     print(f"POST /v1/rankings (5 tasks)        {post_ms:6.1f} ms")
     print(f"GET /v1/rankings/{{id}} (queued)     {get_ms:6.1f} ms")

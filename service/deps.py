@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from service.blobs import BlobStore
 from service.config import Settings
 from service.dispatch import send_tasks
-from service.jobflow import stamp_dispatch, task_message
-from service.models import Dataset, Job, utcnow
+from service.jobflow import stamp_dispatch, task_message, train_config
+from service.models import AlchemyResult, Checkpoint, Dataset, GammaStat, Job, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +86,40 @@ def owned_dataset(session: Session, owner: str, dataset_id: str) -> Dataset:
     if dataset is None:
         raise not_found("dataset", dataset_id)
     return dataset
+
+
+def owned_checkpoint(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
+    ckpt = session.scalars(select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner == owner)).first()
+    if ckpt is None:
+        raise not_found("checkpoint", checkpoint_id)
+    return ckpt
+
+
+def check_budget(params: dict[str, Any]) -> None:
+    """422 when a job's stored params do not make a valid engine config (the worker would fail later)."""
+    try:
+        train_config(params)
+    except ValueError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=f"budget: {exc}") from exc
+
+
+def check_folds(folds: int, dataset: Dataset) -> None:
+    if folds > dataset.n_cases:
+        raise HTTPException(
+            UNPROCESSABLE,
+            detail=f"folds: {folds} folds need at least as many cases; the dataset has {dataset.n_cases}",
+        )
+
+
+def fold_results(session: Session, job_id: str) -> list[tuple[AlchemyResult, dict[str, dict[str, Any]]]]:
+    """An alchemy or probe job's fold rows in fold order, each with its γ summaries by phase."""
+    gamma: dict[int, dict[str, dict[str, Any]]] = {}
+    for fold, phase, summary in session.execute(
+        select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job_id)
+    ):
+        gamma.setdefault(fold or 0, {})[phase] = summary
+    rows = session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job_id).order_by(AlchemyResult.fold))
+    return [(row, gamma.get(row.fold, {})) for row in rows]
 
 
 def submit_job(session: Session, celery: Celery, settings: Settings, job: Job) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -110,11 +110,15 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
                 if message:
                     messages.append(message)
                     report.lost.append(row.id)
-        # Jobs with nothing left to run that nobody closed.
-        for job in s.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB))):
-            rows = job.entries if job.kind == "ranking" else job.alchemy_results
-            if rows and all(r.status in TERMINAL_ENTRY_STATUSES for r in rows) and finalise(s, job.id):
-                report.closed.append(job.id)
+        # Jobs with nothing left to run that nobody closed: one query per table, not one per job.
+        for rows in (RankingEntry, AlchemyResult):
+            of_job = rows.job_id == Job.id
+            unclosed = select(Job.id).where(
+                Job.status.in_(ACTIVE_JOB),
+                exists().where(of_job),
+                ~exists().where(of_job, rows.status.not_in(TERMINAL_ENTRY_STATUSES)),
+            )
+            report.closed += [job_id for job_id in s.scalars(unclosed).all() if finalise(s, job_id)]
     # Committed before sending: a task that starts at once must find its row with this task id.
     if messages:
         send_tasks(celery, settings.queue, messages)

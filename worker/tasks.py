@@ -31,7 +31,7 @@ from bnrank.engine.errors import BNRankError, DatasetError
 from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TaskData
+from bnrank.engine.training import TaskData, TrainConfig
 from service.blobs import BlobStore
 from service.broker import BrokerProbe
 from service.config import Settings, get_settings
@@ -435,19 +435,59 @@ def claim_fold(ctx: WorkerContext, job_id: str, fold: int) -> Work | None:
         return _work(ctx, s, job, row.id, name, ckpt.id if ckpt else None, attempt)
 
 
-def _alchemy(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> tuple[Any, Path]:
-    from bnrank.engine.alchemy import AlchemyOptions, alchemy_checkpoint
+def _fold_task(ctx: WorkerContext, work: Work, fold: int) -> tuple[TrainConfig, TaskData]:
+    """The training config and the data of one fold (all of the dataset when the job has one fold)."""
     from bnrank.engine.folds import fold_tasks
 
     if work.problem:
         raise BNRankError(work.problem)
     assert work.candidate is not None and work.dataset_uri is not None
     config = train_config(work.params, device=ctx.device)
-    options = AlchemyOptions(**work.params["options"])
     data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
     folds = int(work.params.get("folds", 1))
     if folds > 1:
         data = fold_tasks(data, folds, config.seed)[fold]
+    return config, data
+
+
+def _run_fold(ctx: WorkerContext, work: Work, fold: int, body: Any, what: str) -> tuple[Any, str | None]:
+    """Run a fold's ``body(reporter)``: (its result, None), (None, None) when cancelled, or (None, why)."""
+    try:
+        return _run(ctx, AlchemyResult, work, body), None
+    except (BNRankError, ValueError) as exc:
+        return None, str(exc)
+    except Exception as exc:  # out of memory, a bug: only this fold fails
+        log.exception("%s fold %s of job %s crashed", what, fold, work.job_id)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _mine(work: Work) -> tuple[Any, ...]:
+    """The condition that this run still owns its fold's row (see `_claim`)."""
+    rows = AlchemyResult
+    return (rows.id == work.row_id, rows.status == "running", rows.attempts == work.attempt)
+
+
+def _end_fold(s: Session, work: Work, outcome: Any, error: str | None) -> bool:
+    """Write a cancelled or failed fold; False when the fold succeeded and its result is still to write."""
+    if outcome is None and error is None:
+        _cancel_row(s, AlchemyResult, work.row_id, work.attempt)
+    elif error is not None:
+        s.execute(
+            update(AlchemyResult)
+            .where(*_mine(work))
+            .values(status="failed", error=error[:4000], progress=1.0, seconds=work.seconds, finished_at=utcnow())
+        )
+    else:
+        return False
+    return True
+
+
+def _alchemy(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> tuple[Any, Path]:
+    from bnrank.engine.alchemy import AlchemyOptions, alchemy_checkpoint
+
+    config, data = _fold_task(ctx, work, fold)
+    assert work.candidate is not None
+    options = AlchemyOptions(**work.params["options"])
     out = ctx.blobs.tmp_dir / f"{secrets.token_hex(16)}.safetensors"
     result, _ = alchemy_checkpoint(
         work.candidate.path,  # type: ignore[arg-type]
@@ -466,19 +506,7 @@ def _alchemy(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReport
 def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: Path | None, error: str | None) -> None:
     """Fine-tuned weights into the blob store (an artifact), the fold's result over its row, then finalise."""
     with ctx.db.session() as s:
-        if outcome is None and error is None:
-            _cancel_row(s, AlchemyResult, work.row_id, work.attempt)
-        elif error is not None:
-            s.execute(
-                update(AlchemyResult)
-                .where(
-                    AlchemyResult.id == work.row_id,
-                    AlchemyResult.status == "running",
-                    AlchemyResult.attempts == work.attempt,
-                )
-                .values(status="failed", error=error[:4000], progress=1.0, seconds=work.seconds, finished_at=utcnow())
-            )
-        else:
+        if not _end_fold(s, work, outcome, error):
             assert weights is not None
             blob_path, sha256, size = ctx.blobs.adopt(weights)
             mode = outcome.mode
@@ -509,11 +537,7 @@ def save_fold(ctx: WorkerContext, work: Work, fold: int, outcome: Any, weights: 
             }
             written = s.execute(
                 update(AlchemyResult)
-                .where(
-                    AlchemyResult.id == work.row_id,
-                    AlchemyResult.status == "running",
-                    AlchemyResult.attempts == work.attempt,
-                )
+                .where(*_mine(work))
                 .values(
                     status="ok",
                     dice={"score": outcome.score, "per_class": outcome.dice_per_class},
@@ -542,17 +566,10 @@ def run_alchemy_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
         return "skipped"
     log.info("alchemy on %s (job %s)", work.name, job_id)
     weights: Path | None = None
-    error: str | None = None
     outcome = None
-    try:
-        ran = _run(ctx, AlchemyResult, work, lambda reporter: _alchemy(ctx, work, fold, reporter))
-        if ran is not None:
-            outcome, weights = ran
-    except (BNRankError, ValueError) as exc:
-        error = str(exc)
-    except Exception as exc:
-        log.exception("alchemy fold %s of job %s crashed", fold, job_id)
-        error = f"{type(exc).__name__}: {exc}"
+    ran, error = _run_fold(ctx, work, fold, lambda reporter: _alchemy(ctx, work, fold, reporter), "alchemy")
+    if ran is not None:
+        outcome, weights = ran
     try:
         save_fold(ctx, work, fold, outcome, weights, error)
     finally:
@@ -567,17 +584,10 @@ def run_alchemy_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
 
 
 def _probe(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter) -> Any:
-    from bnrank.engine.folds import fold_tasks
     from bnrank.engine.probe import probe_checkpoint
 
-    if work.problem:
-        raise BNRankError(work.problem)
-    assert work.candidate is not None and work.dataset_uri is not None
-    config = train_config(work.params, device=ctx.device)
-    data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
-    folds = int(work.params.get("folds", 1))
-    if folds > 1:
-        data = fold_tasks(data, folds, config.seed)[fold]
+    config, data = _fold_task(ctx, work, fold)
+    assert work.candidate is not None
     return probe_checkpoint(
         work.candidate.path,  # type: ignore[arg-type]
         data,
@@ -593,23 +603,13 @@ def _probe(ctx: WorkerContext, work: Work, fold: int, reporter: ProgressReporter
 
 def save_probe(ctx: WorkerContext, work: Work, fold: int, outcome: Any, error: str | None) -> None:
     """The probe's table over the fold's row (``metrics``), the BN-only γ as a gamma_stats row, then finalise."""
-    rows = AlchemyResult
-    mine = (rows.id == work.row_id, rows.status == "running", rows.attempts == work.attempt)
     with ctx.db.session() as s:
-        if outcome is None and error is None:
-            _cancel_row(s, rows, work.row_id, work.attempt)
-        elif error is not None:
-            s.execute(
-                update(rows)
-                .where(*mine)
-                .values(status="failed", error=error[:4000], progress=1.0, seconds=work.seconds, finished_at=utcnow())
-            )
-        else:
+        if not _end_fold(s, work, outcome, error):
             result = outcome.to_dict()
             gamma_after = result["bn_only"].pop("gamma", None)
             written = s.execute(
-                update(rows)
-                .where(*mine)
+                update(AlchemyResult)
+                .where(*_mine(work))
                 .values(
                     status="ok",
                     dice={"score": outcome.dice_unclipped, "per_class": outcome.dice_per_class_unclipped},
@@ -632,15 +632,7 @@ def run_probe_fold(ctx: WorkerContext, job_id: str, fold: int) -> str:
     if work is None:
         return "skipped"
     log.info("γ-clipping probe on %s (job %s)", work.name, job_id)
-    error: str | None = None
-    outcome = None
-    try:
-        outcome = _run(ctx, AlchemyResult, work, lambda reporter: _probe(ctx, work, fold, reporter))
-    except (BNRankError, ValueError) as exc:
-        error = str(exc)
-    except Exception as exc:
-        log.exception("probe fold %s of job %s crashed", fold, job_id)
-        error = f"{type(exc).__name__}: {exc}"
+    outcome, error = _run_fold(ctx, work, fold, lambda reporter: _probe(ctx, work, fold, reporter), "probe")
     save_probe(ctx, work, fold, outcome, error)
     status = "failed" if error else ("cancelled" if outcome is None else "ok")
     log.info("%s: %s", work.name, status if not error else f"{status}: {error}")

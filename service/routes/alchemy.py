@@ -10,7 +10,6 @@ import importlib
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bnrank.engine.errors import BNRankError
@@ -20,14 +19,16 @@ from service.deps import (
     CeleryDep,
     SessionDep,
     SettingsDep,
+    check_budget,
+    check_folds,
+    fold_results,
     in_session,
-    not_found,
+    owned_checkpoint,
     owned_dataset,
     owned_job,
     submit_job,
 )
-from service.jobflow import train_config
-from service.models import AlchemyResult, Checkpoint, GammaStat, Job
+from service.models import AlchemyResult, Job
 from service.schemas import AlchemyIn, AlchemyOut, AlchemyResultOut, ErrorOut, JobOut
 
 router = APIRouter(prefix="/v1/alchemy", tags=["alchemy"])
@@ -69,11 +70,7 @@ def create_alchemy(
     """Identification → modification → maximization of one checkpoint on one dataset (or k folds of it)."""
     engine = alchemy_engine()
     dataset = owned_dataset(session, owner, body.dataset_id)
-    ckpt = session.scalars(
-        select(Checkpoint).where(Checkpoint.id == body.checkpoint_id, Checkpoint.owner == owner)
-    ).first()
-    if ckpt is None:
-        raise not_found("checkpoint", body.checkpoint_id)
+    ckpt = owned_checkpoint(session, owner, body.checkpoint_id)
     options = {name: getattr(body, name) for name in OPTION_FIELDS if getattr(body, name) is not None}
     try:
         engine.AlchemyOptions(**options)
@@ -86,15 +83,8 @@ def create_alchemy(
         "checkpoint_id": ckpt.id,
         "options": options,
     }
-    try:
-        train_config(params)
-    except ValueError as exc:
-        raise HTTPException(UNPROCESSABLE, detail=f"budget: {exc}") from exc
-    if body.folds > dataset.n_cases:
-        raise HTTPException(
-            UNPROCESSABLE,
-            detail=f"folds: {body.folds} folds need at least as many cases; the dataset has {dataset.n_cases}",
-        )
+    check_budget(params)
+    check_folds(body.folds, dataset)
     job = Job(owner=owner, kind="alchemy", dataset_id=dataset.id, params=params, message="queued")
     job.alchemy_results = [AlchemyResult(fold=i) for i in range(body.folds)]
     submit_job(session, celery, settings, job)
@@ -112,16 +102,9 @@ async def get_alchemy(job_id: str, request: Request, owner: Owner) -> AlchemyOut
 
 def _alchemy(session: Session, owner: str, job_id: str) -> AlchemyOut:
     job = owned_job(session, owner, job_id, kind="alchemy")
-    gamma: dict[int, dict[str, dict]] = {}
-    for fold, phase, summary in session.execute(
-        select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job.id)
-    ):
-        gamma.setdefault(fold or 0, {})[phase] = summary
     results = []
-    for row in session.scalars(
-        select(AlchemyResult).where(AlchemyResult.job_id == job.id).order_by(AlchemyResult.fold)
-    ):
+    for row, gamma in fold_results(session, job.id):
         out = AlchemyResultOut.model_validate(row)
-        out.gamma = gamma.get(row.fold, {})
+        out.gamma = gamma
         results.append(out)
     return AlchemyOut(job=JobOut.model_validate(job), summary=job.result, results=results)

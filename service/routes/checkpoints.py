@@ -16,7 +16,7 @@ from bnrank.engine.architectures import ARCHITECTURES
 from service.auth import Owner
 from service.blobs import BlobStore
 from service.config import Settings
-from service.deps import Limit, Offset, SessionDep, not_found
+from service.deps import Limit, Offset, SessionDep, not_found, owned_checkpoint
 from service.models import Artifact, Checkpoint, GammaStat, Job, RankingEntry
 from service.schemas import CheckpointOut, ErrorOut, GammaOut, Page
 from service.uploads import ParsedUpload, UploadError, receive_upload
@@ -37,13 +37,6 @@ def _raw_gamma(session: Session, checkpoint_id: str) -> GammaStat | None:
     return session.scalars(
         select(GammaStat).where(GammaStat.checkpoint_id == checkpoint_id, GammaStat.phase == "raw").limit(1)
     ).first()
-
-
-def _owned(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
-    ckpt = session.scalars(select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner == owner)).first()
-    if ckpt is None:
-        raise not_found("checkpoint", checkpoint_id)
-    return ckpt
 
 
 def _form(upload: ParsedUpload) -> tuple[str, str | None, str | None, dict[str, Any] | None]:
@@ -242,7 +235,7 @@ def list_checkpoints(
 
 @router.get("/{checkpoint_id}", response_model=CheckpointOut, responses={404: {"model": ErrorOut}})
 def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: Owner) -> CheckpointOut:
-    ckpt = _owned(session, owner, checkpoint_id)
+    ckpt = owned_checkpoint(session, owner, checkpoint_id)
     return checkpoint_out(ckpt, _raw_gamma(session, ckpt.id))
 
 
@@ -253,7 +246,7 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: Owner) -> Che
 )
 def delete_checkpoint(checkpoint_id: str, request: Request, session: SessionDep, owner: Owner) -> Response:
     """Delete the record; the blob goes too once no record (of any owner) uses those bytes."""
-    ckpt = _owned(session, owner, checkpoint_id)
+    ckpt = owned_checkpoint(session, owner, checkpoint_id)
     busy = session.scalars(
         select(Job.id)
         .join(RankingEntry, RankingEntry.job_id == Job.id)
@@ -280,7 +273,7 @@ def delete_checkpoint(checkpoint_id: str, request: Request, session: SessionDep,
 @router.get("/{checkpoint_id}/gamma", response_model=GammaOut, responses={404: {"model": ErrorOut}})
 def get_checkpoint_gamma(checkpoint_id: str, session: SessionDep, owner: Owner) -> GammaOut:
     """γ statistics of the weights as uploaded (no training): summary, fixed-bin histogram, per layer."""
-    ckpt = _owned(session, owner, checkpoint_id)
+    ckpt = owned_checkpoint(session, owner, checkpoint_id)
     raw = _raw_gamma(session, ckpt.id)
     if raw is None:
         raise not_found("γ statistics of checkpoint", checkpoint_id)

@@ -7,7 +7,6 @@ the small γ costs far less Dice than zeroing as many random γ, the γ ranking 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth import Owner
@@ -16,14 +15,16 @@ from service.deps import (
     CeleryDep,
     SessionDep,
     SettingsDep,
+    check_budget,
+    check_folds,
+    fold_results,
     in_session,
-    not_found,
+    owned_checkpoint,
     owned_dataset,
     owned_job,
     submit_job,
 )
-from service.jobflow import train_config
-from service.models import AlchemyResult, Checkpoint, GammaStat, Job
+from service.models import AlchemyResult, Job
 from service.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
 
 router = APIRouter(prefix="/v1/probes", tags=["probes"])
@@ -40,20 +41,12 @@ def create_probe(
 ) -> JobOut:
     """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
     dataset = owned_dataset(session, owner, body.dataset_id)
-    ckpt = session.scalars(
-        select(Checkpoint).where(Checkpoint.id == body.checkpoint_id, Checkpoint.owner == owner)
-    ).first()
-    if ckpt is None:
-        raise not_found("checkpoint", body.checkpoint_id)
+    ckpt = owned_checkpoint(session, owner, body.checkpoint_id)
     if ckpt.n_bn_channels == 0:
         raise HTTPException(
             UNPROCESSABLE, detail=f"checkpoint {ckpt.id!r} ({ckpt.architecture}) has no BatchNorm γ to clip"
         )
-    if body.folds > dataset.n_cases:
-        raise HTTPException(
-            UNPROCESSABLE,
-            detail=f"folds: {body.folds} folds need at least as many cases; the dataset has {dataset.n_cases}",
-        )
+    check_folds(body.folds, dataset)
     params = {
         "budget": body.budget.model_dump(),
         "seed": body.seed,
@@ -62,10 +55,7 @@ def create_probe(
         "thresholds": body.thresholds,
         "draws": body.draws,
     }
-    try:
-        train_config(params)
-    except ValueError as exc:
-        raise HTTPException(UNPROCESSABLE, detail=f"budget: {exc}") from exc
+    check_budget(params)
     job = Job(owner=owner, kind="probe", dataset_id=dataset.id, params=params, message="queued")
     job.alchemy_results = [AlchemyResult(fold=i) for i in range(body.folds)]
     submit_job(session, celery, settings, job)
@@ -81,15 +71,8 @@ async def get_probe(job_id: str, request: Request, owner: Owner) -> ProbeOut:
 
 def _probe(session: Session, owner: str, job_id: str) -> ProbeOut:
     job = owned_job(session, owner, job_id, kind="probe")
-    gamma: dict[int, dict[str, dict]] = {}
-    for fold, phase, summary in session.execute(
-        select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job.id)
-    ):
-        gamma.setdefault(fold or 0, {})[phase] = summary
     folds = []
-    for row in session.scalars(
-        select(AlchemyResult).where(AlchemyResult.job_id == job.id).order_by(AlchemyResult.fold)
-    ):
+    for row, gamma in fold_results(session, job.id):
         probe = (row.metrics or {}).get("probe") or {}
         folds.append(
             ProbeFoldOut(
@@ -100,7 +83,7 @@ def _probe(session: Session, owner: str, job_id: str) -> ProbeOut:
                 n_channels=probe.get("n_channels"),
                 rows=probe.get("rows", []),
                 bn_only=probe.get("bn_only", {}),
-                gamma=gamma.get(row.fold, {}),
+                gamma=gamma,
                 seconds=probe.get("seconds"),
                 error=row.error,
             )

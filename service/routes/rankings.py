@@ -13,13 +13,14 @@ from service.deps import (
     CeleryDep,
     SessionDep,
     SettingsDep,
+    check_budget,
     in_session,
     not_found,
     owned_dataset,
     owned_job,
     submit_job,
 )
-from service.jobflow import ranking_entries, train_config
+from service.jobflow import ranking_entries
 from service.models import TERMINAL_JOB_STATUSES, Checkpoint, GammaStat, Job, RankingEntry
 from service.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
 
@@ -51,10 +52,7 @@ def create_ranking(
     if missing:
         raise not_found("checkpoint", ", ".join(missing))
     params = {"budget": body.budget.model_dump(), "seed": body.seed, "control": body.control}
-    try:
-        train_config(params)
-    except ValueError as exc:
-        raise HTTPException(UNPROCESSABLE, detail=f"budget: {exc}") from exc
+    check_budget(params)
 
     job = Job(owner=owner, kind="ranking", dataset_id=dataset.id, params=params, message="queued")
     job.entries = ranking_entries([found[c] for c in body.checkpoint_ids], body.control)

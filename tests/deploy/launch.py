@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +19,7 @@ from typing import IO, Any
 import httpx
 
 from tests.deploy.compose_env import ENV_EXAMPLE, REPO, load_compose, read_env_file, service_environment
+from tests.service.conftest import wait_for as service_wait_for
 
 ENTRYPOINTS = REPO / "docker"
 
@@ -104,14 +104,5 @@ def run_once(service: str, env: Mapping[str, str], *args: str, timeout_s: float 
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+    """The service tests' `wait_for`, where a server that does not answer yet counts as not yet."""
+    return service_wait_for(predicate, timeout_s, what, interval_s, retry_on=(httpx.HTTPError,))

@@ -17,11 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.launcher import free_port
 
 
 def _wait_port(port: int, timeout_s: float = 30.0) -> None:

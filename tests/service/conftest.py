@@ -46,8 +46,12 @@ TINY_BUDGET = {"max_steps": 4, "patch_size": 16, "batch_size": 2, "val_every": 2
 
 
 def _postgres_and_redis() -> bool:
-    if os.environ.get("BNRANK_TEST_BACKEND") == "embedded":
-        return False
+    """Whether the service tests use PostgreSQL + Redis (reachable, and not overridden to embedded)."""
+    return os.environ.get("BNRANK_TEST_BACKEND") != "embedded" and local_services_reachable()
+
+
+def local_services_reachable() -> bool:
+    """PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 both answer."""
     try:
         import psycopg
         import redis
@@ -255,11 +259,21 @@ def upload(client: httpx.Client, path: Path, **fields: str) -> httpx.Response:
         return client.post("/v1/checkpoints", files={"file": (path.name, f)}, data={"name": path.stem, **fields})
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
-    """Poll until ``predicate()`` is truthy; returns its value. No fixed sleeps in tests."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.1,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Poll until ``predicate()`` is truthy; returns its value. No fixed sleeps in tests. An exception in
+    ``retry_on`` (a server still starting or restarting) counts as not yet."""
     deadline = time.monotonic() + timeout_s
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except retry_on:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
