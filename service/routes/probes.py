@@ -6,12 +6,11 @@ the small γ costs far less Dice than zeroing as many random γ, the γ ranking 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy.orm import Session
 
 from service.auth import Owner
 from service.deps import (
-    UNPROCESSABLE,
     CeleryDep,
     SessionDep,
     SettingsDep,
@@ -42,10 +41,6 @@ def create_probe(
     """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
     dataset = owned_dataset(session, owner, body.dataset_id)
     ckpt = owned_checkpoint(session, owner, body.checkpoint_id)
-    if ckpt.n_bn_channels == 0:
-        raise HTTPException(
-            UNPROCESSABLE, detail=f"checkpoint {ckpt.id!r} ({ckpt.architecture}) has no BatchNorm γ to clip"
-        )
     check_folds(body.folds, dataset)
     params = {
         "budget": body.budget.model_dump(),

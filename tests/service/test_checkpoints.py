@@ -231,3 +231,29 @@ def test_pytorch_files_in_containers_are_accepted(alice: httpx.Client, tmp_path:
     assert body["load_report"]["container"] == "state_dict"
     assert body["load_report"]["stripped_prefixes"] == ["module."]
     alice.delete(f"/v1/checkpoints/{body['id']}")
+
+
+def test_a_network_without_batchnorm_is_refused_at_upload(alice: httpx.Client, tmp_path: Path, stack: Stack) -> None:
+    """BN-only ranking, alchemy and the probe all need BatchNorm γ: such weights never get a row."""
+    import json
+
+    from bnrank.engine.architectures import architecture_from_network_def
+    from bnrank.engine.checkpoints import save_weights
+
+    network_def = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [8, 16, 32],
+        "strides": [2, 2],
+        "norm": "instance",
+    }
+    model = architecture_from_network_def(network_def).build(require_bn=False)
+    path = save_weights(model, tmp_path / "instance_norm.safetensors")
+    before = _rows(stack, owner="alice")
+    response = upload(alice, path, network_def=json.dumps(network_def))
+    assert response.status_code == 422, response.text
+    assert "no BatchNorm" in response.json()["detail"]
+    assert _rows(stack, owner="alice") == before
+    assert _tmp_files(stack) == []
