@@ -23,6 +23,7 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from bnrank.engine.errors import TrainingError
+from bnrank.engine.options import option, three_sides, validate
 
 ProgressFn = Callable[[int, int, str], None]
 """on_progress(step, total_steps, message); raising from it (e.g. on cancel) stops training."""
@@ -30,34 +31,34 @@ ProgressFn = Callable[[int, int, str], None]
 
 @dataclass
 class TrainConfig:
-    """Budget and optimisation settings; one config is shared by every candidate of a ranking."""
+    """Budget and optimisation settings; one config is shared by every candidate of a ranking.
 
-    max_steps: int = 100
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    batch_size: int = 2
-    val_every: int = 10
-    patience: int = 4
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"  # auto | fp32 | bf16
-    score_window: int = 3
-    foreground_ratio: float = 0.5
-    val_overlap: float = 0.25
-    min_delta: float = 1e-3
+    The single declaration of these options: the API's budget schema and the CLI's budget flags are generated
+    from the fields below (engine/options.py). Bounds are the widest a worker should accept.
+    """
+
+    max_steps: int = option(100, help="training steps per candidate", ge=1, le=1_000_000)
+    patch_size: tuple[int, int, int] = option((32, 32, 32), help="patch side(s) in voxels: one or three", ge=4, le=1024)
+    batch_size: int = option(2, help="patches per step", ge=1, le=256)
+    val_every: int = option(10, help="validate every K steps", ge=1)
+    patience: int = option(4, help="stop after Q validations without improvement", ge=1)
+    lr: float = option(1e-2, help="Adam learning rate", gt=0, le=10)
+    weight_decay: float = option(0.0, help="Adam weight decay", ge=0, api=False, cli=False)
+    seed: int = option(0, help="seed of the patch schedule and the new head", ge=0, le=2**31 - 1, api=False)
+    device: str = option("cpu", help="cpu or cuda", api=False)
+    precision: str = option(
+        "auto", help="bf16 autocast where the hardware has it (auto), or fp32 / bf16", choices=("auto", "fp32", "bf16")
+    )
+    score_window: int = option(3, help="validations averaged into the score", ge=1, api=False, cli=False)
+    foreground_ratio: float = option(
+        0.5, help="share of patches centred on foreground", ge=0, le=1, api=False, cli=False
+    )
+    val_overlap: float = option(0.25, help="sliding-window overlap in validation", ge=0, lt=1, api=False, cli=False)
+    min_delta: float = option(1e-3, help="smallest validation gain that counts", ge=0, api=False, cli=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.patch_size, int):
-            self.patch_size = (self.patch_size,) * 3
-        self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
-        for name in ("max_steps", "batch_size", "val_every", "patience", "score_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if any(p < 4 for p in self.patch_size):
-            raise ValueError(f"patch_size {self.patch_size} is too small: each side needs at least 4 voxels")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        self.patch_size = three_sides(self.patch_size)
+        validate(self)
 
 
 @dataclass

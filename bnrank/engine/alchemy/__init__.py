@@ -37,6 +37,17 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from bnrank.engine.alchemy.config import (
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    DEFAULT_LAMBDA,
+    DEFAULT_MAX_SHARE,
+    FINETUNE_DEFAULTS,
+    MODES,
+    AlchemyConfig,
+    AlchemyError,
+    finetune_config,
+)
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import bn_only_evaluate, reinit_head
 from bnrank.engine.checkpoints import load_checkpoint, resolve_architecture, save_weights
@@ -45,22 +56,7 @@ from bnrank.engine.folds import fold_tasks
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, bn_layers, gamma_stats, gamma_vector, has_batchnorm
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
 
-MODES = ("scratch", "finetune", "alchemy")
-DEFAULT_ALPHA = 0.1
-DEFAULT_BETA = 1.0
-DEFAULT_LAMBDA = 1e-4
-DEFAULT_MAX_SHARE = 0.5
-# Budget defaults of an alchemy job where they differ from a ranking's (docs/alchemy.md): full fine-tuning
-# needs a smaller learning rate than BN-only training, and more steps than a ranking. The CLI and the
-# service both take them from here.
-FINETUNE_DEFAULTS = {"max_steps": 120, "lr": 3e-3, "val_every": 20, "patience": 4}
-IDENTIFY_STEPS = 60
-IDENTIFY_LR = 1e-2
 _STD_EPS = 1e-12  # keeps ∂std/∂γ finite when every γ is equal (a fresh network: all γ = 1)
-
-
-class AlchemyError(BNRankError):
-    """Alchemy or the γ probe cannot run on this network or with these options."""
 
 
 def require_batchnorm(model: nn.Module, what: str) -> None:
@@ -347,58 +343,6 @@ def modify(
 # ------------------------------------------------------------------------------------------------ runs
 
 
-@dataclass
-class AlchemyOptions:
-    mode: str = "alchemy"
-    identification: bool = True
-    modification: bool = True
-    maximization: bool | None = None  # None: on in alchemy mode, off in scratch / finetune
-    alpha: float = DEFAULT_ALPHA
-    beta: float = DEFAULT_BETA
-    lam: float = DEFAULT_LAMBDA
-    threshold: float | None = None  # None and no fraction: gamma.DEFAULT_THRESHOLD
-    fraction: float | None = None
-    max_share: float = DEFAULT_MAX_SHARE
-    identify_steps: int | None = None  # BN-only budget; None: the fine-tuning max_steps
-    identify_lr: float | None = None  # BN-only learning rate; None: the fine-tuning lr
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise AlchemyError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("alpha", "beta", "lam"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise AlchemyError(f"{name} must be a finite number ≥ 0, got {v!r}")
-        if self.identify_lr is not None and not (math.isfinite(self.identify_lr) and self.identify_lr > 0):
-            raise AlchemyError(f"identify_lr must be a positive number, got {self.identify_lr}")
-        if self.identify_steps is not None and self.identify_steps < 1:
-            raise AlchemyError(f"identify_steps must be at least 1, got {self.identify_steps}")
-        if self.threshold is not None and self.fraction is not None:
-            raise AlchemyError("give a threshold or a fraction of redundant kernels, not both")
-        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
-            raise AlchemyError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
-            raise AlchemyError(f"threshold must be a positive number, got {self.threshold}")
-        if not 0.0 < self.max_share <= 1.0:
-            raise AlchemyError(f"max_share must be in (0, 1], got {self.max_share}")
-
-    @property
-    def identifies(self) -> bool:
-        return self.mode == "alchemy" and self.identification
-
-    @property
-    def modifies(self) -> bool:
-        return self.mode == "alchemy" and self.modification
-
-    @property
-    def maximizes(self) -> bool:
-        return self.mode == "alchemy" if self.maximization is None else self.maximization
-
-    @property
-    def gamma_threshold(self) -> float:
-        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
-
-
 def _train_dict(result: TrainResult) -> dict[str, Any]:
     return asdict(result)
 
@@ -458,8 +402,8 @@ class _Phases:
             self.on_progress(self.offset, self.total, f"{self.prefix}{message}")
 
 
-def planned_steps(config: TrainConfig, options: AlchemyOptions) -> int:
-    ident = (options.identify_steps or config.max_steps) if options.identifies else 0
+def planned_steps(config: TrainConfig, options: AlchemyConfig) -> int:
+    ident = options.identify_steps if options.identifies else 0
     return ident + config.max_steps
 
 
@@ -468,7 +412,7 @@ def run_alchemy(
     arch: Architecture,
     data: TaskData,
     config: TrainConfig,
-    options: AlchemyOptions | None = None,
+    options: AlchemyConfig | None = None,
     *,
     on_progress: ProgressFn | None = None,
     _phases: _Phases | None = None,
@@ -478,7 +422,7 @@ def run_alchemy(
     The head is re-initialised from ``config.seed`` first (as in BN-only evaluation), so every mode and
     every checkpoint starts from the same head.
     """
-    options = options or AlchemyOptions()
+    options = options or AlchemyConfig()
     started = time.perf_counter()
     needs_bn = [
         what
@@ -499,11 +443,7 @@ def run_alchemy(
 
     identification = None
     if options.identifies:
-        id_config = dataclasses.replace(
-            config,
-            max_steps=options.identify_steps or config.max_steps,
-            lr=options.identify_lr or config.lr,
-        )
+        id_config = options.identify_config(config)
         result, _, after = bn_only_evaluate(
             model,
             arch,
@@ -624,7 +564,7 @@ def alchemy_checkpoint(
     checkpoint: str | Path,
     data: TaskData,
     config: TrainConfig,
-    options: AlchemyOptions | None = None,
+    options: AlchemyConfig | None = None,
     *,
     out: str | Path | None = None,
     architecture: str | Architecture | None = None,
@@ -637,7 +577,7 @@ def alchemy_checkpoint(
 
     Nothing is written unless every phase succeeded.
     """
-    options = options or AlchemyOptions()
+    options = options or AlchemyConfig()
     model, arch, report = prepare_model(
         checkpoint, data, options.mode, config.seed, architecture=architecture, network_def=network_def
     )
@@ -679,7 +619,7 @@ def alchemy_kfold(
     checkpoint: str | Path,
     data: TaskData,
     config: TrainConfig,
-    options: AlchemyOptions | None = None,
+    options: AlchemyConfig | None = None,
     *,
     folds: int,
     out: str | Path | None = None,
@@ -694,7 +634,7 @@ def alchemy_kfold(
     With ``out`` the weights of fold i go to ``<out stem>.fold<i>.safetensors``, all moved into place
     together once every fold has succeeded (a failing fold leaves none of them behind).
     """
-    options = options or AlchemyOptions()
+    options = options or AlchemyConfig()
     tasks = fold_tasks(data, folds, config.seed)
     per_fold = planned_steps(config, options)
     phases = _Phases(on_progress, per_fold * len(tasks))
