@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bnrank.engine.alchemy import AlchemyOptions, AlchemyResult, alchemy_checkpoint  # noqa: E402
+from bnrank.engine.alchemy import AlchemyConfig, AlchemyResult, alchemy_checkpoint  # noqa: E402
 from bnrank.engine.architectures import build_model  # noqa: E402
 from bnrank.engine.checkpoints import save_weights  # noqa: E402
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess  # noqa: E402
@@ -117,7 +117,7 @@ def run_all(args: argparse.Namespace, data_root: Path, work: Path) -> dict:
         run_config = replace(config)
         if opts.pop("longer", False):  # control: as many extra steps as identification gets, but full ones
             run_config = replace(config, max_steps=args.steps + args.identify_steps)
-        options = AlchemyOptions(
+        options = AlchemyConfig(
             **{"identify_steps": args.identify_steps, "identify_lr": args.identify_lr, **rule, **opts}
         )
         started = time.perf_counter()
