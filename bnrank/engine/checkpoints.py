@@ -3,6 +3,12 @@
 Checkpoints come from strangers. A PyTorch file is a pickle, and unpickling runs whatever code the file
 names, so it is only ever read with ``torch.load(..., weights_only=True)``; a file that needs more is
 refused as unsafe, never retried with a full unpickle. ``.safetensors`` files hold no code at all.
+
+Safe to unpickle is not yet safe to open: a 1 MB zip can inflate to gigabytes, a legacy pickle can declare a
+storage of 10¹² elements, and a tensor can claim a huge shape over one stored number (stride 0). So every
+size is bounded by `max_bytes` before the allocation it would cause: the zip's central directory before
+`torch.load`, a legacy file's declared storages by a scan that builds nothing, and the tensors' total size
+before anything is computed on them. The service passes its upload limit; the default suits a CLI user.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from bnrank.engine.architectures import (
     get_architecture,
     head_keys,
 )
+from bnrank.engine.architectures.registry import probe_shapes
+from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.errors import (
     ArchitectureMismatchError,
+    CheckpointTooLargeError,
     CorruptCheckpointError,
     UnknownArchitectureError,
     UnsafeCheckpointError,
@@ -40,6 +49,17 @@ from bnrank.engine.errors import (
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "network_weights", "module")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 MIN_MATCH = 0.5
+
+MiB = 1024**2
+GiB = 1024**3
+# Largest decompressed checkpoint read by default: SwinUNETR-sized networks are a few hundred MB in fp32.
+DEFAULT_MAX_CHECKPOINT_BYTES = 2 * GiB
+# torch.save stores zip entries uncompressed (ratio ≤ 1), so a high inflation ratio means a crafted file.
+# Below the floor a high ratio is harmless (it cannot cost more than the floor) and is not judged.
+DEFAULT_MAX_ZIP_RATIO = 10.0
+ZIP_RATIO_FLOOR = 16 * MiB
+# One entry per storage plus a few bookkeeping records; real networks have hundreds to a few thousand.
+DEFAULT_MAX_ZIP_ENTRIES = 65_536
 
 
 @dataclass
@@ -116,7 +136,207 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptCheckpointError(f"{path.name}: unreadable safetensors file ({exc})") from exc
 
 
-def _read_torch(path: Path) -> Any:
+def _size(n: float) -> str:
+    """Bytes for a message: the unit a person would use."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def _zip_entry_count(handle: Any) -> int | None:
+    """Entries the end-of-archive record declares, read before the central directory is parsed.
+
+    Parsing builds one object per entry; a crafted archive of millions of empty entries would cost
+    gigabytes there, so the count is judged first. None where this Python lacks the (long-standing,
+    private) zipfile helper; the count is then judged after parsing.
+    """
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return None
+    record = end_record(handle)
+    if not record:
+        raise zipfile.BadZipFile("no end-of-archive record")
+    return int(record[zipfile._ECD_ENTRIES_TOTAL])
+
+
+def check_torch_zip(
+    path: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
+    max_ratio: float = DEFAULT_MAX_ZIP_RATIO,
+    max_entries: int = DEFAULT_MAX_ZIP_ENTRIES,
+) -> int:
+    """Refuse a PyTorch zip whose entries would inflate past the limits; return the decompressed total.
+
+    Only the central directory is read (zipfile reads no member data for `infolist`). PyTorch's reader
+    allocates each record at the size the directory declares and never decompresses past it, so the
+    declared sizes bound what `torch.load` can allocate for the archive.
+    """
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            count = _zip_entry_count(handle)
+        if count is not None and count > max_entries:
+            raise CheckpointTooLargeError(
+                f"{path.name}: the archive has {count:,} entries, more than the {max_entries:,} allowed"
+            )
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+        raise CorruptCheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint ({exc})") from exc
+    if len(entries) > max_entries:
+        raise CheckpointTooLargeError(
+            f"{path.name}: the archive has {len(entries):,} entries, more than the {max_entries:,} allowed"
+        )
+    total = sum(max(info.file_size, 0) for info in entries)
+    if total > max_bytes:
+        raise CheckpointTooLargeError(
+            f"{path.name}: the archive decompresses to {_size(total)}, above the {_size(max_bytes)} limit"
+        )
+    if total > ZIP_RATIO_FLOOR and total > max_ratio * max(size, 1):
+        raise CheckpointTooLargeError(
+            f"{path.name}: the archive inflates {total / max(size, 1):,.0f}-fold ({_size(size)} to "
+            f"{_size(total)}), more than the {max_ratio:g}-fold allowed; torch.save writes uncompressed "
+            "archives, so this is not a plain checkpoint"
+        )
+    return total
+
+
+# Bytes per element of the storage classes a legacy (pre-1.6) checkpoint names.
+_LEGACY_ELEMENT_SIZES = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1,
+}
+
+
+class _Placeholder:
+    """Stands in for every object a legacy pickle builds while it is only being sized: it runs nothing."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _Global:
+    """Stands in for every class or function a legacy pickle names; calling it builds a `_Placeholder`."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
+        return _Placeholder()
+
+
+_SHORT_READ = 1 << 20  # over-reads up to this are the unpickler's business (EOF), not an allocation hazard
+
+
+class _BoundedReader:
+    """A file view that refuses any read past its end instead of allocating what the pickle asks for.
+
+    A genuine pickle never asks for bytes it does not contain; a crafted one claiming a 100 GB string is
+    answered with an error, not a 100 GB buffer.
+    """
+
+    def __init__(self, handle: Any, size: int, name: str) -> None:
+        self._f, self._size, self._name = handle, size, name
+
+    def _left(self) -> int:
+        return self._size - self._f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self._left(), 0)
+        if n is None or n < 0:
+            n = left
+        if n > left and n > _SHORT_READ:  # a length field larger than the rest of the file: a lie
+            raise CorruptCheckpointError(f"{self._name}: the pickle asks for {n:,} bytes but only {left:,} remain")
+        return self._f.read(min(n, left))  # short reads (at the end) are left for the unpickler to judge
+
+    def readline(self) -> bytes:
+        return self._f.readline(max(self._left(), 0))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _SizingUnpickler(pickle._Unpickler):  # the pure-Python unpickler, so every read goes through read()
+    """Records the storages a legacy pickle declares; every name it imports becomes a harmless `_Global`."""
+
+    def __init__(self, reader: _BoundedReader) -> None:
+        super().__init__(reader)  # type: ignore[arg-type]
+        self.storages: dict[str, int] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Global(name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            storage_type, key, numel = pid[1], str(pid[2]), pid[4]
+            if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+                raise ValueError(f"storage {key} has a nonsensical size {numel!r}")
+            name = storage_type.name if isinstance(storage_type, _Global) else ""
+            nbytes = numel * _LEGACY_ELEMENT_SIZES.get(name, 16)
+            self.storages[key] = max(self.storages.get(key, 0), nbytes)
+        return _Placeholder()
+
+
+def check_legacy_torch(path: Path, *, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES) -> int:
+    """Refuse a legacy (non-zip) PyTorch file whose declared storages exceed the file or `max_bytes`.
+
+    `torch.load` allocates each storage at the element count the pickle states, before reading its bytes
+    (untouched, such an allocation costs address space rather than RAM under Linux's default overcommit,
+    but it is committed memory under strict overcommit and fails a process limited by RLIMIT_AS).
+    This walks the same pickles (magic number, protocol, system info, the object, the storage keys) with an
+    unpickler that builds nothing, sums the declared storage sizes and compares them with what the file
+    can actually hold: every byte of a storage is stored after the pickles, so more is a lie. A walk that
+    breaks off (a malformed or malicious pickle) still checks what was declared before the break, which is
+    all `torch.load` could allocate before breaking at the same place; the verdict is then torch's.
+    """
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointTooLargeError(f"{path.name}: the file is {_size(size)}, above the {_size(max_bytes)} limit")
+    storages: dict[str, int] = {}
+    try:
+        with path.open("rb") as handle:
+            reader = _BoundedReader(handle, size, path.name)
+            for _ in range(5):
+                unpickler = _SizingUnpickler(reader)
+                try:
+                    unpickler.load()
+                finally:
+                    storages.update(unpickler.storages)
+    except CorruptCheckpointError:
+        raise
+    except Exception:  # torch.load gives the verdict on what cannot be walked (unsafe, corrupt)
+        pass  # what was declared up to here is still checked: torch would allocate it before failing too
+    declared = sum(storages.values())
+    if declared > size:  # and so above max_bytes too, which the file is not
+        raise CheckpointTooLargeError(
+            f"{path.name}: the checkpoint declares {_size(declared)} of tensor data but the file is "
+            f"{_size(size)}; it cannot hold them"
+        )
+    return declared
+
+
+def _read_torch(path: Path, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES) -> Any:
+    with path.open("rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip:
+        check_torch_zip(path, max_bytes=max_bytes)
+    else:
+        check_legacy_torch(path, max_bytes=max_bytes)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -128,6 +348,8 @@ def _read_torch(path: Path) -> Any:
             ) from exc
         raise CorruptCheckpointError(f"{path.name}: not a readable PyTorch checkpoint ({text[:200]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
+        if "can't allocate memory" in str(exc):  # torch's allocator failing is no verdict on the file
+            raise MemoryError(str(exc).splitlines()[0][:200]) from exc
         raise CorruptCheckpointError(
             f"{path.name}: truncated or corrupt PyTorch checkpoint ({str(exc).splitlines()[0][:200]})"
         ) from exc
@@ -159,17 +381,33 @@ def unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
     return state, container, stripped
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors of a checkpoint file plus how they were found (format, container, stripped prefixes)."""
+def read_state_dict(
+    path: str | Path, *, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a checkpoint file plus how they were found (format, container, stripped prefixes).
+
+    `max_bytes` bounds what reading may allocate: the decompressed archive, and the tensors' total size.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CorruptCheckpointError(f"{path}: no such file")
+        raise CorruptCheckpointError(f"{path.name}: no such file")
     fmt = sniff_format(path)
-    raw = _read_safetensors(path) if fmt == "safetensors" else _read_torch(path)
+    if fmt == "safetensors" and path.stat().st_size > max_bytes:
+        raise CheckpointTooLargeError(
+            f"{path.name}: the file is {_size(path.stat().st_size)}, above the {_size(max_bytes)} limit"
+        )
+    raw = _read_safetensors(path) if fmt == "safetensors" else _read_torch(path, max_bytes)
     try:
         state, container, stripped = unwrap(raw)
     except CorruptCheckpointError as exc:
         raise CorruptCheckpointError(f"{path.name}: {exc}") from exc
+    # A tensor may view one stored number with a huge shape (stride 0): cheap to load, but anything that
+    # touches it (the finiteness check below, a model built to its shape) pays the full size.
+    logical = sum(v.numel() * v.element_size() for v in state.values())
+    if logical > max_bytes:
+        raise CheckpointTooLargeError(
+            f"{path.name}: the tensors' shapes add up to {_size(logical)}, above the {_size(max_bytes)} limit"
+        )
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CorruptCheckpointError(
@@ -199,10 +437,12 @@ def resolve_architecture(
     shapes: Mapping[str, tuple[int, ...]],
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
+    *,
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
 ) -> tuple[Architecture, dict[str, Any]]:
     """Pick the architecture (given, from a network definition, or recognised) and its build options."""
     if network_def is not None:
-        return architecture_from_network_def(dict(network_def)), {}
+        return architecture_from_network_def(dict(network_def), max_parameters=max_parameters), {}
     if architecture is None:
         return recognise(shapes)
     arch = architecture if isinstance(architecture, Architecture) else get_architecture(architecture)
@@ -273,20 +513,26 @@ def load_checkpoint(
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
     min_match: float = MIN_MATCH,
+    max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
 ) -> tuple[nn.Module, LoadReport]:
     """Build the checkpoint's architecture for a task with ``out_channels`` classes and load the weights.
 
     Without ``out_channels`` the head keeps the checkpoint's own class count (for inspection).
+    ``max_bytes`` bounds reading the file, ``max_parameters`` the network built for it (checked before
+    anything is allocated).
     """
-    state, meta = read_state_dict(path)
+    state, meta = read_state_dict(path, max_bytes=max_bytes)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    arch, kwargs = resolve_architecture(shapes, architecture, network_def)
+    arch, kwargs = resolve_architecture(shapes, architecture, network_def, max_parameters=max_parameters)
     kwargs = dict(kwargs)
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     if out_channels is not None:
         kwargs["out_channels"] = out_channels
     kwargs.setdefault("out_channels", 2)
+    if network_def is None:  # a network_def is sized arithmetically inside its builder
+        check_parameter_count(arch, kwargs, max_parameters)
     model = arch.build(**kwargs)
     report = LoadReport(
         architecture=arch.name,
@@ -297,6 +543,21 @@ def load_checkpoint(
     )
     fit_state_dict(model, arch, state, report, min_match=min_match)
     return model, report
+
+
+def check_parameter_count(arch: Architecture, kwargs: Mapping[str, Any], max_parameters: int) -> int:
+    """Count `arch.build(**kwargs)`'s parameters on the meta device (no memory) and refuse above the cap.
+
+    Registered architectures take their width from the checkpoint's shapes, so this guards against a
+    checkpoint crafted to make the real build enormous.
+    """
+    count = sum(math.prod(shape) for shape in probe_shapes(arch.build, **kwargs).values())
+    if count > max_parameters:
+        raise CheckpointTooLargeError(
+            f"{arch.name} built for this checkpoint would have {count:,} parameters, "
+            f"above the limit of {max_parameters:,}"
+        )
+    return count
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:

@@ -44,3 +44,23 @@ class DatasetError(BNRankError):
 
 class TrainingError(BNRankError):
     """Training could not run or diverged (NaN loss, patch larger than every volume, ...)."""
+
+
+class LimitExceededError(BNRankError):
+    """The input is well-formed but would cost more memory or time than the configured limit allows.
+
+    A separate class so a caller can answer it differently (say 413 rather than 422) and so tests can tell
+    a refusal by size from a refusal by content.
+    """
+
+
+class CheckpointTooLargeError(CheckpointError, LimitExceededError):
+    """Reading or building the checkpoint would exceed a size limit (decompressed bytes, parameters)."""
+
+
+class NetworkTooLargeError(NetworkDefError, LimitExceededError):
+    """A network_def describes a network with more parameters than allowed; refused before it is built."""
+
+
+class InspectionLimitError(CheckpointError, LimitExceededError):
+    """Inspecting a checkpoint in its isolated process ran out of its memory or time limit."""

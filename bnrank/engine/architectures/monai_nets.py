@@ -18,7 +18,8 @@ from monai.networks import nets
 from torch import nn
 
 from bnrank.engine.architectures.registry import Architecture, ProbeInfer, probe_head, register
-from bnrank.engine.errors import NetworkDefError
+from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS, estimate_parameters
+from bnrank.engine.errors import NetworkDefError, NetworkTooLargeError
 
 _NETS_MODULE = "monai.networks.nets."
 _CANDIDATES = ("UNet", "BasicUNet", "DynUNet", "SegResNet", "AttentionUnet", "VNet", "UNETR", "SwinUNETR")
@@ -97,12 +98,15 @@ def build_network(
     out_channels: int | None,
     *,
     require_bn: bool = True,
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
     **options: Any,
 ) -> nn.Module:
     """Instantiate an allowed class; every way the arguments can be wrong becomes a NetworkDefError.
 
     Precedence: `options` and explicit in/out channels override the def's values, which override the
-    defaults (3 spatial dims; 1 in, 2 out channels when nobody says otherwise).
+    defaults (3 spatial dims; 1 in, 2 out channels when nobody says otherwise). The parameter count is
+    estimated from the arguments and checked against `max_parameters` before the constructor runs, since
+    the constructor is what allocates.
     """
     if class_name not in ALLOWED_CLASSES:
         raise NetworkDefError(f"{class_name!r} is not an allowed MONAI network class")
@@ -125,6 +129,7 @@ def build_network(
             raise NetworkDefError(
                 f"{class_name} does not take {', '.join(unknown)}; it takes: {', '.join(params)}"
             )
+    check_network_size(class_name, kwargs, max_parameters)
     try:
         model = cls(**kwargs)
     except _WRAP_ERRORS as exc:
@@ -137,8 +142,41 @@ def build_network(
     return model
 
 
+def check_network_size(
+    class_name: str, kwargs: Mapping[str, Any], max_parameters: int = DEFAULT_MAX_PARAMETERS
+) -> int:
+    """Estimated parameter count of `class_name(**kwargs)`; NetworkTooLargeError above `max_parameters`.
+
+    Missing required arguments are left for the constructor to report (it fails before allocating);
+    arguments that cannot be read as sizes are refused here, since what cannot be sized is not built.
+    """
+    params = inspect.signature(getattr(nets, class_name)).parameters
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    missing = [
+        name
+        for name, param in params.items()
+        if param.default is inspect.Parameter.empty and param.kind not in variadic and name not in kwargs
+    ]
+    if missing:
+        raise NetworkDefError(f"{class_name} needs {', '.join(missing)}; the network_def does not give it")
+    try:
+        estimate = estimate_parameters(class_name, kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, ArithmeticError) as exc:
+        raise NetworkDefError(f"cannot build {class_name} from this network_def: {exc}") from exc
+    if estimate > max_parameters:
+        raise NetworkTooLargeError(
+            f"{class_name} as described would have about {estimate:,} parameters, above the limit of "
+            f"{max_parameters:,}; it is refused before being built"
+        )
+    return estimate
+
+
 def _network_architecture(
-    name: str, description: str, class_name: str, def_kwargs: Mapping[str, Any]
+    name: str,
+    description: str,
+    class_name: str,
+    def_kwargs: Mapping[str, Any],
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
 ) -> Architecture:
     """An Architecture around `build_network`, with head and infer found by probing builds."""
     frozen = copy.deepcopy(dict(def_kwargs))  # the caller's dict may change later; the build must not
@@ -151,7 +189,15 @@ def _network_architecture(
         **options: Any,
     ) -> nn.Module:
         """Build with the def's settings; in/out channels and options override them."""
-        return build_network(class_name, frozen, in_channels, out_channels, require_bn=require_bn, **options)
+        return build_network(
+            class_name,
+            frozen,
+            in_channels,
+            out_channels,
+            require_bn=require_bn,
+            max_parameters=max_parameters,
+            **options,
+        )
 
     probe: Callable[..., nn.Module] = functools.partial(build, require_bn=False)
     head = probe_head(probe)
@@ -160,11 +206,15 @@ def _network_architecture(
     )
 
 
-def architecture_from_network_def(defn: Mapping[str, Any]) -> Architecture:
+def architecture_from_network_def(
+    defn: Mapping[str, Any], *, max_parameters: int = DEFAULT_MAX_PARAMETERS
+) -> Architecture:
     """Turn a bundle's network_def into an Architecture named `monai:<ClassName>`.
 
-    Malformed or disallowed defs fail here; a def that builds but lacks BatchNorm fails in `build`
-    (unless `require_bn=False`), so a caller can still inspect such a network on purpose.
+    Malformed or disallowed defs fail here, and so does a def estimated above `max_parameters` (every
+    build of the returned Architecture is checked again, since in/out channels can change the count);
+    a def that builds but lacks BatchNorm fails in `build` (unless `require_bn=False`), so a caller can
+    still inspect such a network on purpose.
     """
     class_name, kwargs = parse_network_def(defn)
     return _network_architecture(
@@ -172,6 +222,7 @@ def architecture_from_network_def(defn: Mapping[str, Any]) -> Architecture:
         description=f"MONAI {class_name} from a network_def",
         class_name=class_name,
         def_kwargs=kwargs,
+        max_parameters=max_parameters,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnrank.engine.data.checks import check_case, check_cases
+from bnrank.engine.data.checks import DEFAULT_MAX_VOLUME_BYTES, check_case, check_cases, volume_bytes
 from bnrank.engine.data.layouts import (
     Case,
     Dataset,
@@ -29,6 +29,7 @@ from bnrank.engine.data.preprocess import (
 from bnrank.engine.errors import DatasetError
 
 __all__ = [
+    "DEFAULT_MAX_VOLUME_BYTES",
     "Case",
     "Dataset",
     "PreprocessConfig",
@@ -45,21 +46,31 @@ __all__ = [
     "median_spacing",
     "open_dataset",
     "preprocess",
+    "volume_bytes",
 ]
 
 # How many problems a "nothing usable" error quotes; the full list is on Dataset.problems.
 _PROBLEMS_IN_MESSAGE = 5
 
 
-def open_dataset(root: str | Path, *, check: bool = True) -> Dataset:
+def open_dataset(
+    root: str | Path, *, check: bool = True, max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES
+) -> Dataset:
     """Parse dataset.json, list the cases and (with `check`) read every file to keep only good ones.
 
     `check=False` only does what needs no image reads (paths, containment, existence); use it when
-    the dataset was checked before and opening it again must be fast.
+    the dataset was checked before and opening it again must be fast. With `check`, a file whose header
+    implies more than `max_volume_bytes` of voxel data is not read; its case becomes a Problem.
     """
     dataset = list_dataset(root)
     if check:
-        good, problems = check_cases(dataset.cases, dataset.root, dataset.labels, len(dataset.channel_names))
+        good, problems = check_cases(
+            dataset.cases,
+            dataset.root,
+            dataset.labels,
+            len(dataset.channel_names),
+            max_volume_bytes=max_volume_bytes,
+        )
         dataset.cases = good
         dataset.problems.extend(problems)
     if not dataset.cases:

@@ -2,6 +2,11 @@
 
 Every check reads the voxel data, not only the header: a truncated .nii.gz has a perfect header and
 fails only when the data is decompressed, which is exactly what a data loader would hit mid-epoch.
+
+Reading the data is also how a decompression bomb would strike: zeros compress about a thousandfold, so
+a 50 MB .nii.gz can hold a 4000³ float32 volume, and nibabel allocates and fills the whole 256 GB array.
+The header states the shape and type before anything is decompressed, so the size they imply is checked
+against `max_volume_bytes` first, and such a case is left out as a Problem, unread.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import numpy as np
 
 from bnrank.engine.data.layouts import Case, Problem
 
+# Largest decompressed volume read by default. A 512³ float32 CT is 0.5 GiB; 2 GiB admits 4D multi-channel
+# MSD files of that size while refusing headers that claim tens of gigabytes.
+DEFAULT_MAX_VOLUME_BYTES = 2 * 1024**3
+
 # Relative to the smallest voxel edge: float32 storage of qform/sform loses ~1e-7 of the origin's
 # magnitude, so this tolerates rounding but not a real shift of a thousandth of a voxel or more.
 AFFINE_TOLERANCE = 1e-3
@@ -22,13 +31,39 @@ class _CaseProblem(Exception):
     """Internal: stops checking a case at its first problem; later checks would only repeat it."""
 
 
-def _load(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+def volume_bytes(image: nib.spatialimages.SpatialImage) -> int:
+    """Bytes the array of `image` will take once read, from its header alone (nothing is decompressed).
+
+    Scaled data (scl_slope/scl_inter) is returned as floats, so it is counted at 8 bytes per voxel.
+    """
+    shape = tuple(int(s) for s in image.shape)
+    dataobj = image.dataobj
+    itemsize = np.dtype(getattr(dataobj, "dtype", image.get_data_dtype())).itemsize
+    slope, inter = getattr(dataobj, "slope", 1.0), getattr(dataobj, "inter", 0.0)
+    scaled = not (slope in (1, None) and inter in (0, None))
+    return int(np.prod(shape, dtype=object)) * max(itemsize, 8 if scaled else 1)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+
+
+def _load(path: Path, root: Path, max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Return (data, affine); any failure of nibabel, gzip or zlib becomes one readable message."""
-    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     if not path.is_file():
         raise _CaseProblem(f"missing file {shown}")
     try:
         image = nib.load(str(path))
+        claimed = volume_bytes(image)
+    except Exception as exc:
+        raise _CaseProblem(f"unreadable file {shown}: {type(exc).__name__}: {exc}") from exc
+    if claimed > max_volume_bytes:
+        raise _CaseProblem(
+            f"{shown} is refused: its header claims shape {_fmt(image.shape)} of {image.get_data_dtype()}, "
+            f"{_size(claimed)} once decompressed, above the {_size(max_volume_bytes)} limit per volume"
+        )
+    try:
         data = np.asanyarray(image.dataobj)
         affine = np.asarray(image.affine, dtype=np.float64)
     # Deliberately broad: nibabel surfaces ImageFileError, ValueError and struct errors, gzip
@@ -74,16 +109,24 @@ def _check_label_values(label: np.ndarray, declared: dict[str, int]) -> None:
         raise _CaseProblem("label is empty (all background)")
 
 
-def check_case(case: Case, root: Path, labels: dict[str, int], n_channels: int) -> list[Problem]:
+def check_case(
+    case: Case,
+    root: Path,
+    labels: dict[str, int],
+    n_channels: int,
+    *,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
+) -> list[Problem]:
     """Problems of one case (empty list: usable). Stops at the first one; it is the one to fix.
 
-    Data is read one file at a time and dropped before the next, so memory stays at one volume.
+    Data is read one file at a time and dropped before the next, so memory stays at one volume, and no
+    volume is read whose header implies more than `max_volume_bytes`.
     """
     try:
         reference: tuple[tuple[int, ...], np.ndarray] | None = None
         one_file = len(case.images) == 1
         for index, path in enumerate(case.images):
-            data, affine = _load(path, root)
+            data, affine = _load(path, root, max_volume_bytes)
             what = "image" if one_file else f"image channel {index}"
             data = _spatial(data, what, channels_last=one_file)
             found = data.shape[3] if data.ndim == 4 else 1
@@ -106,7 +149,7 @@ def check_case(case: Case, root: Path, labels: dict[str, int], n_channels: int) 
                 raise _CaseProblem(f"channels have different affines (channel 0 vs channel {index})")
         if reference is None:
             raise _CaseProblem("case lists no image file")
-        label, label_affine = _load(case.label, root)
+        label, label_affine = _load(case.label, root, max_volume_bytes)
         label = _spatial(label, "label", None)
         label_shape = tuple(int(s) for s in label.shape)
         if label_shape != reference[0]:
@@ -124,14 +167,19 @@ def check_case(case: Case, root: Path, labels: dict[str, int], n_channels: int) 
     return []
 
 
-def check_cases(cases: list[Case], root: Path, labels: dict[str, int], n_channels: int) -> tuple[
-    list[Case], list[Problem]
-]:
+def check_cases(
+    cases: list[Case],
+    root: Path,
+    labels: dict[str, int],
+    n_channels: int,
+    *,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
+) -> tuple[list[Case], list[Problem]]:
     """Split cases into usable ones and problems, keeping the dataset's order."""
     good: list[Case] = []
     problems: list[Problem] = []
     for case in cases:
-        found = check_case(case, root, labels, n_channels)
+        found = check_case(case, root, labels, n_channels, max_volume_bytes=max_volume_bytes)
         if found:
             problems.extend(found)
         else:

@@ -35,6 +35,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from bnrank.engine.data.checks import DEFAULT_MAX_VOLUME_BYTES, volume_bytes
 from bnrank.engine.data.layouts import Case, Dataset, channel_modality
 from bnrank.engine.errors import DatasetError
 
@@ -212,6 +213,44 @@ def _load_channels(case: Case) -> MetaTensor:
     return MetaTensor(stacked, meta=dict(first.meta))  # the meta dict carries the affine
 
 
+def check_case_size(
+    case: Case, spacing: tuple[float, float, float], max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES
+) -> None:
+    """Refuse a case whose files, or whose arrays after resampling to `spacing`, exceed `max_volume_bytes`.
+
+    From headers alone. The files may have changed since the dataset was checked (a worker opens it with
+    check=False), and a target spacing far finer than the data's multiplies the voxel count: 1 mm data
+    resampled to 0.05 mm is 8000 times larger. Resampling keeps the physical extent, so the new voxel count
+    is the old one × old voxel volume / new voxel volume, whatever the orientation.
+    """
+    out_voxels, label_voxels = 0.0, 0.0
+    for path in case.images:
+        try:
+            image = nib.load(str(path))
+            raw = volume_bytes(image)
+            zooms = [float(z) for z in image.header.get_zooms()[:3]]
+            shape = [int(n) for n in image.shape]
+        except Exception as exc:  # the same breadth as the checks: any reader failure names the case
+            raise DatasetError(f"case {case.case_id}: cannot read header of {path.name}: {exc}") from exc
+        if raw > max_volume_bytes:
+            raise DatasetError(
+                f"case {case.case_id}: {path.name} would take {raw / 1024**3:.1f} GiB to read, above the "
+                f"{max_volume_bytes / 1024**3:.1f} GiB limit per volume"
+            )
+        channels = shape[3] if len(shape) > 3 else 1
+        voxels = float(np.prod(shape[:3], dtype=np.float64))
+        resampled = voxels * float(np.prod(zooms)) / float(np.prod(spacing))
+        out_voxels += channels * resampled
+        label_voxels = label_voxels or resampled  # the label shares the first image's grid
+    out_bytes = 4 * (out_voxels + label_voxels)  # float32 image channels plus the label, as loaded
+    if out_bytes > max_volume_bytes:
+        raise DatasetError(
+            f"case {case.case_id}: resampled to spacing {tuple(spacing)} it would take "
+            f"{out_bytes / 1024**3:.1f} GiB, above the {max_volume_bytes / 1024**3:.1f} GiB limit per volume; "
+            "choose a coarser spacing"
+        )
+
+
 def preprocess_case(
     case: Case,
     *,
@@ -219,13 +258,15 @@ def preprocess_case(
     spacing: tuple[float, float, float],
     config: PreprocessConfig,
     lookup: np.ndarray,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
 ) -> PreprocessedCase:
     """Reorient, resample, normalise one case; image and label go through one dict pipeline.
 
     Resampling both keys together (Spacingd with ensure_same_shape) guarantees identical grids even
     when their affines differ by rounding. Normalisation comes after resampling so the statistics
-    describe exactly the voxels the network will see.
+    describe exactly the voxels the network will see. Sizes are checked from the headers first.
     """
+    check_case_size(case, spacing, max_volume_bytes)
     loader = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)
     data = {"image": _load_channels(case), "label": EnsureChannelFirst()(loader(str(case.label)))}
     data = Orientationd(["image", "label"], axcodes=config.orientation, labels=_NIBABEL_AXIS_LABELS)(data)
@@ -298,11 +339,14 @@ def preprocess(
     dataset: Dataset,
     config: PreprocessConfig | None = None,
     cache_root: str | Path | None = None,
+    *,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
 ) -> PreprocessedDataset:
     """Preprocessed arrays for the dataset's good cases, from the cache when it is still valid.
 
     A cache hit only stat()s the NIfTI files. A miss processes and writes one case at a time, so
-    peak memory is one raw volume plus the arrays kept for the result.
+    peak memory is one raw volume plus the arrays kept for the result; a case whose volume, read or
+    resampled, would exceed `max_volume_bytes` is refused (DatasetError) before it is read.
     """
     config = config or PreprocessConfig()
     if not dataset.cases:
@@ -329,7 +373,14 @@ def preprocess(
     entries: list[dict[str, str]] = []
     for index, case in enumerate(dataset.cases):
         try:
-            done = preprocess_case(case, channel_kinds=kinds, spacing=spacing, config=config, lookup=lookup)
+            done = preprocess_case(
+                case,
+                channel_kinds=kinds,
+                spacing=spacing,
+                config=config,
+                lookup=lookup,
+                max_volume_bytes=max_volume_bytes,
+            )
         except DatasetError:
             raise
         except Exception as exc:  # check=False datasets can still hold unreadable files
