@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (`service.db.migrate`) or from the BNRANK_ settings.
+"""Alembic environment: the URL comes from the caller (`service.core.db.migrate`) or from the BNRANK_ settings.
 
 On PostgreSQL the migration holds an advisory lock, so several API replicas starting at once migrate one
 after the other instead of racing on the same DDL. Logging is only configured when the `alembic` command
@@ -12,8 +12,8 @@ from logging.config import fileConfig
 from sqlalchemy import Connection, text
 
 from alembic import context
-from service.db import make_engine
-from service.models import Base
+from service.core.db import make_engine
+from service.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -26,7 +26,7 @@ def _url() -> str:
         return str(url)
     if config.config_file_name is not None:
         fileConfig(config.config_file_name, disable_existing_loggers=False)
-    from service.config import Settings
+    from service.core.config import Settings
 
     return Settings().database_url
 

@@ -168,8 +168,8 @@ def upload(url: str, key: str, size_mib: int, folder: Path, pid: int) -> dict[st
 
 def make_settings(backend: str, home: Path, data: Path) -> tuple[Any, Any]:
     """Settings for a throwaway deployment, plus a cleanup function."""
-    from service.config import Settings
-    from service.launcher import free_port
+    from service.core.config import Settings
+    from service.core.launcher import free_port
 
     common = {"home": home, "data_roots": [data], "api_port": free_port(), "log_level": "WARNING"}
     if backend == "auto":
@@ -205,10 +205,10 @@ def make_settings(backend: str, home: Path, data: Path) -> tuple[Any, Any]:
 
 def prepare(settings: Any, work: Path) -> tuple[str, str, str, list[str]]:
     """Key, a finished ranking and the ids a new ranking needs, created through the API."""
-    from service.auth import create_key
-    from service.client import Client
-    from service.db import Database, migrate
-    from service.launcher import WorkerProcess
+    from bnrank.cli.client import Client
+    from service.api.auth import create_key
+    from service.core.db import Database, migrate
+    from service.core.launcher import WorkerProcess
     from tests.engine.volumes import write_nnunet_dataset
     from tests.service.conftest import TINY_BUDGET, make_checkpoint
 
@@ -243,8 +243,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
 
-    from service.client import Client
-    from service.launcher import ServeProcess
+    from bnrank.cli.client import Client
+    from service.core.launcher import ServeProcess
     from tests.service.conftest import TINY_BUDGET
 
     work = Path(tempfile.mkdtemp(prefix="bnrank-bench-"))

@@ -31,9 +31,9 @@ def main() -> None:
     from api import make_settings  # bench/api.py: the same throwaway database, queue and key prefix
     from fastapi.testclient import TestClient
 
-    from service.auth import create_key
-    from service.db import Database, migrate
-    from service.main import create_app
+    from service.api.app import create_app
+    from service.api.auth import create_key
+    from service.core.db import Database, migrate
     from tests.engine.volumes import write_nnunet_dataset
     from tests.service.conftest import make_checkpoint
 

@@ -53,7 +53,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# 3. the source. Installed editable on purpose: service/db.py finds alembic.ini and alembic/ next to the
+# 3. the source. Installed editable on purpose: service/core/db.py finds alembic.ini and alembic/ next to the
 # service package, which a plain `pip install .` would move into site-packages without them.
 COPY README.md alembic.ini ./
 COPY alembic/ alembic/
@@ -61,7 +61,7 @@ COPY bnrank/ bnrank/
 COPY service/ service/
 COPY worker/ worker/
 RUN pip install --no-deps -e . \
-    && python -c "import service.db as d; assert d.ALEMBIC_INI.is_file() and d.ALEMBIC_DIR.is_dir()"
+    && python -c "import service.core.db as d; assert d.ALEMBIC_INI.is_file() and d.ALEMBIC_DIR.is_dir()"
 COPY --chmod=755 docker/entrypoint-api.sh docker/entrypoint-migrate.sh docker/entrypoint-worker.sh docker/
 
 USER 10001:10001

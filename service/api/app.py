@@ -1,7 +1,9 @@
-"""The FastAPI application factory: ``uvicorn --factory service.main:create_app`` or `bnrank serve`.
+"""The FastAPI application factory: ``uvicorn --factory service.api.app:create_app`` or `bnrank serve`.
 
 Everything a request needs (settings, database, blob store, Celery producer, metrics) hangs off
-``app.state``; nothing is a module global, so tests can run several differently configured apps at once.
+``app.state`` and reaches routes through service/api/deps.py; nothing is a module global, so tests can run
+several differently configured apps at once. The Celery instance here only sends tasks by name
+(service.core.celery_app): the API never imports the worker.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bnrank import __version__
-from service.auth import KeyCache
-from service.blobs import BlobStore
-from service.broker import BrokerProbe
-from service.cache import FinishedCache
-from service.config import Settings, get_settings
-from service.db import Database
-from service.metrics import Metrics, MetricsMiddleware, StateCollector
-from service.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, probes, rankings
-from worker.celery_app import make_celery
+from service.api.auth import KeyCache
+from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
+from service.api.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, probes, rankings
+from service.core.blobs import BlobStore
+from service.core.broker import BrokerProbe
+from service.core.cache import FinishedCache
+from service.core.celery_app import make_celery
+from service.core.config import Settings, get_settings
+from service.core.db import Database
+from service.core.errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
+
+# How core's refusals (service/core/errors.py) are answered; any other ServiceError is a 400.
+STATUS_OF = {NotFound: 404, Conflict: 409, Invalid: 422, Unavailable: 503}
 
 
 def _where(loc: tuple | list) -> str:
@@ -43,6 +49,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     problems = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
     return JSONResponse({"detail": "; ".join(problems) or "invalid request", "errors": errors}, status_code=422)
+
+
+async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
+    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
+    return JSONResponse({"detail": exc.detail}, status_code=status)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -86,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

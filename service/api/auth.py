@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.models import ApiKey, utcnow
+from service.core.models import ApiKey, utcnow
 
 KEY_PREFIX = "bnr_"
 CACHE_SECONDS = 5.0

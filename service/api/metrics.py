@@ -21,8 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.db import Database
-from service.models import JOB_STATUSES, AlchemyResult, Job, RankingEntry
+from service.core.db import Database
+from service.core.models import JOB_STATUSES, AlchemyResult, Job, RankingEntry
 
 log = logging.getLogger(__name__)
 

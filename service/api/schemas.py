@@ -1,7 +1,9 @@
 """Request and response bodies. The OpenAPI document generated from these is the API contract.
 
-Requests forbid unknown fields: a misspelt ``max_step`` silently falling back to the default would run a
-ranking with a budget the user never asked for.
+Job requests are the job's stored parameters (service/core/params.py, generated from the engine's option
+dataclasses) plus what they act on, so a budget or an alchemy option is declared once, in the engine, with
+its default, bounds and help. Requests forbid unknown fields: a misspelt ``max_step`` silently falling back
+to the default would run a ranking with a budget the user never asked for.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from bnrank.engine.alchemy import FINETUNE_DEFAULTS, IDENTIFY_LR, IDENTIFY_STEPS
-from bnrank.engine.probe import DEFAULT_DRAWS as PROBE_DRAWS
-from bnrank.engine.probe import DEFAULT_THRESHOLDS as PROBE_THRESHOLDS
-from bnrank.engine.training import TrainConfig
+from bnrank.engine.alchemy import AlchemyConfig
+from service.core.params import (
+    AlchemyBudget,
+    AlchemyOptions,
+    AlchemyParams,
+    FoldParams,
+    ProbeParams,
+    RankingParams,
+    fields_of,
+)
 
 T = TypeVar("T")
-_DEFAULT = TrainConfig()
 
 
 class Problem(BaseModel):
@@ -106,38 +113,11 @@ class DatasetOut(BaseModel):
 # ---------------------------------------------------------------------------------------------- jobs
 
 
-class Budget(BaseModel):
-    """Per-candidate training budget (the engine's TrainConfig defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_steps: int = Field(default=_DEFAULT.max_steps, ge=1, le=1_000_000)
-    patch_size: int | list[int] = Field(default=list(_DEFAULT.patch_size), description="one side or three")
-    batch_size: int = Field(default=_DEFAULT.batch_size, ge=1, le=256)
-    val_every: int = Field(default=_DEFAULT.val_every, ge=1)
-    patience: int = Field(default=_DEFAULT.patience, ge=1)
-    lr: float = Field(default=_DEFAULT.lr, gt=0, le=10)
-    precision: Literal["auto", "fp32", "bf16"] = _DEFAULT.precision
-
-    @field_validator("patch_size")
-    @classmethod
-    def _three_sides(cls, value: int | list[int]) -> list[int]:
-        sides = [value] * 3 if isinstance(value, int) else list(value)
-        if len(sides) != 3:
-            raise ValueError(f"patch_size takes 1 or 3 numbers, got {len(sides)}")
-        if any(s < 4 or s > 1024 for s in sides):
-            raise ValueError(f"each patch side must be between 4 and 1024 voxels, got {sides}")
-        return sides
-
-
-class RankingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RankingIn(RankingParams):
+    """A ranking: the checkpoints, the dataset, and the budget every candidate is trained with."""
 
     dataset_id: str
     checkpoint_ids: list[str] = Field(min_length=1)
-    budget: Budget = Field(default_factory=Budget)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    control: bool = Field(default=True, description="also rank a random-init copy of each architecture")
 
     @field_validator("checkpoint_ids")
     @classmethod
@@ -147,65 +127,41 @@ class RankingIn(BaseModel):
             raise ValueError(f"checkpoint ids listed twice: {', '.join(dupes)}")
         return value
 
-
-class AlchemyBudget(Budget):
-    """Fine-tuning budget: all parameters train, so a smaller learning rate than a ranking's BN-only one."""
-
-    max_steps: int = Field(default=FINETUNE_DEFAULTS["max_steps"], ge=1, le=1_000_000)
-    val_every: int = Field(default=FINETUNE_DEFAULTS["val_every"], ge=1)
-    patience: int = Field(default=FINETUNE_DEFAULTS["patience"], ge=1)
-    lr: float = Field(default=FINETUNE_DEFAULTS["lr"], gt=0, le=10)
+    def params(self) -> RankingParams:
+        return RankingParams.model_validate(self.model_dump(include=set(RankingParams.model_fields)))
 
 
-class AlchemyIn(BaseModel):
-    """Network alchemy (DESIGN §2): identification → modification → maximization, each switchable.
-
-    Options left out take the engine's defaults.
-    """
-
-    model_config = ConfigDict(extra="forbid")
+class _AlchemyRequest(FoldParams):
+    """AlchemyIn without its options, which are added from AlchemyConfig below; the request is flat (the
+    options beside the budget) while the stored params keep them apart, under ``options``."""
 
     dataset_id: str
-    checkpoint_id: str
-    mode: Literal["alchemy", "finetune", "scratch"] = "alchemy"
-    identification: bool = Field(default=True, description="BN-only training first, to find redundant kernels")
-    modification: bool = Field(default=True, description="re-initialise the kernels found redundant")
-    maximization: bool | None = Field(default=None, description="train with L + λ·R_γ (default: on in alchemy mode)")
-    alpha: float | None = Field(default=None, ge=0, description="R_γ weight of the mean |γ|")
-    beta: float | None = Field(default=None, ge=0, description="R_γ weight of the std of γ")
-    lam: float | None = Field(default=None, ge=0, description="λ, weight of R_γ in the loss")
-    threshold: float | None = Field(default=None, gt=0, description="|γ| under which a kernel is redundant")
-    fraction: float | None = Field(default=None, gt=0, le=1, description="or: this lowest share of all γ")
-    identify_steps: int | None = Field(default=IDENTIFY_STEPS, ge=1, description="BN-only steps of identification")
-    identify_lr: float | None = Field(default=IDENTIFY_LR, gt=0, description="BN-only learning rate of identification")
-    budget: AlchemyBudget = Field(default_factory=AlchemyBudget)
-    folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    budget: AlchemyBudget = Field(default_factory=AlchemyBudget)  # type: ignore[valid-type]
+
+    def params(self) -> AlchemyParams:
+        options = {name: getattr(self, name) for name in AlchemyOptions.model_fields}
+        return AlchemyParams.model_validate(
+            {**self.model_dump(include=set(FoldParams.model_fields)), "options": options}
+        )
 
 
-class ProbeIn(BaseModel):
+AlchemyIn = create_model(  # type: ignore[call-overload]
+    "AlchemyIn",
+    __base__=_AlchemyRequest,
+    __doc__="Network alchemy (DESIGN §2): identification → modification → maximization, each switchable. "
+    "Every option is the engine's AlchemyConfig field of the same name; options left out take its defaults.",
+    **fields_of(AlchemyConfig),
+)
+
+
+class ProbeIn(ProbeParams):  # type: ignore[misc, valid-type]
     """The γ-clipping probe (thesis Fig. 3.1): BN-only training, then zero the γ under each threshold and as
     many random γ, and compare the Dice. Tells whether small γ mark redundant kernels on *this* dataset."""
 
-    model_config = ConfigDict(extra="forbid")
-
     dataset_id: str
-    checkpoint_id: str
-    thresholds: list[float] = Field(
-        default_factory=lambda: list(PROBE_THRESHOLDS), min_length=1, max_length=32, description="|γ| cut-offs"
-    )
-    draws: int = Field(default=PROBE_DRAWS, ge=1, le=20, description="random clippings averaged per threshold")
-    budget: Budget = Field(default_factory=Budget, description="the BN-only training before clipping")
-    folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
-    @field_validator("thresholds")
-    @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        bad = [t for t in value if not (t > 0 and t < float("inf"))]
-        if bad:
-            raise ValueError(f"thresholds must be positive finite numbers, got {bad}")
-        return sorted(set(value))
+    def params(self) -> ProbeParams:
+        return ProbeParams.model_validate(self.model_dump(exclude={"dataset_id"}))
 
 
 class JobOut(BaseModel):

@@ -9,6 +9,7 @@ stops the stream at the first byte past it, deleting what was written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -17,11 +18,14 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from service.blobs import BlobStore, BlobTooLarge, BlobWriter
+from bnrank.engine.architectures import ARCHITECTURES
+from service.core.blobs import BlobStore, BlobTooLarge, BlobWriter
+from service.core.checkpoints import Declared
 
 FIELD_LIMIT = 64 * 1024  # a text field larger than this is not a name or a JSON network definition
 FLUSH_BYTES = 1024 * 1024  # hand file data to the writer thread in pieces of about this size
 FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields, allowed on top of the file size limit
+MODALITIES = ("CT", "MR", "other")
 
 
 class UploadError(Exception):
@@ -166,3 +170,34 @@ async def receive_upload(
         raise UploadError(422, "the form has no 'file' part: send the checkpoint as multipart field 'file'")
     collector.result.writer.close()
     return collector.result
+
+
+def checkpoint_form(upload: ParsedUpload) -> Declared:
+    """The text fields of a checkpoint upload (name, modality, architecture or network_def), checked."""
+    fields = upload.fields
+    unknown = sorted(set(fields) - {"name", "modality", "architecture", "network_def"})
+    if unknown:
+        raise UploadError(422, f"unknown form field(s) {', '.join(unknown)}; allowed: name, modality, architecture")
+    name = (fields.get("name") or upload.filename or "").strip()
+    if not name:
+        raise UploadError(422, "form field 'name' is required (or send a file name)")
+    if len(name) > 300:
+        raise UploadError(422, "form field 'name' is longer than 300 characters")
+    modality = fields.get("modality") or None
+    if modality is not None and modality not in MODALITIES:
+        raise UploadError(422, f"form field 'modality' must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    architecture = fields.get("architecture") or None
+    network_def = None
+    if fields.get("network_def"):
+        try:
+            network_def = json.loads(fields["network_def"])
+        except json.JSONDecodeError as exc:
+            raise UploadError(422, f"form field 'network_def' is not valid JSON: {exc}") from exc
+        if not isinstance(network_def, dict):
+            raise UploadError(422, "form field 'network_def' must be a JSON object")
+        if architecture:
+            raise UploadError(422, "send either 'architecture' or 'network_def', not both")
+    elif architecture is not None and architecture not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise UploadError(422, f"form field 'architecture': unknown architecture {architecture!r}; known: {known}")
+    return Declared(name, modality, architecture, network_def)

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from service.config import Settings
+from service.core.config import Settings
 
 
 class BrokerProbe:

@@ -1,8 +1,11 @@
-"""The Celery application: ``celery -A worker.celery_app worker`` (or `bnrank worker`) runs it.
+"""How a Celery application for BNRank is configured; the API and the worker each build one with `make_celery`.
 
-The API builds its own instance with `make_celery` only to *send* tasks by name, so it never imports the
-task module. No result backend: results go to the database rows the API serves, which is also what makes
-a task's outcome survive a broker restart.
+It lives in core, not in worker/, because the API needs one too: only to *send* tasks by name, so it never
+imports the worker or its task module. The worker's own instance (with the tasks and the logging hook) is
+``worker.celery_app``, what ``celery -A worker.celery_app worker`` (or `bnrank worker`) runs.
+
+No result backend: results go to the database rows the API serves, which is also what makes a task's
+outcome survive a broker restart.
 
 Reliability settings (DESIGN §5): ``acks_late`` + ``task_reject_on_worker_lost`` put a task back on the
 queue when the worker running it dies, and ``prefetch_multiplier=1`` keeps a busy worker from hoarding
@@ -11,13 +14,11 @@ tasks another worker could start. The tasks are idempotent, so a redelivery is h
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
 
-from service.config import Settings, get_settings
+from service.core.config import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,17 +45,3 @@ def make_celery(settings: Settings) -> Celery:
         conf["worker_send_task_events"] = False
     app.conf.update(conf)
     return app
-
-
-@setup_logging.connect
-def _logging(loglevel: Any = None, **_: Any) -> None:
-    """Celery leaves logging to us when this signal has a receiver: BNRANK_LOG_FORMAT applies to workers too."""
-    from service.logs import configure_logging
-
-    settings = get_settings()
-    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else (loglevel or settings.log_level)
-    configure_logging(str(level), settings.log_format)
-
-
-app = make_celery(get_settings())
-app.conf.imports = ("worker.tasks",)

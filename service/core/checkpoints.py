@@ -1,4 +1,4 @@
-"""Checking an uploaded checkpoint before any row refers to it.
+"""Checkpoints as records: checking an upload before any row refers to it, recording it, listing, deleting.
 
 All reading goes through the engine (`load_checkpoint` → `read_state_dict`), which only ever calls
 ``torch.load(weights_only=True)``: a pickle that would run code is refused unopened. The same call fits the
@@ -9,19 +9,42 @@ whose raw γ statistics are stored.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.gamma import gamma_stats
+from service.core.blobs import BlobStore, BlobWriter
+from service.core.cache import FinishedCache
+from service.core.db import Database
+from service.core.errors import Conflict, Invalid
+from service.core.jobflow import ACTIVE_JOB
+from service.core.models import Artifact, Checkpoint, GammaStat, Job, RankingEntry
+from service.core.owned import owned_checkpoint
+from service.core.results import gamma_rows
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointRejected(Exception):
+class CheckpointRejected(Invalid):
     """The file cannot be used as a checkpoint; the message tells the uploader why."""
+
+
+@dataclass
+class Declared:
+    """What the uploader says about the file (the form fields), already checked for shape."""
+
+    name: str
+    modality: str | None = None
+    architecture: str | None = None
+    network_def: dict[str, Any] | None = None
 
 
 @dataclass
@@ -62,3 +85,144 @@ def inspect_checkpoint(
         load_report=report.to_dict(),
         gamma=gamma,
     )
+
+
+# ------------------------------------------------------------------------------------------- records
+
+
+def raw_gamma(session: Session, checkpoint_id: str) -> GammaStat | None:
+    """The γ statistics of the weights as uploaded (phase ``raw``)."""
+    return session.scalars(
+        select(GammaStat).where(GammaStat.checkpoint_id == checkpoint_id, GammaStat.phase == "raw").limit(1)
+    ).first()
+
+
+def _existing(session: Session, owner: str, sha256: str) -> Checkpoint | None:
+    return session.scalars(select(Checkpoint).where(Checkpoint.owner == owner, Checkpoint.sha256 == sha256)).first()
+
+
+def _new_record(
+    owner: str, writer: BlobWriter, blob_path: str, info: CheckpointInfo, declared: Declared, threshold: float
+) -> Checkpoint:
+    kwargs = info.build_kwargs
+    ckpt = Checkpoint(
+        owner=owner,
+        name=declared.name,
+        sha256=writer.sha256,
+        size=writer.size,
+        format=info.format,
+        architecture=info.architecture,
+        build_kwargs=kwargs,
+        network_def=declared.network_def,
+        in_channels=kwargs.get("in_channels"),
+        out_channels=kwargs.get("out_channels"),
+        n_parameters=info.n_parameters,
+        n_bn_channels=info.n_bn_channels,
+        modality=declared.modality,
+        blob_path=blob_path,
+        load_report=info.load_report,
+    )
+    ckpt.gamma.extend(gamma_rows({"raw": info.gamma}, threshold))
+    return ckpt
+
+
+def record_checkpoint(
+    db: Database,
+    store: BlobStore,
+    slots: threading.BoundedSemaphore,
+    owner: str,
+    writer: BlobWriter,
+    declared: Declared,
+    threshold: float,
+) -> tuple[Checkpoint, GammaStat | None, bool]:
+    """Dedupe, validate and insert an uploaded file: ``(checkpoint, raw γ, created)``.
+
+    ``created`` is False when this owner already had the same bytes (then nothing is stored twice). Loading
+    a stranger's file is torch work, so at most ``slots`` validations run at once; call this off the event
+    loop. Raises CheckpointRejected (Invalid) with the reason when the file is unusable.
+    """
+    with db.sessions() as session:
+        existing = _existing(session, owner, writer.sha256)
+        if existing is not None:
+            return existing, raw_gamma(session, existing.id), False
+    with slots:
+        info = inspect_checkpoint(
+            writer.path,
+            architecture=declared.architecture,
+            network_def=declared.network_def,
+            threshold=threshold,
+            label=f"checkpoint {declared.name!r}",
+        )
+    ckpt = _new_record(owner, writer, store.commit(writer), info, declared, threshold)
+    with db.sessions() as session:
+        session.add(ckpt)
+        try:
+            session.commit()
+        except IntegrityError:
+            # The same bytes arrived twice at once; the other request won, answer with its row.
+            session.rollback()
+            existing = _existing(session, owner, writer.sha256)
+            if existing is None:
+                raise
+            return existing, raw_gamma(session, existing.id), False
+        return ckpt, ckpt.gamma[0], True
+
+
+def list_checkpoints(
+    session: Session, owner: str, limit: int, offset: int, modality: str | None, architecture: str | None
+) -> tuple[list[tuple[Checkpoint, GammaStat | None]], int]:
+    """A page of the owner's checkpoints (newest first), each with its raw γ, and the total matching."""
+    where = [Checkpoint.owner == owner]
+    if modality:
+        where.append(Checkpoint.modality == modality)
+    if architecture:
+        where.append(Checkpoint.architecture == architecture)
+    total = session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
+    rows = list(
+        session.scalars(
+            select(Checkpoint)
+            .where(*where)
+            .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    raws = {
+        g.checkpoint_id: g
+        for g in session.scalars(
+            select(GammaStat).where(GammaStat.checkpoint_id.in_([r.id for r in rows]), GammaStat.phase == "raw")
+        )
+    }
+    return [(r, raws.get(r.id)) for r in rows], total
+
+
+def _blob_users(session: Session, blob_path: str) -> int:
+    """Records of any owner (checkpoints, artifacts) that still use these bytes."""
+    checkpoints = session.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.blob_path == blob_path))
+    artifacts = session.scalar(select(func.count()).select_from(Artifact).where(Artifact.blob_path == blob_path))
+    return (checkpoints or 0) + (artifacts or 0)
+
+
+def delete_checkpoint(
+    session: Session, store: BlobStore, finished: FinishedCache, owner: str, checkpoint_id: str
+) -> None:
+    """Delete the record; the blob goes too once no record (of any owner) uses those bytes.
+
+    Conflict while a queued or running ranking uses the checkpoint. Finished rankings that listed it are
+    dropped from the response cache: their entries now point at no checkpoint.
+    """
+    ckpt = owned_checkpoint(session, owner, checkpoint_id)
+    busy = session.scalars(
+        select(Job.id)
+        .join(RankingEntry, RankingEntry.job_id == Job.id)
+        .where(RankingEntry.checkpoint_id == ckpt.id, Job.status.in_(ACTIVE_JOB))
+        .limit(1)
+    ).first()
+    if busy is not None:
+        raise Conflict(f"checkpoint {checkpoint_id!r} is in use by job {busy!r}; cancel it first")
+    blob_path = ckpt.blob_path
+    session.delete(ckpt)
+    session.commit()
+    finished.discard_all()
+    if _blob_users(session, blob_path) == 0:
+        store.delete(blob_path)

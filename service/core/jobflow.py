@@ -1,4 +1,4 @@
-"""The job state machine, shared by the API (create, cancel) and the worker (claim, finish, finalise).
+"""The job state machine, shared by the API (cancel) and the worker (claim, finish, finalise).
 
 A ranking is a job row plus one entry row per candidate (and per random-init control); an alchemy job is a
 job row plus one result row per fold. One Celery task runs each row. Nothing waits for the group as a
@@ -14,107 +14,20 @@ needs no result backend and no chord, and it survives redelivery:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bnrank.engine.ranking import RankEntry, order_entries, stability
+from bnrank.engine.ranking import order_entries, stability
 from bnrank.engine.training import TrainConfig
-from service.models import (
-    TERMINAL_ENTRY_STATUSES,
-    TERMINAL_JOB_STATUSES,
-    AlchemyResult,
-    Checkpoint,
-    Job,
-    RankingEntry,
-    utcnow,
-)
+from service.core.errors import Conflict
+from service.core.models import TERMINAL_ENTRY_STATUSES, TERMINAL_JOB_STATUSES, AlchemyResult, Job, RankingEntry, utcnow
+from service.core.owned import owned_job
+from service.core.params import read_params
+from service.core.results import rank_entry
 
 ACTIVE_JOB = ("queued", "running")
-
-# Celery task names, by job kind. The API sends tasks by name and never imports the worker's task module.
-TASK_RANK_ENTRY = "bnrank.rank_entry"
-TASK_ALCHEMY = "bnrank.alchemy"
-TASK_PROBE = "bnrank.probe"
-JOB_TASKS = {"ranking": TASK_RANK_ENTRY, "alchemy": TASK_ALCHEMY, "probe": TASK_PROBE}
-
-WorkRow = RankingEntry | AlchemyResult
-
-
-def task_message(job: Job, row: WorkRow) -> tuple[str, list[Any]]:
-    """The task that runs one unit of work, and its arguments: (job, entry) or (job, fold)."""
-    if isinstance(row, RankingEntry):
-        return JOB_TASKS[job.kind], [job.id, row.id]
-    return JOB_TASKS[job.kind], [job.id, row.fold]
-
-
-def stamp_dispatch(job: Job, row: WorkRow) -> str:
-    """Give the row a fresh task id (recorded on the job too) just before its message is sent."""
-    task_id = str(uuid.uuid4())
-    row.task_id = task_id
-    row.dispatched_at = utcnow()
-    job.task_ids = [*(job.task_ids or []), task_id]
-    return task_id
-
-
-def train_config(params: dict[str, Any], device: str = "cpu") -> TrainConfig:
-    """The engine config a job's stored params describe (raises ValueError on an invalid budget)."""
-    budget = dict(params.get("budget") or {})
-    return TrainConfig(**budget, seed=int(params.get("seed", 0)), device=device)
-
-
-def _control_key(ckpt: Checkpoint) -> tuple[str, dict[str, Any], str]:
-    """Checkpoints that share architecture and build options share one random-init control."""
-    kwargs = {k: v for k, v in (ckpt.build_kwargs or {}).items() if k not in ("in_channels", "out_channels")}
-    key = json.dumps([ckpt.architecture, kwargs, ckpt.network_def], sort_keys=True, default=str)
-    return ckpt.architecture, kwargs, hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def ranking_entries(checkpoints: Sequence[Checkpoint], control: bool) -> list[RankingEntry]:
-    """Entry rows for the candidates, then one control per distinct architecture configuration."""
-    entries = [
-        RankingEntry(
-            checkpoint_id=c.id,
-            slot=c.id,
-            position=i,
-            name=c.name,
-            architecture=c.architecture,
-            build_kwargs=dict(c.build_kwargs or {}),
-            network_def=c.network_def,
-        )
-        for i, c in enumerate(checkpoints)
-    ]
-    if not control:
-        return entries
-    groups: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {}
-    for c in checkpoints:
-        arch, kwargs, digest = _control_key(c)
-        groups.setdefault(digest, (arch, kwargs, c.network_def))
-    per_arch: dict[str, int] = {}
-    for arch, _, _ in groups.values():
-        per_arch[arch] = per_arch.get(arch, 0) + 1
-    for digest, (arch, kwargs, network_def) in groups.items():
-        name = f"control: random init ({arch})"
-        if per_arch[arch] > 1:  # same family at several sizes: say which control is which
-            name = f"control: random init ({arch} {json.dumps(kwargs, sort_keys=True)})"
-        entries.append(
-            RankingEntry(
-                checkpoint_id=None,
-                slot=f"control:{digest}",
-                position=len(entries),
-                name=name[:300],
-                is_control=True,
-                architecture=arch,
-                build_kwargs=kwargs,
-                network_def=network_def,
-            )
-        )
-    return entries
 
 
 def work_rows(kind: str) -> type[RankingEntry] | type[AlchemyResult]:
@@ -141,6 +54,58 @@ def request_cancel(session: Session, job: Job) -> None:
     session.flush()
     finalise(session, job.id)
     session.refresh(job)
+
+
+def cancel_job(session: Session, owner: str, job_id: str) -> Job:
+    """The owner's request to cancel a job; Conflict once it has ended."""
+    job = owned_job(session, owner, job_id)
+    if job.status in TERMINAL_JOB_STATUSES:
+        raise Conflict(f"job {job_id!r} already ended: {job.status}")
+    request_cancel(session, job)
+    session.commit()
+    return job
+
+
+def list_jobs(
+    session: Session, owner: str, limit: int, offset: int, status: str | None, kind: str | None
+) -> tuple[list[Job], int]:
+    """A page of the owner's jobs (newest first), optionally of one status or kind, and the total."""
+    where = [Job.owner == owner]
+    if status:
+        where.append(Job.status == status)
+    if kind:
+        where.append(Job.kind == kind)
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    rows = session.scalars(
+        select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    )
+    return list(rows), total
+
+
+def job_snapshot(session: Session, owner: str, job_id: str) -> dict[str, Any] | None:
+    """What a progress event carries: the job's state and each unit of work's (candidates, or folds);
+    None when the owner has no such job."""
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).first()
+    if job is None:
+        return None
+    if job.kind == "ranking":
+        label, order = RankingEntry.name, RankingEntry.position
+        work = select(label, RankingEntry.status, RankingEntry.progress).where(RankingEntry.job_id == job_id)
+    else:
+        label, order = AlchemyResult.fold, AlchemyResult.fold
+        work = select(label, AlchemyResult.status, AlchemyResult.progress).where(AlchemyResult.job_id == job_id)
+    rows = session.execute(work.order_by(order)).all()
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "message": job.message,
+        "error": job.error,
+        "entries": [
+            {"name": name if job.kind == "ranking" else f"fold {name}", "status": s, "progress": round(p, 4)}
+            for name, s, p in rows
+        ],
+    }
 
 
 def finalise(session: Session, job_id: str) -> bool:
@@ -178,21 +143,10 @@ def finalise_ranking(session: Session, job: Job) -> bool:
     )
     if not entries or any(e.status not in TERMINAL_ENTRY_STATUSES for e in entries):
         return False
-    engine_entries = [
-        RankEntry(
-            checkpoint=e.id,
-            status="ok" if e.status == "ok" else "failed",
-            score=e.score,
-            curve=list(e.curve or []),
-            steps=e.steps,
-            is_control=e.is_control,
-        )
-        for e in entries
-    ]
-    ordered = order_entries(engine_entries)
+    ordered = order_entries([rank_entry(e) for e in entries])
     try:
-        window = train_config(job.params).score_window
-    except (TypeError, ValueError):
+        window = read_params(job.kind, job.params).train_config().score_window
+    except ValueError:  # pydantic's ValidationError is one; a job's params were checked when it was created
         window = TrainConfig().score_window
     result = {"stability": stability(ordered, window), "ranked": [e.checkpoint for e in ordered if e.rank]}
 

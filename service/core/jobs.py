@@ -1,19 +1,42 @@
-"""Sending a job's tasks to the broker: used by the API when a job is created and by the recovery sweep.
+"""Submitting jobs: the rows a job is made of, and one broker message per row.
 
-Every unit of work (a ranking entry, an alchemy or probe fold) gets its own message, whose id is stamped on
-the row before the send (`jobflow.stamp_dispatch`), so the recovery sweep can later ask the broker whether
-that exact message still exists.
+Used by the API when a job is created and by the recovery sweep when work must be re-sent. Every unit of
+work (a ranking entry, an alchemy or probe fold) gets its own message, whose id is stamped on the row
+before the send (`stamp_dispatch`), so the sweep can later ask the broker whether that exact message still
+exists. Tasks are sent by name: nothing here (or in the API) imports the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from bnrank.engine.errors import BNRankError
+from bnrank.engine.ranking import Candidate, RankEntry, control_candidates
+from service.core.errors import Invalid, Unavailable
+from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
+from service.core.owned import owned_checkpoint, owned_checkpoints, owned_dataset
+from service.core.params import FoldParams, JobParams, RankingParams
+
+log = logging.getLogger(__name__)
+
+# Celery task names, by job kind.
+TASK_RANK_ENTRY = "bnrank.rank_entry"
+TASK_ALCHEMY = "bnrank.alchemy"
+TASK_PROBE = "bnrank.probe"
+JOB_TASKS = {"ranking": TASK_RANK_ENTRY, "alchemy": TASK_ALCHEMY, "probe": TASK_PROBE}
 
 Message = tuple[str, str, list[Any]]  # (task id, task name, arguments)
+WorkRow = RankingEntry | AlchemyResult
 
 
 def send_tasks(celery: Celery, queue: str, messages: Sequence[Message]) -> None:
@@ -27,3 +50,135 @@ def send_tasks(celery: Celery, queue: str, messages: Sequence[Message]) -> None:
         with batch:
             for task_id, name, args in messages:
                 celery.send_task(name, args=args, task_id=task_id, queue=queue, producer=producer)
+
+
+def task_message(job: Job, row: WorkRow) -> tuple[str, list[Any]]:
+    """The task that runs one unit of work, and its arguments: (job, entry) or (job, fold)."""
+    if isinstance(row, RankingEntry):
+        return JOB_TASKS[job.kind], [job.id, row.id]
+    return JOB_TASKS[job.kind], [job.id, row.fold]
+
+
+def stamp_dispatch(job: Job, row: WorkRow) -> str:
+    """Give the row a fresh task id (recorded on the job too) just before its message is sent."""
+    task_id = str(uuid.uuid4())
+    row.task_id = task_id
+    row.dispatched_at = utcnow()
+    job.task_ids = [*(job.task_ids or []), task_id]
+    return task_id
+
+
+def check_params(params: JobParams) -> None:
+    """Invalid when the params do not make valid engine configs (the worker would only fail later)."""
+    try:
+        params.check()
+    except (BNRankError, ValueError, ValidationError) as exc:
+        raise Invalid(str(exc) if isinstance(exc, BNRankError) else f"budget: {exc}") from exc
+
+
+def ranking_entries(checkpoints: Sequence[Checkpoint], control: bool) -> list[RankingEntry]:
+    """Entry rows for the candidates, then one random-init control per configuration, grouped and named by
+    the engine's rule (`control_candidates`), exactly as a local `bnrank rank` adds them."""
+    entries = [
+        RankingEntry(
+            checkpoint_id=c.id,
+            slot=c.id,
+            position=i,
+            name=c.name,
+            architecture=c.architecture,
+            build_kwargs=dict(c.build_kwargs or {}),
+            network_def=c.network_def,
+        )
+        for i, c in enumerate(checkpoints)
+    ]
+    if not control:
+        return entries
+    seen = [
+        RankEntry(c.name, architecture=c.architecture, load_report={"build_kwargs": dict(c.build_kwargs or {})})
+        for c in checkpoints
+    ]
+    candidates = [Candidate(c.name, architecture=c.architecture, network_def=c.network_def) for c in checkpoints]
+    for control_of in control_candidates(seen, candidates):
+        key = json.dumps([control_of.architecture, control_of.build_kwargs, control_of.network_def], sort_keys=True)
+        entries.append(
+            RankingEntry(
+                checkpoint_id=None,
+                slot=f"control:{hashlib.sha256(key.encode()).hexdigest()[:20]}",
+                position=len(entries),
+                name=control_of.name[:300],
+                is_control=True,
+                architecture=str(control_of.architecture),
+                build_kwargs=control_of.build_kwargs,
+                network_def=dict(control_of.network_def) if control_of.network_def is not None else None,
+            )
+        )
+    return entries
+
+
+def check_folds(folds: int, dataset: Dataset) -> None:
+    if folds > dataset.n_cases:
+        raise Invalid(f"folds: {folds} folds need at least as many cases; the dataset has {dataset.n_cases}")
+
+
+def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
+    """Commit the job with its rows and their task ids, then send one task per row.
+
+    Ids are chosen before the commit so the rows are complete before any task can start. If the broker
+    refuses, the job can never run: it is marked failed and Unavailable is raised.
+    """
+    # Ids and task ids are set here, not by the column defaults at flush: the rows then go to the database
+    # complete in one INSERT each (a flush first and the task ids after cost an UPDATE per row).
+    rows = job.entries if job.kind == "ranking" else job.alchemy_results
+    for obj in (job, *rows):
+        obj.id = obj.id or type(obj).__table__.c.id.default.arg(None)
+    messages = []
+    for row in rows:
+        name, args = task_message(job, row)
+        messages.append((stamp_dispatch(job, row), name, args))
+    session.add(job)
+    session.commit()
+    try:
+        send_tasks(celery, queue, messages)
+    except Exception as exc:  # kombu raises a zoo of connection errors
+        log.error("cannot enqueue job %s: %s", job.id, exc)
+        session.rollback()
+        job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
+        session.commit()
+        raise Unavailable(f"the task broker is unreachable: {exc}") from exc
+    return job
+
+
+def submit_ranking(
+    session: Session,
+    celery: Celery,
+    queue: str,
+    owner: str,
+    dataset_id: str,
+    checkpoint_ids: list[str],
+    params: RankingParams,
+    *,
+    max_candidates: int,
+) -> Job:
+    """Queue a ranking of the owner's checkpoints on the owner's dataset (plus controls, if asked)."""
+    if len(checkpoint_ids) > max_candidates:
+        raise Invalid(f"checkpoint_ids: at most {max_candidates} candidates per ranking")
+    dataset = owned_dataset(session, owner, dataset_id)
+    checkpoints = owned_checkpoints(session, owner, checkpoint_ids)
+    check_params(params)
+    job = Job(owner=owner, kind="ranking", dataset_id=dataset.id, params=params.model_dump(mode="json"))
+    job.message = "queued"
+    job.entries = ranking_entries(checkpoints, params.control)
+    return submit(session, celery, queue, job)
+
+
+def submit_folds(
+    session: Session, celery: Celery, queue: str, owner: str, kind: str, dataset_id: str, params: FoldParams
+) -> Job:
+    """Queue an alchemy or probe job on one of the owner's checkpoints: one task per fold."""
+    dataset = owned_dataset(session, owner, dataset_id)
+    owned_checkpoint(session, owner, params.checkpoint_id)
+    check_params(params)
+    check_folds(params.folds, dataset)
+    job = Job(owner=owner, kind=kind, dataset_id=dataset.id, params=params.model_dump(mode="json"), message="queued")
+    job.alchemy_results = [AlchemyResult(fold=i) for i in range(params.folds)]
+    return submit(session, celery, queue, job)

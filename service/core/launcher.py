@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from service.config import Settings
+from service.core.config import Settings
 
 READY_FILE_ENV = "BNRANK_WORKER_READY_FILE"  # launcher handshake, not a setting: touched when the worker is up
 

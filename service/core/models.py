@@ -181,7 +181,7 @@ class RankingEntry(Base):
     job, so a redelivered task updates its row instead of adding a second one.
 
     ``task_id``/``dispatched_at`` name the latest message sent for the row and ``heartbeat_at`` is renewed
-    by the worker running it: together they let `service.recovery` tell a lost message or a dead worker
+    by the worker running it: together they let `service.core.recovery` tell a lost message or a dead worker
     from work that is merely waiting or slow (the same columns sit on ``alchemy_results``)."""
 
     __tablename__ = "ranking_entries"

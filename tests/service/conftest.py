@@ -28,13 +28,14 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from bnrank.cli.client import Client
 from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
-from service.auth import create_key
-from service.config import Settings
-from service.db import Database, migrate
-from service.launcher import WorkerProcess
-from service.main import create_app
+from service.api.app import create_app
+from service.api.auth import create_key
+from service.core.config import Settings
+from service.core.db import Database, migrate
+from service.core.launcher import WorkerProcess
 from tests.engine.volumes import write_nnunet_dataset
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
@@ -96,7 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "torch_threads": 1,
         "device": "cpu",
         "log_level": "INFO",
-        # Tests that stage a dead worker or a lost message call `service.recovery.sweep` themselves; the
+        # Tests that stage a dead worker or a lost message call `service.core.recovery.sweep` themselves; the
         # session worker's own sweep would race them. tests/deploy runs workers with the sweep on.
         "recover_interval_s": 3600,
     }
@@ -287,3 +288,49 @@ def wait_job(client: httpx.Client, job_id: str, timeout_s: float = 120.0) -> dic
         return job if job["status"] in TERMINAL else None
 
     return wait_for(done, timeout_s, f"job {job_id} to end", interval_s=0.2)
+
+
+# ------------------------------------------------- one ranking, shared by the ranking, job and worker tests
+
+
+def key_of(client: httpx.Client) -> str:
+    return client.headers["authorization"].split(" ", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def candidates(alice: httpx.Client, checkpoint_files: dict[str, Path]) -> dict[str, str]:
+    ids = {}
+    for name, path in checkpoint_files.items():
+        response = upload(alice, path, modality="MR")
+        assert response.status_code in (200, 201), response.text
+        ids[name] = response.json()["id"]
+    return ids
+
+
+@pytest.fixture(scope="session")
+def dataset_id(alice: httpx.Client, dataset_dir: Path) -> str:
+    response = alice.post("/v1/datasets", json={"name": "tiny", "uri": str(dataset_dir)})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture(scope="session")
+def ranked(
+    worker: WorkerProcess, api: str, alice: httpx.Client, candidates: dict[str, str], dataset_id: str
+) -> dict[str, Any]:
+    """One ranking of two good candidates and a broken one, followed over SSE from queueing to the end."""
+    response = alice.post(
+        "/v1/rankings",
+        json={
+            "dataset_id": dataset_id,
+            "checkpoint_ids": [candidates["good_a"], candidates["exploding"], candidates["good_b"]],
+            "budget": TINY_BUDGET,
+            "seed": 0,
+        },
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/rankings/{job['id']}"
+    with Client(api, key_of(alice)) as client:
+        events = list(client.events(job["id"]))
+    return {"job": job, "events": events, "ranking": alice.get(f"/v1/rankings/{job['id']}").json()}

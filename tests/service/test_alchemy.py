@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bnrank.cli.client import Client
 from bnrank.engine.checkpoints import load_checkpoint
-from service.client import Client
-from service.launcher import WorkerProcess
+from service.core.launcher import WorkerProcess
 from tests.service.conftest import TINY_BUDGET, upload, wait_job
 
 
@@ -99,18 +99,3 @@ def test_bad_alchemy_requests(
 def test_alchemy_jobs_belong_to_their_owner(bob: httpx.Client, alchemy_job: dict[str, Any], setup: dict) -> None:
     assert bob.get(f"/v1/alchemy/{alchemy_job['job']['id']}").status_code == 404
     assert bob.post("/v1/alchemy", json=setup).status_code == 404
-
-
-def test_without_the_engine_module_alchemy_answers_501(
-    alice: httpx.Client, setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import service.routes.alchemy as route
-
-    def missing(name: str) -> None:
-        raise ImportError(f"No module named {name!r}")
-
-    monkeypatch.setattr(route.importlib, "import_module", missing)
-    response = alice.post("/v1/alchemy", json=setup)
-    assert response.status_code == 501
-    assert "not available" in response.json()["detail"]
-    assert alice.get("/v1/alchemy/job_anything").status_code == 501

@@ -8,8 +8,8 @@ from contextlib import AbstractContextManager
 import httpx
 from sqlalchemy import select
 
-from service.auth import create_key, hash_key, revoke_key
-from service.models import ApiKey
+from service.api.auth import create_key, hash_key, revoke_key
+from service.core.models import ApiKey
 from tests.service.conftest import Stack, new_key
 
 

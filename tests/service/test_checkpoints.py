@@ -13,7 +13,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from service.models import Checkpoint
+from service.core.models import Checkpoint
 from tests.service.conftest import Stack, make_checkpoint, upload
 
 

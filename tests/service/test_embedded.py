@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from bnrank.cli import main
-from service.launcher import free_port
+from service.core.launcher import free_port
 from tests.engine.volumes import write_nnunet_dataset
 from tests.service.conftest import wait_for
 

@@ -9,9 +9,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect, text
 
 from alembic import command
-from service.config import Settings
-from service.db import alembic_config, make_engine, migrate
-from service.models import Base
+from service.core.config import Settings
+from service.core.db import alembic_config, make_engine, migrate
+from service.core.models import Base
 from tests.service.conftest import Stack
 
 

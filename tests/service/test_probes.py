@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.launcher import WorkerProcess
+from service.core.launcher import WorkerProcess
 from tests.service.conftest import TINY_BUDGET, upload, wait_job
 
 

@@ -17,13 +17,14 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from service.broker import BrokerProbe
-from service.db import Database
-from service.models import Job, RankingEntry, utcnow
-from service.recovery import sweep
+from service.core.broker import BrokerProbe
+from service.core.celery_app import make_celery
+from service.core.db import Database
+from service.core.models import Job, RankingEntry, utcnow
+from service.core.recovery import sweep
 from tests.service.conftest import TINY_BUDGET, Stack, new_key, upload
-from worker.celery_app import make_celery
-from worker.tasks import WorkerContext, run_rank_entry
+from worker.context import WorkerContext
+from worker.ranking import run_rank_entry
 
 
 @pytest.fixture(scope="module")

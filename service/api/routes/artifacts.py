@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
-from service.auth import Owner
-from service.deps import BlobsDep, SessionDep, not_found
-from service.models import Artifact
-from service.schemas import ErrorOut
+from service.api.auth import Owner
+from service.api.deps import BlobsDep, SessionDep
+from service.api.schemas import ErrorOut
+from service.core.errors import NotFound
+from service.core.owned import owned_artifact
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -21,12 +21,10 @@ router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 )
 def download_artifact(artifact_id: str, session: SessionDep, blobs: BlobsDep, owner: Owner) -> FileResponse:
     """The file itself, streamed from the blob store; its sha256 is in the ``ETag`` header."""
-    row = session.scalars(select(Artifact).where(Artifact.id == artifact_id, Artifact.owner == owner)).first()
-    if row is None:
-        raise not_found("artifact", artifact_id)
+    row = owned_artifact(session, owner, artifact_id)
     path = blobs.path(row.blob_path)
     if not path.is_file():
-        raise not_found("file of artifact", artifact_id)
+        raise NotFound("file of artifact", artifact_id)
     return FileResponse(
         path, media_type="application/octet-stream", filename=row.name, headers={"ETag": f'"{row.sha256}"'}
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.schemas import Health
+from service.api.deps import BrokerDep, DatabaseDep, MetricsDep
+from service.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 
@@ -18,16 +19,16 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(request: Request) -> Response:
+def readyz(db: DatabaseDep, broker: BrokerDep) -> Response:
     """Readiness: can this process serve requests and queue jobs right now?"""
     checks: dict[str, str] = {}
     try:
-        request.app.state.db.ping()
+        db.ping()
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
     try:
-        request.app.state.broker.ping()
+        broker.ping()
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
@@ -37,6 +38,6 @@ def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def metrics(request: Request) -> Response:
+def metrics(collected: MetricsDep) -> Response:
     """Prometheus text format."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,16 +8,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from service.auth import Owner
-from service.deps import Limit, Offset, SessionDep, in_session, not_found, owned_job
-from service.jobflow import request_cancel
-from service.models import TERMINAL_JOB_STATUSES, AlchemyResult, Job, RankingEntry
-from service.schemas import ErrorOut, JobOut, Page
+from service.api.auth import Owner
+from service.api.deps import Limit, Offset, ReadsDep, SessionDep, SettingsDep
+from service.api.schemas import ErrorOut, JobOut, Page
+from service.core import jobflow
+from service.core.errors import NotFound
+from service.core.models import TERMINAL_JOB_STATUSES
+from service.core.owned import owned_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,21 +35,13 @@ def list_jobs(
     ] = None,
     kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
 ) -> Page[JobOut]:
-    where = [Job.owner == owner]
-    if status_:
-        where.append(Job.status == status_)
-    if kind:
-        where.append(Job.kind == kind)
-    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-    rows = session.scalars(
-        select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    )
+    rows, total = jobflow.list_jobs(session, owner, limit, offset, status_, kind)
     return Page(items=[JobOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-async def get_job(job_id: str, request: Request, owner: Owner) -> JobOut:
-    return await in_session(request, lambda s: JobOut.model_validate(owned_job(s, owner, job_id)))
+async def get_job(job_id: str, reads: ReadsDep, owner: Owner) -> JobOut:
+    return await reads(lambda s: JobOut.model_validate(owned_job(s, owner, job_id)))
 
 
 @router.post(
@@ -60,37 +52,7 @@ async def get_job(job_id: str, request: Request, owner: Owner) -> JobOut:
 )
 def cancel_job(job_id: str, session: SessionDep, owner: Owner) -> JobOut:
     """Queued work is dropped now; a running task stops at its next step and the job ends ``cancelled``."""
-    job = owned_job(session, owner, job_id)
-    if job.status in TERMINAL_JOB_STATUSES:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id!r} already ended: {job.status}")
-    request_cancel(session, job)
-    session.commit()
-    return JobOut.model_validate(job)
-
-
-def _snapshot(session: Session, owner: str, job_id: str) -> dict[str, Any] | None:
-    """What an event carries: the job's state and each unit of work's (candidates, or alchemy folds)."""
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).first()
-    if job is None:
-        return None
-    if job.kind == "ranking":
-        label, order = RankingEntry.name, RankingEntry.position
-        work = select(label, RankingEntry.status, RankingEntry.progress).where(RankingEntry.job_id == job_id)
-    else:
-        label, order = AlchemyResult.fold, AlchemyResult.fold
-        work = select(label, AlchemyResult.status, AlchemyResult.progress).where(AlchemyResult.job_id == job_id)
-    rows = session.execute(work.order_by(order)).all()
-    return {
-        "id": job.id,
-        "status": job.status,
-        "progress": round(job.progress, 4),
-        "message": job.message,
-        "error": job.error,
-        "entries": [
-            {"name": name if job.kind == "ranking" else f"fold {name}", "status": s, "progress": round(p, 4)}
-            for name, s, p in rows
-        ],
-    }
+    return JobOut.model_validate(jobflow.cancel_job(session, owner, job_id))
 
 
 def _event(name: str, data: dict[str, Any], event_id: int) -> str:
@@ -104,12 +66,14 @@ def _event(name: str, data: dict[str, Any], event_id: int) -> str:
         404: {"model": ErrorOut},
     },
 )
-async def job_events(job_id: str, request: Request, owner: Owner) -> StreamingResponse:
+async def job_events(
+    job_id: str, request: Request, reads: ReadsDep, settings: SettingsDep, owner: Owner
+) -> StreamingResponse:
     """Server-sent events: a ``progress`` event whenever the job changes, ``end`` when it finished."""
-    first = await in_session(request, _snapshot, owner, job_id)
+    first = await reads(jobflow.job_snapshot, owner, job_id)
     if first is None:
-        raise not_found("job", job_id)
-    interval: float = request.app.state.settings.sse_poll_interval_s
+        raise NotFound("job", job_id)
+    interval = settings.sse_poll_interval_s
 
     async def stream() -> AsyncIterator[str]:
         snapshot: dict[str, Any] | None = first
@@ -130,7 +94,7 @@ async def job_events(job_id: str, request: Request, owner: Owner) -> StreamingRe
             await asyncio.sleep(interval)
             if await request.is_disconnected():
                 return
-            snapshot = await in_session(request, _snapshot, owner, job_id)
+            snapshot = await reads(jobflow.job_snapshot, owner, job_id)
 
     return StreamingResponse(
         stream(),

@@ -1,0 +1,220 @@
+"""The one mapping of results: engine result objects ↔ database rows ↔ the API's response fields.
+
+A ranking entry, an alchemy fold and a probe fold each cross three representations: what the engine returns
+(``RankEntry``, an alchemy result, a ``ProbeResult``), the row the worker writes, and the body the API
+serves (and the CLI reads back). Every field copy between them is here, and γ phases keep one name each
+on the way: ``raw`` (as uploaded) and ``after_bn`` (after BN-only training) for rankings and probes, as the
+engine's ``RankEntry.gamma`` names them; alchemy's engine phases are named once, in `ALCHEMY_GAMMA_PHASES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bnrank.engine.ranking import RankEntry
+from service.core.models import AlchemyResult, GammaStat, RankingEntry
+
+# The alchemy engine's γ phases → the phases stored in gamma_stats (and served).
+ALCHEMY_GAMMA_PHASES = {
+    "raw": "raw",
+    "after_identification": "after_bn",
+    "after_modification": "modified",
+    "after_alchemy": "after_alchemy",
+    "after_training": "after_alchemy",
+}
+GammaByPhase = dict[str, dict[str, Any]]
+
+
+def gamma_rows(stats_by_phase: Mapping[str, Mapping[str, Any]], threshold: float, **link: Any) -> list[GammaStat]:
+    """γ statistics by phase (the engine's ``gamma_stats`` output) as rows; ``link`` names what they belong to."""
+    return [
+        GammaStat(
+            phase=phase,
+            threshold=float(stats["summary"].get("threshold", threshold)),
+            summary=stats["summary"],
+            histogram=stats["histogram"],
+            layers=stats["layers"],
+            **link,
+        )
+        for phase, stats in stats_by_phase.items()
+        if stats
+    ]
+
+
+# ------------------------------------------------------------------------------------------- rankings
+
+
+def entry_values(outcome: RankEntry) -> dict[str, Any]:
+    """An evaluated candidate's columns of its ``ranking_entries`` row (status and result)."""
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "score": outcome.score,
+        "dice_per_class": outcome.dice_per_class,
+        "curve": outcome.curve,
+        "steps": outcome.steps,
+        "seconds": outcome.seconds,
+        "error": outcome.error if outcome.status != "ok" else None,
+        "load_report": outcome.load_report,
+    }
+    if outcome.architecture:
+        values["architecture"] = outcome.architecture
+    return values
+
+
+def rank_entry(row: RankingEntry) -> RankEntry:
+    """A stored entry as the engine's ``RankEntry``, keyed by row id, for the engine's ordering and stability."""
+    return RankEntry(
+        checkpoint=row.id,
+        status="ok" if row.status == "ok" else "failed",
+        score=row.score,
+        curve=list(row.curve or []),
+        steps=row.steps,
+        is_control=row.is_control,
+    )
+
+
+def entry_view(row: RankingEntry, gamma: GammaByPhase) -> dict[str, Any]:
+    """A stored entry as the API serves it (``EntryOut``); ``gamma`` is its γ summary by phase."""
+    return {
+        "id": row.id,
+        "rank": row.rank,
+        "name": row.name,
+        "checkpoint_id": row.checkpoint_id,
+        "is_control": row.is_control,
+        "architecture": row.architecture,
+        "status": row.status,
+        "score": row.score,
+        "dice_per_class": dict(row.dice_per_class or {}),
+        "gamma": gamma,
+        "steps": row.steps,
+        "seconds": row.seconds,
+        "progress": row.progress,
+        "curve": list(row.curve or []),
+        "error": row.error,
+    }
+
+
+def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
+    """An entry the API served, back as the engine's ``RankEntry`` (what the CLI's ranking table prints)."""
+    return RankEntry(
+        checkpoint=view["name"],
+        status=view["status"],
+        rank=view["rank"],
+        score=view["score"],
+        dice_per_class=view["dice_per_class"],
+        gamma={phase: {"summary": summary} for phase, summary in view["gamma"].items()},
+        curve=list(view["curve"]),
+        steps=view["steps"],
+        seconds=view["seconds"],
+        error=view["error"] or (None if view["status"] == "ok" else view["status"]),
+        is_control=view["is_control"],
+        architecture=view["architecture"],
+    )
+
+
+def ranking_entries(session: Session, job_id: str) -> list[tuple[RankingEntry, GammaByPhase]]:
+    """A ranking's entries in served order (ranked best first, then the rest by position), with γ summaries.
+
+    One query for entries and summaries together: the result is polled, so round trips are its cost.
+    """
+    rows = session.execute(
+        select(RankingEntry, GammaStat.phase, GammaStat.summary)
+        .outerjoin(GammaStat, GammaStat.entry_id == RankingEntry.id)
+        .where(RankingEntry.job_id == job_id)
+    ).all()
+    by_id: dict[str, RankingEntry] = {}
+    gamma: dict[str, GammaByPhase] = {}
+    for entry, phase, summary in rows:
+        by_id[entry.id] = entry
+        if phase is not None:
+            gamma.setdefault(entry.id, {})[phase] = summary
+    entries = sorted(by_id.values(), key=lambda e: (e.rank is None, e.rank or 0, e.position))
+    return [(e, gamma.get(e.id, {})) for e in entries]
+
+
+# -------------------------------------------------------------------------------------- alchemy, probe
+
+
+def fold_rows(session: Session, job_id: str) -> list[tuple[AlchemyResult, GammaByPhase]]:
+    """An alchemy or probe job's fold rows in fold order, each with its γ summaries by phase."""
+    gamma: dict[int, GammaByPhase] = {}
+    for fold, phase, summary in session.execute(
+        select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job_id)
+    ):
+        gamma.setdefault(fold or 0, {})[phase] = summary
+    rows = session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job_id).order_by(AlchemyResult.fold))
+    return [(row, gamma.get(row.fold, {})) for row in rows]
+
+
+def alchemy_values(outcome: Any) -> dict[str, Any]:
+    """A finished alchemy fold's result columns (the engine's alchemy result)."""
+    return {
+        "dice": {"score": outcome.score, "per_class": outcome.dice_per_class},
+        "reinitialised": outcome.modification or {},
+        "metrics": {
+            "mode": outcome.mode,
+            "steps": outcome.steps,
+            "seconds": outcome.seconds,
+            "curve": outcome.curve,
+            "identification": outcome.identification,
+            "selection": outcome.selection,
+            "r_gamma": outcome.r_gamma,
+            "warnings": outcome.warnings,
+            "options": outcome.options,
+            "n_train": outcome.n_train,
+            "n_val": outcome.n_val,
+            "val_cases": outcome.val_cases,
+        },
+    }
+
+
+def alchemy_gamma(outcome: Any) -> GammaByPhase:
+    """An alchemy result's γ statistics under their stored phase names."""
+    return {ALCHEMY_GAMMA_PHASES[k]: v for k, v in outcome.gamma.items() if k in ALCHEMY_GAMMA_PHASES}
+
+
+def alchemy_view(row: AlchemyResult, gamma: GammaByPhase) -> dict[str, Any]:
+    """A stored alchemy fold as the API serves it (``AlchemyResultOut``)."""
+    return {
+        "fold": row.fold,
+        "status": row.status,
+        "progress": row.progress,
+        "dice": row.dice,
+        "reinitialised": row.reinitialised,
+        "metrics": row.metrics,
+        "gamma": gamma,
+        "error": row.error,
+        "artifact_id": row.artifact_id,
+    }
+
+
+def probe_values(outcome: Any) -> tuple[dict[str, Any], GammaByPhase]:
+    """A finished probe fold's result columns, and the γ after its BN-only training (stored as ``after_bn``)."""
+    result = outcome.to_dict()
+    gamma_after = result["bn_only"].pop("gamma", None)
+    values = {
+        "dice": {"score": outcome.dice_unclipped, "per_class": outcome.dice_per_class_unclipped},
+        "metrics": {"probe": result},
+    }
+    return values, {"after_bn": gamma_after}
+
+
+def probe_view(row: AlchemyResult, gamma: GammaByPhase) -> dict[str, Any]:
+    """A stored probe fold as the API serves it (``ProbeFoldOut``)."""
+    probe = (row.metrics or {}).get("probe") or {}
+    return {
+        "fold": row.fold,
+        "status": row.status,
+        "progress": row.progress,
+        "dice_unclipped": probe.get("dice_unclipped"),
+        "n_channels": probe.get("n_channels"),
+        "rows": probe.get("rows", []),
+        "bn_only": probe.get("bn_only", {}),
+        "gamma": gamma,
+        "seconds": probe.get("seconds"),
+        "error": row.error,
+    }
