@@ -5,6 +5,8 @@ Targets (issue "ranking engine"): BN-only step <= 0.65 x the full step; a cached
 spends < 5 % of the first run's time.
 
     .venv/bin/python bench/engine_speed.py            # about two minutes on 2 cores
+    .venv/bin/python bench/engine_speed.py --only batched      # K candidates one at a time vs stacked (vmap)
+    .venv/bin/python bench/engine_speed.py --only validation   # one validation, and a run's validations, per mode
 """
 
 from __future__ import annotations
@@ -60,6 +62,140 @@ def step_worker(mode: str, precision: str, width: int, patch: int, batch: int, s
     }
 
 
+def _bn_only_trainers(k: int, width: int, patch: int, batch: int, **config_kw) -> list:
+    """K BN-only trainers of unet3d (different weights) on one small random task; validation only at the end."""
+    import numpy as np
+
+    from bnrank.engine.architectures import build_model, get_architecture
+    from bnrank.engine.bn_only import bn_only_setup
+    from bnrank.engine.training import TaskData, TrainConfig, Trainer, Volume
+
+    rng = np.random.default_rng(0)
+    side = 2 * patch
+    vols = [
+        Volume(f"c{i}", rng.normal(size=(1, side, side, side)).astype(np.float32), rng.integers(0, 3, (side,) * 3))
+        for i in range(3)
+    ]
+    data = TaskData(vols[:2], vols[2:], ["background", "a", "b"])
+    config = TrainConfig(
+        **{
+            "max_steps": 10_000,
+            "val_every": 10_000,
+            "validate_at": "scored",
+            "score_window": 1,
+            "patch_size": (patch,) * 3,
+            "batch_size": batch,
+            "precision": "fp32",
+            **config_kw,
+        }
+    )
+    trainers = []
+    for i in range(k):
+        torch_seed(i)
+        model = build_model("unet3d", in_channels=1, out_channels=3, width=width)
+        params, _, _ = bn_only_setup(model, get_architecture("unet3d"), config.seed)
+        trainers.append(Trainer(model, params, data, config, label=f"c{i}"))
+    return trainers
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def batched_worker(k: int, width: int, patch: int, batch: int, steps: int, threads: int = 0) -> dict:
+    """Seconds per candidate-step: K candidates stepped one at a time vs together (torch.func vmap)."""
+    from bnrank.engine.threads import configure_threads
+    from bnrank.engine.training import train_together
+
+    threads = configure_threads(threads=threads)
+    out = {"threads": threads}
+    alone = _bn_only_trainers(k, width, patch, batch)
+    for t in alone:
+        t.run(2)  # warm-up
+    t0 = time.perf_counter()
+    for t in alone:
+        t.run(2 + steps)
+    out["alone_ms"] = 1000 * (time.perf_counter() - t0) / (k * steps)
+    together = _bn_only_trainers(k, width, patch, batch)
+    train_together(together, 2)
+    t0 = time.perf_counter()
+    train_together(together, 2 + steps)
+    out["together_ms"] = 1000 * (time.perf_counter() - t0) / (k * steps)
+    return out
+
+
+def validation_worker(width: int, patch: int, batch: int, side: int, n_val: int, threads: int = 0) -> dict:
+    """Milliseconds of one validation per mode, on n_val random cases of side³ voxels."""
+    import numpy as np
+
+    from bnrank.engine.architectures import build_model
+    from bnrank.engine.threads import configure_threads
+    from bnrank.engine.training import (
+        TaskData,
+        TrainConfig,
+        Validator,
+        Volume,
+        recalibrate_batchnorm,
+        recalibration_batches,
+    )
+
+    threads = configure_threads(threads=threads)
+    rng = np.random.default_rng(0)
+    vols = [
+        Volume(f"c{i}", rng.normal(size=(1, side, side, side)).astype(np.float32), rng.integers(0, 3, (side,) * 3))
+        for i in range(n_val + 1)
+    ]
+    data = TaskData(vols[:1], vols[1:], ["background", "a", "b"])
+    model = build_model("unet3d", in_channels=1, out_channels=3, width=width)
+    out = {"threads": threads}
+    for mode in ("sliding_window", "whole", "patches"):
+        config = TrainConfig(patch_size=(patch,) * 3, batch_size=batch, precision="fp32", validation=mode)
+        validator = Validator(data, config)
+        validator(model)  # warm-up
+        t0 = time.perf_counter()
+        validator(model)
+        out[mode] = 1000 * (time.perf_counter() - t0)
+    config = TrainConfig(patch_size=(patch,) * 3, batch_size=batch, precision="fp32", bn_recalibration=4)
+    batches = recalibration_batches(data, config)
+    t0 = time.perf_counter()
+    recalibrate_batchnorm(model, batches, config)
+    out["recalibration_4_batches"] = 1000 * (time.perf_counter() - t0)
+    return out
+
+
+def run_worker(kind: str, *values: object) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, *map(str, values)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_batched(args: argparse.Namespace) -> None:
+    r = run_worker("batched", args.candidates, args.width, args.patch, args.batch, args.steps, args.threads)
+    print(
+        f"\n{args.candidates} unet3d candidates (width {args.width}, patch {args.patch}^3, batch {args.batch}), "
+        f"BN-only fp32, {args.steps} steps, {r['threads']} thread(s): ms per candidate-step"
+    )
+    print(f"{'one at a time':<16} {r['alone_ms']:9.1f}")
+    print(f"{'together (vmap)':<16} {r['together_ms']:9.1f}   {r['alone_ms'] / r['together_ms']:.2f}x speed-up")
+
+
+def bench_validation(args: argparse.Namespace) -> None:
+    r = run_worker("validation", args.width, args.patch, args.batch, args.val_side, args.val_cases, args.threads)
+    print(
+        f"\nvalidation of {args.val_cases} cases of {args.val_side}^3 (unet3d width {args.width}, patch "
+        f"{args.patch}^3, 8 fixed patches), {r['threads']} thread(s)"
+    )
+    steps, every, window = 100, 10, 3
+    today = steps // every * r["sliding_window"]
+    print(f"{'mode':<16} {'one (ms)':>9} {'per run, every 10 of 100 steps':>32} {'per run, scored (3)':>21}")
+    for mode in ("sliding_window", "whole", "patches"):
+        one = r[mode]
+        print(f"{mode:<16} {one:9.0f} {steps // every * one:32.0f} {window * one:21.0f}  ({window * one / today:.1%})")
+    print(f"{'BN recalibration, 4 batches':<28} {r['recalibration_4_batches']:9.0f} ms per scored validation")
+
+
 def run_step(mode: str, precision: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
@@ -99,8 +235,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--cases", type=int, default=8, help="demo subjects for the preprocessing benchmark")
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--candidates", type=int, default=4, help="candidates for the batched case")
+    parser.add_argument("--val-side", type=int, default=96, help="side of the validation cases")
+    parser.add_argument("--val-cases", type=int, default=2, help="validation cases")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the new cases (0: the cores)")
+    parser.add_argument("--only", choices=("steps", "batched", "validation"), help="run one case only")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.worker[0] in ("batched", "validation"):
+        fn = batched_worker if args.worker[0] == "batched" else validation_worker
+        print(json.dumps(fn(*map(int, args.worker[1:]))))
+        return
+    if args.only == "batched":
+        bench_batched(args)
+        return
+    if args.only == "validation":
+        bench_validation(args)
+        return
     if args.worker:
         mode, precision, width, patch, batch, steps = args.worker
         print(json.dumps(step_worker(mode, precision, int(width), int(patch), int(batch), int(steps))))
@@ -125,6 +276,9 @@ def main() -> None:
         f"\npreprocessing {args.cases} demo subjects (2 mm -> 1.5 mm): first run {first:.2f}s, "
         f"cached run {cached:.3f}s ({cached / first:.1%} of the first)"
     )
+    if args.only is None:
+        bench_validation(args)
+        bench_batched(args)
 
 
 if __name__ == "__main__":

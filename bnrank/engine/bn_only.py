@@ -16,7 +16,7 @@ from torch import nn
 
 from bnrank.engine.architectures import Architecture, head_keys
 from bnrank.engine.errors import TrainingError
-from bnrank.engine.gamma import bn_layers, gamma_stats, has_batchnorm
+from bnrank.engine.gamma import bn_layers, gamma_stats, gamma_values, has_batchnorm
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
 
 
@@ -60,6 +60,18 @@ def count(params: Iterable[nn.Parameter]) -> int:
     return sum(p.numel() for p in params)
 
 
+def bn_only_setup(model: nn.Module, arch: Architecture, seed: int) -> tuple[list[nn.Parameter], dict, dict]:
+    """Prepare a candidate for BN-only training: γ statistics as loaded, the fresh head, the frozen rest.
+
+    Returns the trainable parameters, the γ statistics before and the γ values at the start of training (the
+    reference the change of γ during BN-only training is measured from).
+    """
+    gamma_before = gamma_stats(model)
+    reinit_head(model, arch, seed)
+    params = bn_only_parameters(model, arch)
+    return params, gamma_before, gamma_values(model)
+
+
 def bn_only_evaluate(
     model: nn.Module,
     arch: Architecture,
@@ -69,9 +81,7 @@ def bn_only_evaluate(
     on_progress: ProgressFn | None = None,
     label: str = "",
 ) -> tuple[TrainResult, dict, dict]:
-    """Run BN-only training; returns the result and γ statistics before and after."""
-    gamma_before = gamma_stats(model)
-    reinit_head(model, arch, config.seed)
-    params = bn_only_parameters(model, arch)
+    """Run BN-only training; returns the result and γ statistics before and after (with their ``change``)."""
+    params, gamma_before, start = bn_only_setup(model, arch, config.seed)
     result = train(model, params, data, config, on_progress=on_progress, label=label)
-    return result, gamma_before, gamma_stats(model)
+    return result, gamma_before, gamma_stats(model, reference=start)

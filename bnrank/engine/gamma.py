@@ -11,19 +11,29 @@ Default threshold: 0.05. Under it a channel carries less than 5 % of a fresh cha
 is insensitive to the exact value; `bnrank probe` (γ clipping, thesis Fig. 3.1) measures on a user's own
 data that zeroing the channels under it leaves Dice nearly unchanged.
 
+At ranking budgets (a hundred BN-only steps) hardly any γ reaches 0.05, so that share reads 0 % for every
+candidate. Two figures beside it do separate candidates there: the share of channels under a threshold
+*relative to their own layer* (|γ| < 0.1 × the layer's median |γ|: a channel a tenth as loud as its
+neighbours, whatever the layer's scale), and the change of γ during BN-only training (mean |Δγ|, relative
+to mean |γ| at the start, the Wasserstein distance between the |γ| distributions before and after, and
+the share of channels whose |γ| shrank): how far, and in which direction, the task moved each candidate.
+
 Histogram bins are fixed (|γ| from 0 to 2 in steps of 0.05, plus one overflow bin) so candidates and
 phases (raw, after BN-only, after alchemy) can be compared bin by bin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
+from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 DEFAULT_THRESHOLD = 0.05
+RELATIVE_THRESHOLD = 0.1
+"""A channel counts as relatively small when |γ| < RELATIVE_THRESHOLD × median |γ| of its own layer."""
 HIST_EDGES: list[float] = [round(0.05 * i, 2) for i in range(41)] + [float("inf")]
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -44,12 +54,26 @@ def gamma_vector(model: nn.Module) -> torch.Tensor:
     return torch.cat([m.weight.reshape(-1) for _, m in bn_layers(model)])
 
 
-def _summary(values: torch.Tensor, threshold: float) -> dict:
+def gamma_values(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every layer's γ, by layer name: the reference :func:`gamma_stats` measures change from."""
+    return {name: m.weight.detach().reshape(-1).cpu().clone() for name, m in bn_layers(model)}
+
+
+def relatively_small(values: torch.Tensor) -> torch.Tensor:
+    """Mask of one layer's channels with |γ| under RELATIVE_THRESHOLD × the layer's median |γ|."""
+    v = values.detach().double().abs()
+    if v.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return v < RELATIVE_THRESHOLD * v.quantile(0.5)
+
+
+def _summary(values: torch.Tensor, threshold: float, small: torch.Tensor | None = None) -> dict:
     v = values.detach().double().abs()
     n = v.numel()
     if n == 0:
         return {"count": 0}
     q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype))
+    small = relatively_small(v) if small is None else small
     return {
         "count": n,
         "mean": float(v.mean()),
@@ -60,6 +84,23 @@ def _summary(values: torch.Tensor, threshold: float) -> dict:
         "threshold": threshold,
         "n_below": int((v < threshold).sum()),
         "share_below": float((v < threshold).double().mean()),
+        "relative_threshold": RELATIVE_THRESHOLD,
+        "n_below_relative": int(small.sum()),
+        "share_below_relative": float(small.double().mean()),
+    }
+
+
+def _change(before: torch.Tensor, after: torch.Tensor) -> dict:
+    b, a = before.double(), after.double()
+    delta = (a - b).abs()
+    scale = float(b.abs().mean())
+    return {
+        "count": int(b.numel()),
+        "mean_abs_delta": float(delta.mean()),
+        "max_abs_delta": float(delta.max()),
+        "relative_abs_delta": float(delta.mean()) / scale if scale > 0 else None,
+        "wasserstein_abs": float(wasserstein_distance(b.abs().numpy(), a.abs().numpy())),
+        "share_shrunk": float((a.abs() < b.abs()).double().mean()),
     }
 
 
@@ -71,8 +112,15 @@ def histogram(values: torch.Tensor) -> list[int]:
     return torch.bincount(idx.clamp(min=0), minlength=len(HIST_EDGES) - 1).tolist()
 
 
-def gamma_stats(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """JSON-ready γ statistics over the whole network and per BN layer."""
+def gamma_stats(
+    model: nn.Module, threshold: float = DEFAULT_THRESHOLD, reference: Mapping[str, torch.Tensor] | None = None
+) -> dict:
+    """JSON-ready γ statistics over the whole network and per BN layer.
+
+    With ``reference`` (:func:`gamma_values` taken earlier, e.g. before BN-only training) the summary also has a
+    ``change`` entry over the layers present in both with the same size, and each such layer its own ``change``
+    (inside the summary and the layer rows, so a store that keeps those keeps the change too).
+    """
     layers = [(name, m.weight.detach().reshape(-1).cpu()) for name, m in bn_layers(model)]
     if not layers:
         return {
@@ -82,12 +130,26 @@ def gamma_stats(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> dict:
             "layers": [],
         }
     everything = torch.cat([g for _, g in layers])
-    return {
+    small = [relatively_small(g) for _, g in layers]
+    stats = {
         "n_layers": len(layers),
-        "summary": _summary(everything, threshold),
+        "summary": _summary(everything, threshold, torch.cat(small)),
         "histogram": {
             "edges": [e if e != float("inf") else None for e in HIST_EDGES],
             "counts": histogram(everything),
         },
-        "layers": [{"name": name, **_summary(g, threshold)} for name, g in layers],
+        "layers": [{"name": name, **_summary(g, threshold, s)} for (name, g), s in zip(layers, small, strict=True)],
     }
+    if reference is not None:
+        pairs = [
+            (reference[name], g, row)
+            for (name, g), row in zip(layers, stats["layers"], strict=True)
+            if name in reference and reference[name].shape == g.shape
+        ]
+        for before, after, row in pairs:
+            row["change"] = _change(before, after)
+        if pairs:
+            stats["summary"]["change"] = _change(
+                torch.cat([b for b, _, _ in pairs]), torch.cat([a for _, a, _ in pairs])
+            )
+    return stats

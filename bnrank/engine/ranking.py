@@ -11,19 +11,36 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.stats import kendalltau
 
 from bnrank.engine.architectures import Architecture
-from bnrank.engine.bn_only import bn_only_evaluate
+from bnrank.engine.bn_only import bn_only_evaluate, bn_only_setup
 from bnrank.engine.checkpoints import LoadReport, load_checkpoint, resolve_architecture
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, windowed_score
+from bnrank.engine.gamma import gamma_stats
+from bnrank.engine.options import option, validate
+from bnrank.engine.training import (
+    ProgressFn,
+    TaskData,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    Validator,
+    can_train_together,
+    point_value,
+    recalibration_batches,
+    train_together,
+    windowed_score,
+)
 
 
 @dataclass
@@ -42,6 +59,46 @@ class Candidate:
 
 
 @dataclass
+class RankConfig:
+    """How candidates are ranked, beside the training budget (:class:`TrainConfig`) every candidate shares.
+
+    Declared once, like TrainConfig: surfaces generate their options from these fields (engine/options.py).
+    """
+
+    halving_rounds: int = option(
+        1,
+        help="successive-halving rounds: 1 trains every candidate for max_steps; R > 1 gives every candidate "
+        "max_steps / eta^(R-1) steps, then the better 1/eta of them eta times as many (continuing the same run and "
+        "schedule), and so on, the last round ending at max_steps",
+        ge=1,
+        le=10,
+    )
+    halving_eta: int = option(
+        2, help="halving keeps 1/eta of the candidates per round, eta times the steps", ge=2, le=8
+    )
+    batched: bool = option(
+        False,
+        help="train the candidates of one architecture together in one vmapped network (torch.func); off by default: "
+        "at one thread it was 0.69x the speed of one at a time on this CPU (bench/engine_speed.py --only batched)",
+    )
+    tie_resamples: int = option(
+        1000,
+        help="bootstrap resamples over validation cases and the last validations behind tie guidance; 0 = no ties",
+        ge=0,
+        le=100_000,
+    )
+    tie_confidence: float = option(
+        0.9,
+        help="two candidates are tied unless one scores higher than the other in at least this share of resamples",
+        gt=0.5,
+        lt=1,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
 class RankEntry:
     checkpoint: str
     status: str = "ok"
@@ -56,6 +113,18 @@ class RankEntry:
     architecture: str | None = None
     is_control: bool = False
     load_report: dict[str, Any] | None = None
+    dice: float | None = None
+    """Hard Dice over the validations behind the score (the score itself when it is hard Dice)."""
+    case_scores: list[list[float | None]] = field(default_factory=list)
+    """Per validation case (or fixed patch) score at each validation behind the score: what ties are drawn from."""
+    halving_round: int | None = None
+    """The successive-halving round this candidate stopped in (1-based); None without halving."""
+    tied_with: list[str] = field(default_factory=list)
+    """Candidates this one cannot be told apart from at this budget (same halving round), by bootstrap."""
+    tie_group: int | None = None
+    """Consecutive ranks tied with the group's first entry share an id; group 1 holds the top candidate."""
+    p_best: float | None = None
+    """Share of bootstrap resamples in which this candidate scores highest (among those of its round)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,12 +136,16 @@ class RankingResult:
     entries: list[RankEntry]
     config: dict[str, Any]
     stability: dict[str, Any]
+    ties: dict[str, Any] = field(default_factory=dict)
+    halving: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "config": self.config,
             "stability": self.stability,
+            "ties": self.ties,
+            "halving": self.halving,
             "entries": [e.to_dict() for e in self.entries],
         }
 
@@ -112,25 +185,34 @@ def evaluate_candidate(
         model, arch, report = build_candidate(candidate, data, config.seed)
         entry.architecture = arch.name
         entry.load_report = report.to_dict() if report else None
-        result, before, after = bn_only_evaluate(
+        result, raw, after_bn = bn_only_evaluate(
             model, arch, data, config, on_progress=on_progress, label=candidate.name
         )
     except BNRankError as exc:
         entry.status, entry.error = "failed", str(exc)
         entry.seconds = round(time.perf_counter() - started, 3)
         return entry
-    entry.score = result.score
-    entry.dice_per_class = result.dice_per_class
-    entry.curve = result.curve
-    entry.steps = result.steps
+    fill_entry(entry, result)
     entry.seconds = round(time.perf_counter() - started, 3)
-    entry.gamma = {"before": before, "after": after}
+    entry.gamma = {"raw": raw, "after_bn": after_bn}
     return entry
 
 
+def fill_entry(entry: RankEntry, result: TrainResult) -> None:
+    entry.score = result.score
+    entry.dice = result.dice
+    entry.case_scores = result.case_scores
+    entry.dice_per_class = result.dice_per_class
+    entry.curve = result.curve
+    entry.steps = result.steps
+
+
 def order_entries(entries: Sequence[RankEntry]) -> list[RankEntry]:
-    """Rank succeeded entries by score (best first); failed ones follow, unranked."""
-    ok = sorted((e for e in entries if e.status == "ok"), key=lambda e: -(e.score or 0.0))
+    """Rank succeeded entries by score (best first); failed ones follow, unranked.
+
+    Under successive halving a candidate that reached a later round ranks above every one stopped earlier.
+    """
+    ok = sorted((e for e in entries if e.status == "ok"), key=lambda e: (-(e.halving_round or 0), -(e.score or 0.0)))
     for i, e in enumerate(ok, start=1):
         e.rank = i
     return ok + [e for e in entries if e.status != "ok"]
@@ -146,6 +228,9 @@ def stability(entries: Sequence[RankEntry], window: int, fraction: float = 0.5) 
     result: dict[str, Any] = {"at_fraction": fraction, "kendall_tau": None, "same_top1": None}
     if len(ok) < 2:
         return result
+    if not all(any(point_value(p) is not None and p["step"] <= int(e.steps * fraction) for p in e.curve) for e in ok):
+        result["reason"] = "no validation that early (validate_at 'scored' validates only where the score is taken)"
+        return result
     partial = [windowed_score(e.curve, window, upto_step=int(e.steps * fraction)) for e in ok]
     final = [e.score or 0.0 for e in ok]
     tau = kendalltau(partial, final).statistic
@@ -157,7 +242,9 @@ def stability(entries: Sequence[RankEntry], window: int, fraction: float = 0.5) 
 def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candidate]) -> list[Candidate]:
     """The random-init controls ``rank_candidates`` adds: one per architecture and build options seen.
 
-    ``entries[i]`` is the (unordered) entry of ``candidates[i]``.
+    ``entries[i]`` is the (unordered) entry of ``candidates[i]``. The one grouping rule of controls: the
+    service uses it too. A control is named after its architecture, and after its build options as well
+    where one architecture appears in several configurations, so the controls can be told apart.
     """
     controls: dict[str, Candidate] = {}
     for entry, cand in zip(entries, candidates, strict=False):
@@ -171,13 +258,222 @@ def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candid
         controls.setdefault(
             key,
             Candidate(
-                name=f"control: random init ({entry.architecture})",
+                name=str(entry.architecture),
                 architecture=arch or entry.architecture,
                 network_def=cand.network_def,
                 build_kwargs=kwargs,
             ),
         )
-    return list(controls.values())
+    found = list(controls.values())
+    configurations = Counter(c.name for c in found)
+    for c in found:
+        detail = f" {json.dumps(c.build_kwargs, sort_keys=True)}" if configurations[c.name] > 1 else ""
+        c.name = f"control: random init ({c.name}{detail})"
+    return found
+
+
+def _score_matrices(members: Sequence[RankEntry], window: int) -> np.ndarray:
+    """[candidates, validations, cases] of scores; from the last validations' curve points where cases are missing."""
+    shapes = {np.shape(e.case_scores) for e in members}
+    if len(shapes) == 1 and all(e.case_scores for e in members) and len(next(iter(shapes))) == 2:
+        return np.array([[[np.nan if v is None else v for v in row] for row in e.case_scores] for e in members], float)
+    points = [[v for p in e.curve if (v := point_value(p)) is not None][-window:] for e in members]
+    w = max(1, min(len(p) for p in points))
+    return np.array([[[v] for v in (p[-w:] or [e.score or 0.0])] for p, e in zip(points, members, strict=True)], float)
+
+
+def _bootstrap(mats: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """[resamples, candidates] means over one paired resample of validations and cases (the same for everyone)."""
+    _, w, u = mats.shape
+    out = np.empty((resamples, mats.shape[0]))
+    for start in range(0, resamples, 100):
+        b = min(100, resamples - start)
+        pts, cases = rng.integers(w, size=(b, w)), rng.integers(u, size=(b, u))
+        sub = mats[:, pts[:, :, None], cases[:, None, :]]  # [n, b, w, u]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[start : start + b] = np.nanmean(sub, axis=(2, 3)).T
+    return np.where(np.isfinite(out), out, -np.inf)
+
+
+def tie_guidance(
+    entries: Sequence[RankEntry], resamples: int = 1000, confidence: float = 0.9, window: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Which ranked candidates cannot be told apart at this budget; fills ``tied_with``, ``tie_group``, ``p_best``.
+
+    A paired bootstrap: each resample draws the validation cases (or fixed patches) and the validations behind the
+    score with replacement, the same draw for every candidate, and averages each candidate's per-case scores over
+    it. Two candidates are tied unless one is ahead in at least ``confidence`` of the resamples. Groups follow the
+    order: an entry joins the current group when it is tied with the group's first entry. Under successive halving
+    only candidates stopped in the same round (scored at the same budget) are compared. Entries without per-case
+    scores (e.g. read back from a store) fall back to the spread of their last ``window`` validations.
+    """
+    ranked = [e for e in entries if e.rank is not None]
+    ranked.sort(key=lambda e: e.rank or 0)
+    for e in entries:
+        e.tied_with, e.tie_group, e.p_best = [], None, None
+    summary: dict[str, Any] = {
+        "method": "paired bootstrap over validation cases and the validations behind the score",
+        "resamples": resamples,
+        "confidence": confidence,
+        "p_top_is_best": None,
+        "top_group": [],
+        "groups": [],
+    }
+    if not resamples or not ranked:
+        return summary
+    rng = np.random.default_rng(seed)
+    rounds: dict[int, list[RankEntry]] = {}
+    for e in ranked:
+        rounds.setdefault(e.halving_round or 0, []).append(e)
+    group = 0
+    for members in rounds.values():
+        stats = _bootstrap(_score_matrices(members, window), resamples, rng)
+        ahead = (stats[:, :, None] > stats[:, None, :]).mean(0) + 0.5 * (stats[:, :, None] == stats[:, None, :]).mean(0)
+        tied = np.maximum(ahead, ahead.T) < confidence
+        np.fill_diagonal(tied, False)
+        best = stats == stats.max(1, keepdims=True)
+        p_best = (best / best.sum(1, keepdims=True)).mean(0)
+        leader = -1
+        for i, e in enumerate(members):
+            e.tied_with = [m.checkpoint for j, m in enumerate(members) if tied[i, j]]
+            e.p_best = round(float(p_best[i]), 4)
+            if leader < 0 or not tied[leader, i]:
+                group, leader = group + 1, i
+                summary["groups"].append([])
+            e.tie_group = group
+            summary["groups"][-1].append(e.checkpoint)
+    summary["p_top_is_best"] = ranked[0].p_best
+    summary["top_group"] = summary["groups"][0]
+    return summary
+
+
+def halving_steps(max_steps: int, rounds: int, eta: int) -> list[int]:
+    """The step each halving round ends at: max_steps / eta^(rounds-1-k), the last exactly max_steps."""
+    return sorted({max(1, max_steps // eta ** (rounds - 1 - k)) for k in range(rounds)})
+
+
+@dataclass
+class _Live:
+    """A candidate under successive halving: its entry and, while it trains, its trainer (model, optimiser,
+    schedule and RNG state kept in memory between rounds)."""
+
+    entry: RankEntry
+    trainer: Trainer | None = None
+    raw: dict | None = None
+    start: dict | None = None
+    seconds: float = 0.0
+
+
+def _fail(entry: RankEntry, exc: BNRankError) -> None:
+    entry.status, entry.error = "failed", str(exc)
+
+
+def _groups(lives: Sequence[_Live]) -> list[list[_Live]]:
+    """Candidates that can share one stacked network (same architecture, layout and step), in first-seen order."""
+    groups: list[list[_Live]] = []
+    for lv in lives:
+        for g in groups:
+            if g[0].entry.architecture == lv.entry.architecture and can_train_together([g[0].trainer, lv.trainer]):
+                g.append(lv)
+                break
+        else:
+            groups.append([lv])
+    return groups
+
+
+def _rank_kept(
+    candidates: Sequence[Candidate],
+    data: TaskData,
+    config: TrainConfig,
+    rank: RankConfig,
+    control: bool,
+    on_progress: ProgressFn | None,
+) -> tuple[list[RankEntry], dict[str, Any]]:
+    """Successive halving (and batched training): every candidate trains to the first round's end, the better
+    1/eta go on, and so on; with ``rank.batched`` the candidates of one architecture train in one stacked network.
+
+    A candidate's run is continued, not restarted: its trainer keeps the model, the optimiser state, the patch
+    schedule and the RNG state, so a survivor's last round is exactly the run it would have had alone, and every
+    candidate of a round saw the same patches in the same order. The price is memory: every candidate's model stays
+    loaded until the end.
+    """
+    ends = halving_steps(config.max_steps, rank.halving_rounds, rank.halving_eta)
+    patience = len(ends) == 1  # halving compares candidates at fixed budgets: none may stop early
+    validator, recal = Validator(data, config), recalibration_batches(data, config)
+    progress = {"done": 0, "from": 0, "total": 1}
+
+    def report(step: int, _total: int, msg: str) -> None:
+        if on_progress:
+            on_progress(min(progress["done"] + step - progress["from"], progress["total"]), progress["total"], msg)
+
+    def start(cand: Candidate) -> _Live:
+        live = _Live(RankEntry(checkpoint=cand.name, is_control=cand.is_control))
+        t0 = time.perf_counter()
+        try:
+            model, arch, load = build_candidate(cand, data, config.seed)
+            live.entry.architecture = arch.name
+            live.entry.load_report = load.to_dict() if load else None
+            params, live.raw, live.start = bn_only_setup(model, arch, config.seed)
+            live.trainer = Trainer(
+                model,
+                params,
+                data,
+                config,
+                on_progress=report,
+                label=cand.name,
+                score_at=ends,
+                early_stop=patience,
+                validator=validator,
+                recalibration=recal,
+            )
+        except BNRankError as exc:
+            _fail(live.entry, exc)
+        live.seconds = time.perf_counter() - t0
+        return live
+
+    lives = [start(c) for c in candidates]
+    if control:
+        lives += [start(c) for c in control_candidates([lv.entry for lv in lives], candidates)]
+    alive = [lv for lv in lives if lv.trainer is not None]
+    counts = [math.ceil(len(alive) / rank.halving_eta**k) for k in range(len(ends))]
+    progress["total"] = max(1, sum(n * (e - b) for n, e, b in zip(counts, ends, [0, *ends[:-1]], strict=True)))
+    rounds = []
+    for k, end in enumerate(ends):
+        for group in _groups(alive) if rank.batched else [[lv] for lv in alive]:
+            trainers = [lv.trainer for lv in group if lv.trainer is not None]
+            progress["from"] = trainers[0].step
+            if len(trainers) > 1:
+                for i, exc in train_together(trainers, end).items():
+                    _fail(group[i].entry, exc)
+            else:
+                try:
+                    trainers[0].run(end)
+                except BNRankError as exc:
+                    _fail(group[0].entry, exc)
+            progress["done"] += sum(t.step for t in trainers) - progress["from"] * len(trainers)
+            for lv in group:
+                lv.entry.halving_round = k + 1 if len(ends) > 1 else None
+        alive = [lv for lv in alive if lv.entry.status == "ok"]
+        rounds.append({"round": k + 1, "steps": end, "candidates": [lv.entry.checkpoint for lv in alive]})
+        if k + 1 < len(ends):
+            keep = max(1, math.ceil(len(alive) / rank.halving_eta))
+            alive = sorted(alive, key=lambda lv: -lv.trainer.score(end))[:keep]  # type: ignore[union-attr]
+    for lv in lives:
+        if lv.trainer is None or lv.entry.status != "ok":
+            lv.entry.seconds = round(lv.seconds + (lv.trainer.seconds if lv.trainer else 0.0), 3)
+            continue
+        fill_entry(lv.entry, lv.trainer.result())
+        lv.entry.gamma = {"raw": lv.raw, "after_bn": gamma_stats(lv.trainer.model, reference=lv.start)}
+        lv.entry.seconds = round(lv.seconds + lv.trainer.seconds, 3)
+    info = {
+        "rounds": rounds,
+        "eta": rank.halving_eta,
+        "state": "kept in memory between rounds: model, optimiser, patch schedule and RNG state of every candidate",
+        "candidate_steps": sum(lv.trainer.step for lv in lives if lv.trainer is not None),
+        "candidate_steps_without_halving": config.max_steps * sum(1 for lv in lives if lv.trainer is not None),
+    }
+    return [lv.entry for lv in lives], info
 
 
 def rank_candidates(
@@ -188,22 +484,34 @@ def rank_candidates(
     dataset_name: str = "",
     control: bool = True,
     on_progress: ProgressFn | None = None,
+    rank: RankConfig | None = None,
 ) -> RankingResult:
-    """Evaluate every candidate (and the random-init controls) on the same data, schedule and head seed."""
-    entries: list[RankEntry] = []
-    for i, cand in enumerate(candidates):
+    """Evaluate every candidate (and the random-init controls) on the same data, schedule and head seed.
 
-        def progress(step: int, total: int, msg: str, i: int = i) -> None:
-            if on_progress:
-                on_progress(i * total + step, len(candidates) * total, msg)
+    ``rank`` (default :class:`RankConfig`) adds successive halving and sets the tie guidance.
+    """
+    rank = rank or RankConfig()
+    halving = None
+    if rank.halving_rounds > 1 or rank.batched:
+        entries, halving = _rank_kept(candidates, data, config, rank, control, on_progress)
+        halving = halving if rank.halving_rounds > 1 else None
+    else:
+        entries = []
+        for i, cand in enumerate(candidates):
 
-        entries.append(evaluate_candidate(cand, data, config, on_progress=progress))
-    for cand in control_candidates(entries, candidates) if control else []:
-        entries.append(evaluate_candidate(cand, data, config))
+            def progress(step: int, total: int, msg: str, i: int = i) -> None:
+                if on_progress:
+                    on_progress(i * total + step, len(candidates) * total, msg)
+
+            entries.append(evaluate_candidate(cand, data, config, on_progress=progress))
+        for cand in control_candidates(entries, candidates) if control else []:
+            entries.append(evaluate_candidate(cand, data, config))
     ordered = order_entries(entries)
     return RankingResult(
         dataset=dataset_name,
         entries=ordered,
-        config=asdict(config),
+        config={**asdict(config), "rank": asdict(rank)},
         stability=stability(ordered, config.score_window),
+        ties=tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, config.score_window, config.seed),
+        halving=halving,
     )

@@ -8,6 +8,7 @@ differs between two candidates' runs is their weights, nothing else.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import time
@@ -18,15 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from monai.metrics import DiceMetric
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnrank.engine.errors import TrainingError
 from bnrank.engine.options import option, three_sides, validate
 
 ProgressFn = Callable[[int, int, str], None]
 """on_progress(step, total_steps, message); raising from it (e.g. on cancel) stops training."""
+
+VALIDATION_MODES = ("sliding_window", "whole", "patches")
+SCORES = ("dice", "soft_dice", "dice_ce")
+WHOLE_MULTIPLE = 32
+"""Whole-volume validation pads each case to a multiple of this, enough for five stride-2 downsamplings."""
+VAL_SEED_OFFSET = 7919
+RECALIBRATION_SEED_OFFSET = 104729
+"""Fixed validation and recalibration patches are drawn from seed + offset: apart from the training schedule."""
 
 
 @dataclass
@@ -55,6 +65,33 @@ class TrainConfig:
     )
     val_overlap: float = option(0.25, help="sliding-window overlap in validation", ge=0, lt=1, api=False, cli=False)
     min_delta: float = option(1e-3, help="smallest validation gain that counts", ge=0, api=False, cli=False)
+    validation: str = option(
+        "sliding_window",
+        help="how validation predicts: a sliding window over each validation case (sliding_window), each case "
+        "padded and predicted whole in one eval-mode pass (whole), or fixed seeded patches of the validation cases "
+        "(patches)",
+        choices=VALIDATION_MODES,
+    )
+    validate_at: str = option(
+        "every",
+        help="validate every val_every steps, patience applies (every), or only where the score is taken: the last "
+        "score_window validations before each scoring step (scored; training loss is still logged every val_every)",
+        choices=("every", "scored"),
+    )
+    val_patches: int = option(8, help="fixed validation patches when validation is 'patches'", ge=1, le=4096)
+    score: str = option(
+        "dice",
+        help="the score: hard Dice (dice), soft Dice of the softmax, which still orders candidates stuck at Dice 0 "
+        "(soft_dice), or 1 - validation DiceCE (dice_ce); hard Dice is reported beside it",
+        choices=SCORES,
+    )
+    bn_recalibration: int = option(
+        0,
+        help="before each validation, re-estimate BatchNorm running statistics on this many batches of fixed "
+        "training patches (train mode, momentum None, no gradient), so no source statistics reach a score; 0 = off",
+        ge=0,
+        le=1000,
+    )
 
     def __post_init__(self) -> None:
         self.patch_size = three_sides(self.patch_size)
@@ -79,6 +116,10 @@ class TrainResult:
     seconds: float
     stopped_early: bool
     final_loss: float
+    dice: float | None = None
+    """Hard Dice over the same validations as the score (equal to it when the score is hard Dice)."""
+    case_scores: list[list[float | None]] = field(default_factory=list)
+    """Per validation unit (case, or fixed patch) score at each of the validations behind the score."""
 
 
 @dataclass
@@ -246,12 +287,328 @@ def mean_foreground(dice: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else 0.0
 
 
-def windowed_score(curve: Sequence[dict[str, float]], window: int, upto_step: int | None = None) -> float:
-    """Mean Dice of the last ``window`` validations (up to a step): robust to one noisy validation."""
-    points = [p["dice"] for p in curve if upto_step is None or p["step"] <= upto_step]
+def point_value(point: dict[str, float], key: str = "score") -> float | None:
+    """A curve point's score (or another key); None on a point without a validation (a training-loss point).
+
+    Curves written before the score existed carry only "dice", which then is the score.
+    """
+    if key in point:
+        return point[key]
+    return point.get("dice") if key == "score" else None
+
+
+def windowed_score(
+    curve: Sequence[dict[str, float]], window: int, upto_step: int | None = None, key: str = "score"
+) -> float:
+    """Mean score of the last ``window`` validations (up to a step): robust to one noisy validation."""
+    points = [
+        v for p in curve if (upto_step is None or p["step"] <= upto_step) and (v := point_value(p, key)) is not None
+    ]
     if not points:
         return 0.0
     return float(np.mean(points[-window:]))
+
+
+@dataclass
+class Validation:
+    """One validation: aggregates as reported, and one value per validation unit (case or fixed patch)."""
+
+    dice_per_class: np.ndarray
+    dice: float
+    score: float
+    unit_scores: np.ndarray
+
+
+def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+class Validator:
+    """The fixed inputs of a run's validations and the one way it predicts and scores them.
+
+    ``sliding_window`` is the original validation; ``whole`` pads each case to a multiple of WHOLE_MULTIPLE and
+    predicts it in one forward pass; ``patches`` predicts ``val_patches`` patches drawn once from the validation
+    cases (seed + VAL_SEED_OFFSET). Inference is in eval mode, so BatchNorm uses its running statistics.
+    """
+
+    def __init__(self, data: TaskData, config: TrainConfig) -> None:
+        self.config = config
+        self.n_classes = data.n_classes
+        self.units: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if config.validation == "patches":
+            sched = PatchSchedule(
+                data.val, config.patch_size, config.val_patches, config.seed + VAL_SEED_OFFSET, config.foreground_ratio
+            )
+            x, y = sched.next_batch()
+            self.units = [(x[i : i + 1], y[i : i + 1]) for i in range(len(x))]
+        else:
+            for v in data.val:
+                image = torch.from_numpy(v.image[None]).float()
+                self.units.append((image, torch.from_numpy(v.label[None, None].astype(np.int64))))
+        self.hard = DiceMetric(
+            include_background=False, reduction="none", ignore_empty=True, num_classes=data.n_classes
+        )
+        self.soft = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, reduction="none")
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def _predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        image = image.to(config.device)
+        with autocast(config):
+            if config.validation == "sliding_window":
+                return sliding_window_inference(
+                    image,
+                    roi_size=config.patch_size,
+                    sw_batch_size=config.batch_size,
+                    predictor=model,
+                    overlap=config.val_overlap,
+                    mode="gaussian",
+                ).float()
+            if config.validation == "patches":
+                return torch.cat([model(x).float() for x in image.split(config.batch_size)])
+            shape = image.shape[2:]
+            pads = [(-s) % WHOLE_MULTIPLE for s in shape]
+            padded = torch.nn.functional.pad(image, [p for pad in reversed(pads) for p in (0, pad)], mode="replicate")
+            logits = model(padded).float()
+        if logits.shape[2:] != padded.shape[2:]:
+            logits = torch.nn.functional.interpolate(logits, size=padded.shape[2:], mode="trilinear")
+        return logits[..., : shape[0], : shape[1], : shape[2]]
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> Validation:
+        was_training = model.training
+        model.eval()
+        score_name = self.config.score
+        hard_rows, soft_rows, dice_ce = [], [], []
+        try:
+            if self.config.validation == "patches":  # the fixed patches go through in batches of batch_size
+                predicted = self._predict(model, torch.cat([x for x, _ in self.units])).split(1)
+            else:
+                predicted = (self._predict(model, x) for x, _ in self.units)
+            for logits, (_, label) in zip(predicted, self.units, strict=True):
+                label = label.to(logits.device)
+                hard_rows.append(self.hard(y_pred=logits.argmax(1, keepdim=True), y=label).cpu().numpy()[0])
+                if score_name == "soft_dice":
+                    present = torch.stack([(label == c).any() for c in range(1, self.n_classes)]).cpu().numpy()
+                    soft = 1.0 - self.soft(logits, label).reshape(-1).cpu().numpy()
+                    soft_rows.append(np.where(present, soft, np.nan))
+                elif score_name == "dice_ce":
+                    dice_ce.append(1.0 - float(self.dice_ce(logits, label)))
+        finally:
+            model.train(was_training)
+            self.hard.reset()  # a cumulative metric: without this it keeps every validation's rows
+        hard = np.stack(hard_rows)
+        dice_per_class = _nanmean(hard, axis=0)
+        dice = mean_foreground(dice_per_class)
+        if self.config.score == "dice":
+            score, units = dice, _nanmean(hard, axis=1)
+        elif self.config.score == "soft_dice":
+            soft = np.stack(soft_rows)
+            score, units = mean_foreground(_nanmean(soft, axis=0)), _nanmean(soft, axis=1)
+        else:
+            score, units = float(np.mean(dice_ce)), np.asarray(dice_ce)
+        return Validation(dice_per_class, dice, score, units)
+
+
+def recalibration_batches(data: TaskData, config: TrainConfig) -> list[torch.Tensor]:
+    """The fixed training patches BatchNorm statistics are re-estimated on (the same for every candidate)."""
+    if not config.bn_recalibration:
+        return []
+    sched = PatchSchedule(
+        data.train,
+        config.patch_size,
+        config.batch_size,
+        config.seed + RECALIBRATION_SEED_OFFSET,
+        config.foreground_ratio,
+    )
+    return [sched.next_batch()[0] for _ in range(config.bn_recalibration)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor], config: TrainConfig) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over ``batches`` under today's weights.
+
+    Train-mode forward passes with momentum None (a cumulative average) and no gradient; the global RNG is left
+    as it was (dropout would otherwise shift the training run), and the momenta are restored afterwards.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not bns or not batches:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    devices = [torch.device(config.device)] if config.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            model.train()
+            for x in batches:
+                with autocast(config):
+                    model(x.to(config.device))
+        finally:
+            for m, momentum in zip(bns, momenta, strict=True):
+                m.momentum = momentum
+            model.train(was_training)
+
+
+class Trainer:
+    """One run of the training loop, resumable: ``run(until)`` trains up to a step and can be called again.
+
+    The patch schedule, the optimiser and (after a first ``run``) the torch RNG state are kept in the trainer, so
+    training to step a and then on to step b is the same run as training to b at once. Validations happen at
+    ``validation_steps``: every ``val_every`` steps (and at each of ``score_at``) when ``validate_at`` is
+    "every", else only the ``score_window`` validations before the end and before each of ``score_at``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[nn.Parameter],
+        data: TaskData,
+        config: TrainConfig,
+        *,
+        regulariser: Callable[[nn.Module], torch.Tensor] | None = None,
+        on_progress: ProgressFn | None = None,
+        label: str = "",
+        score_at: Iterable[int] = (),
+        early_stop: bool = True,
+        validator: Validator | None = None,
+        recalibration: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).train()
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise TrainingError("nothing to train: no parameter requires a gradient")
+        self.data, self.config, self.label = data, config, label
+        self.regulariser, self.on_progress = regulariser, on_progress
+        self.optimiser = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.schedule = PatchSchedule(
+            data.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio
+        )
+        torch.manual_seed(config.seed)
+        self.validator = validator or Validator(data, config)
+        self.recalibration = recalibration_batches(data, config) if recalibration is None else list(recalibration)
+        self.ends = sorted({min(int(s), config.max_steps) for s in score_at} | {config.max_steps})
+        self.early_stop = early_stop and config.validate_at == "every"
+        self.step, self.seconds, self.loss_value, self.stopped_early = 0, 0.0, float("nan"), False
+        self.curve: list[dict[str, float]] = []
+        self.validations: list[tuple[int, Validation]] = []
+        self.best, self.since_best = -math.inf, 0
+        self._losses: list[float] = []
+        self._rng = self._rng_state()  # this run's RNG stream starts here, whatever runs before its first step
+        self._scored = {
+            e - j * config.val_every
+            for e in self.ends
+            for j in range(config.score_window)
+            if e - j * config.val_every >= 1
+        }
+
+    def validates_at(self, step: int) -> bool:
+        if self.config.validate_at == "scored":
+            return step in self._scored
+        return step % self.config.val_every == 0 or step in self.ends
+
+    def _rng_devices(self) -> list[int]:
+        return [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+
+    def _rng_state(self) -> list[torch.Tensor]:
+        return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in self._rng_devices()]
+
+    def run(self, until: int | None = None) -> Trainer:
+        """Train up to step ``until`` (default max_steps), or less if patience stops the run first."""
+        until = self.config.max_steps if until is None else min(until, self.config.max_steps)
+        torch.set_rng_state(self._rng[0])  # continue this run's RNG stream, not whatever ran in between
+        for dev, state in zip(self._rng_devices(), self._rng[1:], strict=True):
+            torch.cuda.set_rng_state(state, dev)
+        started = time.perf_counter()
+        try:
+            while self.step < until and not self.stopped_early:
+                self.step += 1
+                x, y = self.schedule.next_batch()
+                self._after_step(self._train_step(x.to(self.device, non_blocking=True), y.to(self.device)), started)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self._rng = self._rng_state()
+        return self
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        with autocast(self.config):
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        if self.regulariser is not None:
+            loss = loss + self.regulariser(self.model)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"{self.label + ': ' if self.label else ''}loss became {loss_value} at step {self.step}"
+            )
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        return loss_value
+
+    def validate(self) -> Validation:
+        """Validate now (after re-estimating BatchNorm statistics, if configured); the model is left as it was."""
+        recalibrate_batchnorm(self.model, self.recalibration, self.config)
+        return self.validator(self.model)
+
+    def _after_step(self, loss_value: float, started: float) -> None:
+        config, step = self.config, self.step
+        self.loss_value = loss_value
+        self._losses.append(loss_value)
+        point: dict[str, float] = {"step": step, "loss": loss_value}
+        if self.validates_at(step):
+            val = self.validate()
+            self.validations.append((step, val))
+            point.update(dice=val.dice, score=val.score)
+        elif not (config.validate_at == "scored" and step % config.val_every == 0):
+            if self.on_progress and step % max(1, config.val_every // 2) == 0:
+                self.on_progress(step, config.max_steps, f"{self.label} step {step}: loss {loss_value:.3f}")
+            return
+        point["loss_mean"] = float(np.mean(self._losses))
+        point["seconds"] = round(self.seconds + time.perf_counter() - started, 3)
+        self._losses = []
+        self.curve.append(point)
+        if "score" not in point:
+            if self.on_progress:
+                self.on_progress(step, config.max_steps, f"{self.label} step {step}: loss {loss_value:.3f}")
+            return
+        score = point["score"]
+        if score > self.best + config.min_delta:
+            self.best, self.since_best = score, 0
+        else:
+            self.since_best += 1
+        if self.on_progress:
+            shown = f"val Dice {val.dice:.3f}" + (f", {config.score} {score:.3f}" if config.score != "dice" else "")
+            self.on_progress(step, config.max_steps, f"{self.label} step {step}: loss {loss_value:.3f}, {shown}")
+        if self.early_stop and self.since_best >= config.patience and step < config.max_steps:
+            self.stopped_early = True
+
+    def score(self, upto_step: int | None = None) -> float:
+        return windowed_score(self.curve, self.config.score_window, upto_step)
+
+    def result(self) -> TrainResult:
+        window = self.validations[-self.config.score_window :]
+        last = window[-1][1].dice_per_class if window else np.full(self.data.n_classes - 1, np.nan)
+        names = self.data.class_names[1:]
+        return TrainResult(
+            score=self.score(),
+            dice_per_class={n: (float(d) if np.isfinite(d) else None) for n, d in zip(names, last, strict=True)},
+            curve=self.curve,
+            steps=self.step,
+            seconds=round(self.seconds, 3),
+            stopped_early=self.stopped_early,
+            final_loss=self.loss_value,
+            dice=windowed_score(self.curve, self.config.score_window, key="dice"),
+            case_scores=[[float(u) if np.isfinite(u) else None for u in val.unit_scores] for _, val in window],
+        )
 
 
 def train(
@@ -264,70 +621,133 @@ def train(
     on_progress: ProgressFn | None = None,
     label: str = "",
 ) -> TrainResult:
-    """Train ``params`` of ``model`` with DiceCE on the seeded patch schedule; validate every ``val_every``.
+    """Train ``params`` of ``model`` with DiceCE on the seeded patch schedule, validating as the config says.
 
-    Stops at ``max_steps`` or after ``patience`` validations without improvement. A non-finite loss
-    raises TrainingError naming the step, so a caller can fail the one candidate and go on.
+    Stops at ``max_steps`` or (validating every ``val_every``) after ``patience`` validations without
+    improvement. A non-finite loss raises TrainingError naming the step, so a caller can fail the one
+    candidate and go on.
     """
-    device = resolve_device(config.device)
-    model.to(device).train()
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise TrainingError("nothing to train: no parameter requires a gradient")
-    optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    schedule = PatchSchedule(data.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio)
-    torch.manual_seed(config.seed)
+    trainer = Trainer(model, params, data, config, regulariser=regulariser, on_progress=on_progress, label=label)
+    return trainer.run().result()
 
-    curve: list[dict[str, float]] = []
-    best, since_best, last_dice = -math.inf, 0, np.full(data.n_classes - 1, np.nan)
-    step, loss_value, stopped_early = 0, float("nan"), False
-    started = time.perf_counter()
-    for step in range(1, config.max_steps + 1):
-        x, y = schedule.next_batch()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(config):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if regulariser is not None:
-            loss = loss + regulariser(model)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"{label + ': ' if label else ''}loss became {loss_value} at step {step}")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
 
-        if step % config.val_every == 0 or step == config.max_steps:
-            last_dice = evaluate(model, data.val, data.n_classes, config)
-            dice = mean_foreground(last_dice)
-            curve.append(
-                {
-                    "step": step,
-                    "dice": dice,
-                    "loss": loss_value,
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-            )
-            if dice > best + config.min_delta:
-                best, since_best = dice, 0
-            else:
-                since_best += 1
-            if on_progress:
-                on_progress(step, config.max_steps, f"{label} step {step}: loss {loss_value:.3f}, val Dice {dice:.3f}")
-            if since_best >= config.patience and step < config.max_steps:
-                stopped_early = True
-                break
-        elif on_progress and step % max(1, config.val_every // 2) == 0:
-            on_progress(step, config.max_steps, f"{label} step {step}: loss {loss_value:.3f}")
-
-    names = data.class_names[1:]
-    return TrainResult(
-        score=windowed_score(curve, config.score_window),
-        dice_per_class={n: (float(d) if np.isfinite(d) else None) for n, d in zip(names, last_dice, strict=True)},
-        curve=curve,
-        steps=step,
-        seconds=round(time.perf_counter() - started, 3),
-        stopped_early=stopped_early,
-        final_loss=loss_value,
+def _signature(model: nn.Module) -> tuple:
+    return tuple((n, tuple(p.shape), p.requires_grad) for n, p in model.named_parameters()) + tuple(
+        (n, tuple(b.shape)) for n, b in model.named_buffers()
     )
+
+
+def can_train_together(trainers: Sequence[Trainer]) -> bool:
+    """Same network layout, same trainable set, same config and step, no regulariser: one stacked run fits."""
+    first = trainers[0]
+    return all(
+        t.config == first.config
+        and t.step == first.step
+        and t.regulariser is None
+        and _signature(t.model) == _signature(first.model)
+        for t in trainers
+    )
+
+
+def train_together(trainers: Sequence[Trainer], until: int | None = None) -> dict[int, TrainingError]:
+    """Advance several candidates of one architecture in one vmapped network (torch.func), up to step ``until``.
+
+    Every trainer sees the same patches at the same steps anyway, so one batch feeds all of them; their weights,
+    buffers and Adam states are stacked along a new leading axis, the forward pass is ``vmap`` over
+    ``functional_call``, and each candidate's DiceCE is summed, so each gets exactly its own gradient (Adam is
+    element-wise, so the stacked optimiser is each candidate's own). Validation, patience and curves stay each
+    trainer's: weights are copied back before a validation and at the end, with the optimiser states, so a
+    trainer can go on alone afterwards. Returns the trainers (by index) whose loss went non-finite: they are
+    stopped and the others go on.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    if not can_train_together(trainers):
+        raise TrainingError("these candidates cannot be trained together (different layouts, configs or steps)")
+    first, config = trainers[0], trainers[0].config
+    until = config.max_steps if until is None else min(until, config.max_steps)
+    models = [t.model for t in trainers]
+    params, buffers = stack_module_state(models)
+    trainable = [n for n, p in models[0].named_parameters() if p.requires_grad]
+    for name, p in params.items():
+        p.requires_grad_(name in trainable)
+    optimiser = torch.optim.Adam([params[n] for n in trainable], lr=config.lr, weight_decay=config.weight_decay)
+    named = [dict(m.named_parameters()) for m in models]
+    states = [[t.optimiser.state.get(named[i][n]) for i, t in enumerate(trainers)] for n in trainable]
+    for n, per in zip(trainable, states, strict=True):
+        if all(per):
+            optimiser.state[params[n]] = {
+                k: torch.stack([s[k] for s in per]) if k != "step" else per[0][k].clone() for k in per[0]
+            }
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    stacked_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")
+    active = [not t.stopped_early for t in trainers]
+    failed: dict[int, TrainingError] = {}
+
+    def sync() -> None:
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                if not active[i]:
+                    continue
+                for n, p in m.named_parameters():
+                    p.copy_(params[n][i])
+                for n, b in m.named_buffers():
+                    b.copy_(buffers[n][i])
+
+    started, step = time.perf_counter(), first.step
+    try:
+        while step < until and any(active):
+            step += 1
+            x, y = first.schedule.next_batch()
+            for t in trainers[1:]:  # identical schedules: keep theirs where it would be, without drawing again
+                t.schedule.rng.bit_generator.state = first.schedule.rng.bit_generator.state
+            x, y = x.to(first.device, non_blocking=True), y.to(first.device)
+            with autocast(config):
+                logits = stacked_forward(params, buffers, x)
+            losses, total = [], None
+            for i, t in enumerate(trainers):
+                if not active[i]:
+                    losses.append(float("nan"))
+                    continue
+                t.step = step
+                loss = t.loss_fn(logits[i].float(), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    failed[i] = TrainingError(
+                        f"{t.label + ': ' if t.label else ''}loss became {value} at step {t.step}"
+                    )
+                    active[i] = False
+                    continue
+                losses.append(value)
+                total = loss if total is None else total + loss
+            if total is not None:
+                optimiser.zero_grad(set_to_none=True)
+                total.backward()
+                optimiser.step()
+            if any(active[i] and t.validates_at(t.step) for i, t in enumerate(trainers)):
+                sync()
+            elapsed = (time.perf_counter() - started) / len(trainers)
+            for i, t in enumerate(trainers):
+                if active[i]:
+                    t._after_step(losses[i], time.perf_counter() - elapsed)
+                    if t.stopped_early:
+                        active[i] = False
+    finally:
+        sync()  # those still active; one stopped early was synced at the validation that stopped it
+        share = (time.perf_counter() - started) / len(trainers)
+        for i, t in enumerate(trainers):
+            t.seconds += share
+            if not active[i]:
+                continue
+            p_of = named[i]
+            for n in trainable:
+                state = optimiser.state.get(params[n])
+                if state:
+                    t.optimiser.state[p_of[n]] = {
+                        k: (v[i].clone() if k != "step" else v.clone()) for k, v in state.items()
+                    }
+    return failed
