@@ -1,75 +1,52 @@
-"""`bnrank alchemy` and `bnrank probe` (registered into the main parser by bnrank.cli)."""
+"""`bnrank alchemy` and `bnrank probe`: network alchemy and the γ-clipping probe of one checkpoint, locally.
+
+Their options are AlchemyConfig's and ProbeConfig's flags (bnrank/cli/options.py); alchemy's budget flags
+default to the fine-tuning budget, FINETUNE_DEFAULTS, the probe's to a ranking's.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from bnrank.engine.alchemy import FINETUNE_DEFAULTS as ALCHEMY_DEFAULTS
-from bnrank.engine.alchemy import IDENTIFY_LR, IDENTIFY_STEPS
+from bnrank.cli.local import add_network_flags, load_task, progress_printer, read_network_def
+from bnrank.cli.options import add_budget, add_flags, build, local_options
+from bnrank.engine.alchemy import (
+    FINETUNE_DEFAULTS,
+    AlchemyConfig,
+    AlchemyResult,
+    FoldsResult,
+    alchemy_checkpoint,
+    alchemy_kfold,
+    write_json,
+)
+from bnrank.engine.probe import ProbeConfig, ProbeResult, probe_checkpoint
+from bnrank.engine.threads import configure_threads
+from bnrank.engine.training import TrainConfig
 
 
-def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config: Callable, load_task: Callable) -> None:
-    """Add the alchemy and probe subcommands; the helpers are bnrank.cli's shared option/dataset code."""
-    from bnrank.engine.alchemy import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LAMBDA, DEFAULT_MAX_SHARE, MODES
-    from bnrank.engine.gamma import DEFAULT_THRESHOLD
-    from bnrank.engine.probe import DEFAULT_DRAWS, DEFAULT_THRESHOLDS
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.safetensors or PyTorch state dict)")
+    add_network_flags(p)
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add alchemy and probe."""
     p = sub.add_parser(
         "alchemy",
         help="fine-tune a checkpoint with network alchemy (identification, modification, maximization)",
         description="Network alchemy (thesis §3.2.2) of one checkpoint on one dataset; see docs/alchemy.md.",
     )
     _common(p)
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="alchemy",
-        help="scratch: the checkpoint's architecture, randomly initialised; finetune: the checkpoint, plain "
-        "fine-tuning; alchemy: identification → modification → fine-tuning (default)",
-    )
-    p.add_argument("--no-identification", action="store_true", help="skip BN-only training; mark by raw γ")
-    p.add_argument("--no-modification", action="store_true", help="re-initialise no kernel")
-    p.add_argument(
-        "--maximization",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fine-tune with L + λ·R_γ (default: on in alchemy mode, off in scratch/finetune)",
-    )
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="R_γ mean weight (%(default)s)")
-    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help="R_γ std weight (%(default)s)")
-    p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="λ, weight of R_γ in the loss (%(default)s)")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument(
-        "--threshold", type=float, default=None, help=f"redundant: |γ| under this ({DEFAULT_THRESHOLD}, default)"
-    )
-    sel.add_argument("--fraction", type=float, default=None, help="redundant: this lowest fraction of all γ")
-    p.add_argument(
-        "--max-share",
-        type=float,
-        default=DEFAULT_MAX_SHARE,
-        help="never re-initialise more than this share of all kernels; more is capped, with a warning (%(default)s)",
-    )
+    add_flags(p.add_argument_group("alchemy"), local_options(AlchemyConfig))
     p.add_argument("--folds", type=int, default=None, help="k-fold cross-validation over all cases")
     p.add_argument("--out", required=True, help="fine-tuned weights (.safetensors; per fold with --folds)")
-    add_budget(p)
-    p.set_defaults(**ALCHEMY_DEFAULTS)
-    g = next((a for a in p._action_groups if a.title == "budget"), p)
-    g.add_argument(
-        "--identify-steps",
-        type=int,
-        default=IDENTIFY_STEPS,
-        help="BN-only steps of the identification phase (%(default)s)",
-    )
-    g.add_argument(
-        "--identify-lr",
-        type=float,
-        default=IDENTIFY_LR,
-        help="learning rate of the identification phase, as in a ranking (%(default)s)",
-    )
-    p.set_defaults(func=lambda args: cmd_alchemy(args, make_config, load_task))
+    add_budget(p, defaults=FINETUNE_DEFAULTS)
+    p.set_defaults(func=cmd_alchemy)
 
     p = sub.add_parser(
         "probe",
@@ -77,67 +54,25 @@ def register(sub: argparse._SubParsersAction, add_budget: Callable, make_config:
         description="BN-only training, then clip γ under each threshold, and as many at random; see docs/alchemy.md.",
     )
     _common(p)
-    p.add_argument(
-        "--thresholds",
-        type=float,
-        nargs="+",
-        default=list(DEFAULT_THRESHOLDS),
-        help="|γ| thresholds (%(default)s)",
-    )
-    p.add_argument(
-        "--draws", type=int, default=DEFAULT_DRAWS, help="random clippings averaged per threshold (%(default)s)"
-    )
+    add_flags(p.add_argument_group("probe"), local_options(ProbeConfig))
     add_budget(p)
-    p.set_defaults(func=lambda args: cmd_probe(args, make_config, load_task))
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.safetensors or PyTorch state dict)")
-    arch = p.add_mutually_exclusive_group()
-    arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
-    arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
-    p.add_argument("--json", help="write the full result here")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_probe)
 
 
 # ------------------------------------------------------------------------------------------- alchemy
 
 
-def _options(args: argparse.Namespace):
-    from bnrank.engine.alchemy import AlchemyOptions
-
-    return AlchemyOptions(
-        mode=args.mode,
-        identification=not args.no_identification,
-        modification=not args.no_modification,
-        maximization=args.maximization,
-        alpha=args.alpha,
-        beta=args.beta,
-        lam=args.lam,
-        threshold=args.threshold,
-        fraction=args.fraction,
-        max_share=args.max_share,
-        identify_steps=args.identify_steps,
-        identify_lr=args.identify_lr,
-    )
-
-
-def cmd_alchemy(args: argparse.Namespace, make_config: Callable, load_task: Callable) -> int:
-    from bnrank.cli import _progress_printer, _read_network_def
-    from bnrank.engine.alchemy import alchemy_checkpoint, alchemy_kfold, write_json
-    from bnrank.engine.threads import configure_threads
-
+def cmd_alchemy(args: argparse.Namespace) -> int:
     threads = configure_threads(threads=args.threads)
-    config = make_config(args)
-    options = _options(args)
-    network_def = _read_network_def(args.network_def)
+    config = build(TrainConfig, args)
+    options = build(AlchemyConfig, args)
+    network_def = read_network_def(args.network_def)
     dataset, task = load_task(args)
     common = {
         "architecture": args.architecture,
         "network_def": network_def,
         "dataset_name": str(dataset.root),
-        "on_progress": _progress_printer(args.quiet),
+        "on_progress": progress_printer(args.quiet),
     }
     steps = []
     if options.identifies:
@@ -145,17 +80,14 @@ def cmd_alchemy(args: argparse.Namespace, make_config: Callable, load_task: Call
     if options.modifies:
         steps.append("modification")
     steps.append(f"fine-tuning{' with R_γ' if options.maximizes else ''} ({config.max_steps} steps)")
-    print(f"{args.mode}: {' → '.join(steps)}; {threads} thread(s)", file=sys.stderr)
+    print(f"{options.mode}: {' → '.join(steps)}; {threads} thread(s)", file=sys.stderr)
     if args.folds:
         result = alchemy_kfold(args.checkpoint, task, config, options, folds=args.folds, out=args.out, **common)
         print_folds(result)
         payload: dict[str, Any] = result.to_dict()
         written = [f.weights for f in result.folds]
     else:
-        print(
-            f"{len(task.train)} training / {len(task.val)} validation cases",
-            file=sys.stderr,
-        )
+        print(f"{len(task.train)} training / {len(task.val)} validation cases", file=sys.stderr)
         single, _ = alchemy_checkpoint(args.checkpoint, task, config, options, out=args.out, **common)
         print_alchemy(single)
         payload = single.to_dict()
@@ -172,7 +104,7 @@ def _f(x: float | None, width: int = 6) -> str:
     return f"{'-':>{width}}" if x is None else f"{x:{width}.3f}"
 
 
-def print_alchemy(r) -> None:
+def print_alchemy(r: AlchemyResult) -> None:
     print(f"{r.mode} of {r.checkpoint} ({r.architecture}) on {r.dataset}")
     print()
     header = f"{'phase':<38} {'steps':>5}  {'val Dice':>8}  {'sec':>7}"
@@ -203,35 +135,38 @@ def print_alchemy(r) -> None:
         )
     if r.r_gamma:
         print("R_γ: " + ", ".join(f"{k} {v:+.4f}" for k, v in r.r_gamma.items()))
-    if r.selection:
-        s = r.selection
-        rule = f"|γ| < {s['threshold']:g}" if s["rule"] == "threshold" else f"lowest {s['fraction']:.0%}"
-        print()
-        print(
-            f"redundant ({rule}): {s['marked']} of {s['total']} kernels marked, "
-            f"{r.modification['reinitialised']} re-initialised"
-            + (f" (capped at {r.options['max_share']:.0%})" if s["capped"] else "")
-        )
-        rows = [layer for layer in r.modification["layers"] if layer["reinitialised"]]
-        if rows:
-            header = f"{'BN layer':<44} {'fed by':<16} {'kernels':>7} {'re-init':>7}"
-            print(header)
-            print("-" * len(header))
-            for layer in rows:
-                print(
-                    f"{layer['bn'][-44:]:<44} {layer['conv_type']:<16} {layer['channels']:>7} "
-                    f"{layer['reinitialised']:>7}"
-                )
-        untouched = len(r.modification["layers"]) - len(rows)
-        if untouched:
-            print(f"({untouched} other conv→BN layer(s): nothing re-initialised)")
-        for s_ in r.modification["skipped"]:
-            print(f"skipped BN {s_['bn']}: {s_['reason']}")
+    if r.selection and r.modification:
+        _print_selection(r.selection, r.modification, r.options)
     for w in r.warnings:
         print(f"warning: {w}")
 
 
-def print_folds(res) -> None:
+def _print_selection(s: dict[str, Any], modification: dict[str, Any], options: dict[str, Any]) -> None:
+    """Which kernels were marked redundant, by which rule, and the layers they were re-initialised in."""
+    rule = f"|γ| < {s['threshold']:g}" if s["rule"] == "threshold" else f"lowest {s['fraction']:.0%}"
+    print()
+    print(
+        f"redundant ({rule}): {s['marked']} of {s['total']} kernels marked, "
+        f"{modification['reinitialised']} re-initialised"
+        + (f" (capped at {options['max_share']:.0%})" if s["capped"] else "")
+    )
+    rows = [layer for layer in modification["layers"] if layer["reinitialised"]]
+    if rows:
+        header = f"{'BN layer':<44} {'fed by':<16} {'kernels':>7} {'re-init':>7}"
+        print(header)
+        print("-" * len(header))
+        for layer in rows:
+            print(
+                f"{layer['bn'][-44:]:<44} {layer['conv_type']:<16} {layer['channels']:>7} {layer['reinitialised']:>7}"
+            )
+    untouched = len(modification["layers"]) - len(rows)
+    if untouched:
+        print(f"({untouched} other conv→BN layer(s): nothing re-initialised)")
+    for skipped in modification["skipped"]:
+        print(f"skipped BN {skipped['bn']}: {skipped['reason']}")
+
+
+def print_folds(res: FoldsResult) -> None:
     first = res.folds[0]
     classes = list(first.dice_per_class)
     print(f"{first.mode} of {first.checkpoint} ({first.architecture}), {len(res.folds)}-fold cross-validation")
@@ -253,26 +188,22 @@ def print_folds(res) -> None:
 # --------------------------------------------------------------------------------------------- probe
 
 
-def cmd_probe(args: argparse.Namespace, make_config: Callable, load_task: Callable) -> int:
-    from bnrank.cli import _progress_printer, _read_network_def
-    from bnrank.engine.alchemy import write_json
-    from bnrank.engine.probe import probe_checkpoint
-    from bnrank.engine.threads import configure_threads
-
+def cmd_probe(args: argparse.Namespace) -> int:
     configure_threads(threads=args.threads)
-    config = make_config(args)
-    network_def = _read_network_def(args.network_def)
+    config = build(TrainConfig, args)
+    probe = build(ProbeConfig, args)
+    network_def = read_network_def(args.network_def)
     dataset, task = load_task(args)
     result = probe_checkpoint(
         args.checkpoint,
         task,
         config,
-        args.thresholds,
-        draws=args.draws,
+        probe.thresholds,
+        draws=probe.draws,
         architecture=args.architecture,
         network_def=network_def,
         dataset_name=str(dataset.root),
-        on_progress=_progress_printer(args.quiet),
+        on_progress=progress_printer(args.quiet),
     )
     print_probe(result)
     if args.json:
@@ -281,7 +212,7 @@ def cmd_probe(args: argparse.Namespace, make_config: Callable, load_task: Callab
     return 0
 
 
-def print_probe(r) -> None:
+def print_probe(r: ProbeResult) -> None:
     print(f"γ-clipping probe of {r.checkpoint} ({r.architecture}) on {r.dataset}")
     print(
         f"BN-only training: {r.bn_only.get('steps')} steps; unclipped val Dice {r.dice_unclipped:.3f} "

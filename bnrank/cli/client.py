@@ -1,6 +1,7 @@
 """A small synchronous client for the BNRank REST API (used by `bnrank remote`, `bnrank demo`, the bench).
 
-It imports only httpx, so talking to a service does not need torch, SQLAlchemy or Celery to be importable.
+It lives with the command line, its main user, rather than in the service it talks to. The module itself
+imports only httpx; it speaks HTTP and JSON and knows nothing of the service's code.
 """
 
 from __future__ import annotations
@@ -91,10 +92,13 @@ class Client:
         checkpoint_ids: list[str],
         *,
         budget: dict[str, Any] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         control: bool = True,
     ) -> dict[str, Any]:
-        body = {"dataset_id": dataset_id, "checkpoint_ids": checkpoint_ids, "seed": seed, "control": control}
+        """Queue a ranking; a budget or seed left out takes the service's default."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "checkpoint_ids": checkpoint_ids, "control": control}
+        if seed is not None:
+            body["seed"] = seed
         if budget:
             body["budget"] = budget
         return self.post("/v1/rankings", body)

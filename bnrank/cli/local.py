@@ -1,4 +1,9 @@
-"""The `bnrank` command line: run the engine locally, no server needed."""
+"""Engine-only commands: `bnrank rank`, `inspect`, `demo-data` and `pretrain` run on this machine, no server.
+
+Also the pieces the other command modules share with them: the progress display, reading a dataset into a
+task, reading a --network-def file and the ranking table (`bnrank remote` and `bnrank demo` print a
+service's ranking with the same table).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bnrank import __version__
+from scipy.stats import kendalltau
+
+from bnrank.cli.options import add_budget, build, sides
+from bnrank.engine.checkpoints import load_checkpoint
+from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
+from bnrank.engine.demo import write_demo
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
+from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
+from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
+from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, rank_candidates
+from bnrank.engine.task import make_task
+from bnrank.engine.threads import configure_threads
+from bnrank.engine.training import TrainConfig
+from bnrank.engine.verify import (
+    VERIFY_LR,
+    VERIFY_STEPS,
+    control_candidates,
+    format_verify,
+    verify_config,
+    verify_ranking,
+)
+
+# ------------------------------------------------------------------------------------------ shared
 
 
-def _progress_printer(quiet: bool = False):
+def progress_printer(quiet: bool = False):
     """A one-line progress display on stderr; silent when stderr is not a terminal and quiet is asked."""
     last = [0.0]
 
@@ -35,75 +62,8 @@ def _progress_printer(quiet: bool = False):
     return show
 
 
-def _add_budget(p: argparse.ArgumentParser) -> None:
-    from bnrank.engine.training import TrainConfig
-
-    d = TrainConfig()
-    g = p.add_argument_group("budget")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="training steps per candidate (%(default)s)")
-    g.add_argument(
-        "--patch-size",
-        type=int,
-        nargs="+",
-        default=list(d.patch_size),
-        help="patch side(s) in voxels (%(default)s)",
-    )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="%(default)s")
-    g.add_argument("--val-every", type=int, default=d.val_every, help="validate every K steps (%(default)s)")
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="stop after Q validations without improvement (%(default)s)",
-    )
-    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="%(default)s")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (%(default)s)")
-    g.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default=d.precision,
-        help="bf16 autocast where the hardware has it (auto, default)",
-    )
-    g.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
-    g.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        help="target spacing in mm (default: the dataset's median spacing)",
-    )
-    g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: inside the dataset)")
-
-
-def _patch_size(args: argparse.Namespace) -> tuple[int, int, int]:
-    """--patch-size takes one side (a cube) or three."""
-    patch = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
-    if len(patch) != 3:
-        raise BNRankError(f"--patch-size takes 1 or 3 numbers, got {len(args.patch_size)}")
-    return tuple(patch)
-
-
-def _config(args: argparse.Namespace):
-    from bnrank.engine.training import TrainConfig
-
-    return TrainConfig(
-        max_steps=args.max_steps,
-        patch_size=_patch_size(args),
-        batch_size=args.batch_size,
-        val_every=args.val_every,
-        patience=args.patience,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
-
-
-def _load_task(args: argparse.Namespace):
-    from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
-    from bnrank.engine.task import make_task
-
+def load_task(args: argparse.Namespace):
+    """The dataset of --dataset, preprocessed (or read from the cache), and its seeded train/validation task."""
     dataset = open_dataset(args.dataset)
     for problem in dataset.problems:
         print(f"warning: skipping {problem.case_id}: {problem.message}", file=sys.stderr)
@@ -119,7 +79,7 @@ def _load_task(args: argparse.Namespace):
     return dataset, make_task(pre, seed=args.seed)
 
 
-def _read_network_def(path: str | None) -> dict[str, Any] | None:
+def read_network_def(path: str | None) -> dict[str, Any] | None:
     if not path:
         return None
     try:
@@ -128,11 +88,24 @@ def _read_network_def(path: str | None) -> dict[str, Any] | None:
         raise BNRankError(f"--network-def {path}: cannot read a JSON network description ({exc})") from exc
 
 
+def add_network_flags(p: argparse.ArgumentParser) -> None:
+    """--architecture or --network-def: how a checkpoint's network is built, when its keys do not say."""
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
+    arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
+
+
 def _fmt(x: float | None) -> str:
     return "   -  " if x is None else f"{x:6.3f}"
 
 
-def print_ranking(result, logme: dict[str, float | None] | None = None) -> None:
+def _share_after_bn(entry: RankEntry) -> float | None:
+    """The share of near-zero γ after BN-only training, the table's γ column."""
+    phase = entry.gamma.get("after_bn") or {}
+    return phase.get("summary", {}).get("share_below")
+
+
+def print_ranking(result: RankingResult, logme: dict[str, float | None] | None = None) -> None:
     """The ranking table; ``logme`` (checkpoint → LogME score) adds a column beside the BN-only score."""
     classes = list(next((e.dice_per_class for e in result.entries if e.dice_per_class), {}))
     header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
@@ -142,7 +115,7 @@ def print_ranking(result, logme: dict[str, float | None] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for e in result.entries:
-        share = e.gamma.get("after", {}).get("summary", {}).get("share_below") if e.gamma else None
+        share = _share_after_bn(e)
         cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
         rank = str(e.rank) if e.rank else "-"
         gamma = f"{share:7.1%}" if share is not None else f"{'-':>7}"
@@ -160,16 +133,14 @@ def print_ranking(result, logme: dict[str, float | None] | None = None) -> None:
         )
 
 
-def cmd_rank(args: argparse.Namespace) -> int:
-    from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
-    from bnrank.engine.ranking import Candidate, rank_candidates
-    from bnrank.engine.threads import configure_threads
-    from bnrank.engine.verify import control_candidates, format_verify, verify_config, verify_ranking
+# -------------------------------------------------------------------------------------------- rank
 
+
+def cmd_rank(args: argparse.Namespace) -> int:
     threads = configure_threads(threads=args.threads)
-    config = _config(args)
-    dataset, task = _load_task(args)
-    network_def = _read_network_def(args.network_def)
+    config = build(TrainConfig, args)
+    dataset, task = load_task(args)
+    network_def = read_network_def(args.network_def)
     candidates = [
         Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def)
         for p in args.checkpoints
@@ -180,7 +151,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         f"cases by {args.method}, {how}, {threads} thread(s)",
         file=sys.stderr,
     )
-    progress = _progress_printer(args.quiet)
+    progress = progress_printer(args.quiet)
     logme_config = LogMEConfig.from_train_config(config)
     if args.method == "logme":
         result = rank_logme(
@@ -226,10 +197,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0 if any(e.status == "ok" and not e.is_control for e in result.entries) else 1
 
 
-def _logme_agreement(entries, logme: dict[str, float | None]) -> dict[str, Any]:
+def _logme_agreement(entries: list[RankEntry], logme: dict[str, float | None]) -> dict[str, Any]:
     """Kendall τ between the BN-only and the LogME order of the entries both scored."""
-    from scipy.stats import kendalltau
-
     both = [e for e in entries if e.status == "ok" and logme.get(e.checkpoint) is not None]
     out: dict[str, Any] = {"kendall_tau": None, "same_top1": None}
     if len(both) >= 2:
@@ -241,23 +210,18 @@ def _logme_agreement(entries, logme: dict[str, float | None]) -> dict[str, Any]:
     return out
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from bnrank.engine.checkpoints import load_checkpoint
-    from bnrank.engine.gamma import gamma_stats
+# ----------------------------------------------------------------------------------------- inspect
 
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     model, report = load_checkpoint(
-        args.checkpoint, architecture=args.architecture, network_def=_read_network_def(args.network_def)
+        args.checkpoint, architecture=args.architecture, network_def=read_network_def(args.network_def)
     )
     stats = gamma_stats(model, threshold=args.threshold)
-    if args.json:
-        out = {
-            "checkpoint": args.checkpoint,
-            "load_report": report.to_dict(),
-            "gamma": stats,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
+    if args.json:
+        out = {"checkpoint": args.checkpoint, "load_report": report.to_dict(), "gamma": stats, "n_parameters": n_params}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"checkpoint:    {args.checkpoint}")
     print(f"architecture:  {report.architecture} {report.build_kwargs}  ({n_params:,} parameters)")
     print(
@@ -281,10 +245,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from bnrank.engine.demo import write_demo
-    from bnrank.engine.threads import configure_threads
+# ------------------------------------------------------------------------------- demo-data, pretrain
 
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
     configure_threads()
     out = write_demo(args.out, n_cases=args.cases, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in out.items()}, indent=2))
@@ -292,15 +256,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
-    from bnrank.engine.threads import configure_threads
-
     threads = configure_threads(threads=args.threads)
     config = PretrainConfig(
         architecture=args.architecture,
         build_kwargs={"width": args.width} if args.width else {},
         steps=args.steps,
-        patch_size=_patch_size(args),
+        patch_size=sides(args.patch_size),
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -309,7 +270,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     print(f"pretraining {args.architecture} for {args.steps} steps, {threads} thread(s)", file=sys.stderr)
-    path, result = pretrain_folder(args.volumes, args.out, config, on_progress=_progress_printer(args.quiet))
+    path, result = pretrain_folder(args.volumes, args.out, config, on_progress=progress_printer(args.quiet))
     first = result.curve[0]["loss"] if result.curve else result.final_loss
     print(
         f"wrote {path}: {result.n_volumes} volume(s), {result.steps} steps in {result.seconds:.1f}s, "
@@ -318,16 +279,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnrank", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"bnrank {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------------------- parsers
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add rank, inspect, demo-data and pretrain."""
     p = sub.add_parser("rank", help="rank checkpoints on a dataset by BN-only evaluation")
     p.add_argument("--dataset", required=True, help="nnU-Net v2 raw or Decathlon dataset folder")
-    arch = p.add_mutually_exclusive_group()
-    arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
-    arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
+    add_network_flags(p)
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--no-control", action="store_true", help="skip the random-init control row")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -338,8 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="bnonly: BN-only evaluation (default); logme: LogME of the decoder features, forward passes only "
         "(score = evidence per voxel, steps 0); both: rank by BN-only and report LogME beside it",
     )
-    from bnrank.engine.verify import VERIFY_LR, VERIFY_STEPS
-
     p.add_argument(
         "--verify",
         type=int,
@@ -350,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verify-steps", type=int, default=VERIFY_STEPS, help="fine-tuning steps of --verify (%(default)s)")
     p.add_argument("--verify-lr", type=float, default=VERIFY_LR, help="fine-tuning lr of --verify (%(default)s)")
-    _add_budget(p)
+    add_budget(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.set_defaults(func=cmd_rank)
 
@@ -358,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--architecture")
     p.add_argument("--network-def")
-    p.add_argument("--threshold", type=float, default=0.05, help="|γ| counted as near zero (%(default)s)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="|γ| counted as near zero (%(default)s)")
     p.add_argument("--json", help="write the report and γ statistics here")
     p.set_defaults(func=cmd_inspect)
 
@@ -368,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
 
+    # PretrainConfig is not an option declaration (its fields are offered nowhere else), so its flags are
+    # written out here; its defaults still come from the dataclass.
+    d = PretrainConfig()
     p = sub.add_parser(
         "pretrain",
         help="self-supervised Models Genesis pretraining on a folder of unlabeled NIfTI volumes",
@@ -375,42 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
         "with MSE; writes a candidate checkpoint. See bnrank/engine/pretrain.py.",
     )
     p.add_argument("--volumes", required=True, help="folder of unlabeled *.nii.gz / *.nii volumes")
-    p.add_argument("--architecture", default="unet3d", help="registered architecture (%(default)s)")
+    p.add_argument("--architecture", default=d.architecture, help="registered architecture (%(default)s)")
     p.add_argument("--width", type=int, default=None, help="unet3d width (default: the architecture's own, 32)")
-    p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="MR: z-score; CT: window → [0,1] (MR)")
+    p.add_argument(
+        "--modality", choices=["MR", "CT"], default=d.modality, help="MR: z-score; CT: window → [0,1] (%(default)s)"
+    )
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--patch-size", type=int, nargs="+", default=[32], help="patch side(s) (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=4, help="%(default)s")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (%(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="%(default)s")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--patch-size", type=int, nargs="+", default=[d.patch_size[0]], help="patch side(s) (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="%(default)s")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="%(default)s")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     p.set_defaults(func=cmd_pretrain)
-
-    from bnrank.cli_alchemy import register as register_alchemy
-
-    register_alchemy(sub, _add_budget, _config, _load_task)
-
-    from bnrank.cli_service import register as register_service
-
-    register_service(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except BNRankError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad option values (TrainConfig validation)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

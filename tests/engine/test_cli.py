@@ -61,7 +61,7 @@ def test_demo_ranking_puts_related_training_above_random(demo: Path, tmp_path: P
         }
         assert e["status"] == "ok"
         assert set(e["dice_per_class"]) == {"CSF", "grey matter", "white matter"}
-        assert e["gamma"]["after"]["summary"]["count"] == e["gamma"]["before"]["summary"]["count"] > 0
+        assert e["gamma"]["after_bn"]["summary"]["count"] == e["gamma"]["raw"]["summary"]["count"] > 0
     assert entries["brain_supervised"]["rank"] == 1
     assert entries["brain_supervised"]["score"] > entries["random_init"]["score"] + 0.05
     assert ranking["stability"]["kendall_tau"] is not None

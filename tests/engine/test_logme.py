@@ -22,7 +22,7 @@ from bnrank.engine.logme import (
     sample_balanced,
 )
 
-from .test_bn_only import WIDTH, blob_task
+from .tiny import WIDTH, blob_task
 from .volumes import write_nnunet_dataset
 
 

@@ -16,7 +16,7 @@ from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.gamma import bn_layers
 from bnrank.engine.probe import clip_probe, gamma_probe
 from bnrank.engine.training import evaluate, mean_foreground
-from tests.engine.test_bn_only import WIDTH, blob_task, small_config
+from tests.engine.tiny import WIDTH, blob_task, small_config
 from tests.engine.volumes import write_nnunet_dataset
 
 

@@ -14,7 +14,7 @@ from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.ranking import Candidate, RankEntry, rank_candidates
 from bnrank.engine.verify import control_candidates, finetune_candidate, format_verify, verify_config, verify_ranking
 
-from .test_bn_only import WIDTH, blob_task, small_config
+from .tiny import WIDTH, blob_task, small_config
 from .volumes import write_nnunet_dataset
 
 
