@@ -1,386 +1,902 @@
-"""Ranking quality: do BN-only evaluation and LogME order candidates as full fine-tuning does?
+"""Ranking quality: does a proxy (BN-only evaluation, LogME) order candidates as fine-tuning to convergence does?
 
-For every task: the ground truth is the Dice each candidate reaches after full fine-tuning (all
-parameters, fresh head, Adam), on several seeds (seed = patch schedule + head initialisation; seeds 1..S,
-never the proxies' seed 0). Its own seed-to-seed agreement is the noise ceiling: no proxy can be judged
-more precisely than two fine-tuning runs agree with each other. Each proxy is compared with the mean
-ground truth (weighted Kendall τ with hyperbolic weights, Spearman ρ, top-1) and, on the same footing as
-the ceiling, with each single seed's order (mean weighted τ). BN-only evaluation is swept over learning
-rate and step count (a step count is a prefix of a longer run: no schedule depends on the budget); its
-default is picked on task A and checked on task B. Wall time is relative to fine-tuning every candidate
-once (one seed of the ground truth).
+The instrument (method: docs/ranking-quality.md; zoo and tasks: bnrank/engine/zoo.py):
 
-    .venv/bin/python bench/ranking_quality.py --quick      # ~15 min on 2 cores
-    .venv/bin/python bench/ranking_quality.py              # the full zoo and budgets
+- ground truth: every candidate fine-tuned (all parameters, fresh head, Adam, cosine decay to 0 over the
+  converged budget) on a task's train split, scored by Dice on its test split, which no proxy sees;
+  5 seeds; test Dice recorded at a short, a medium and the converged budget of the same run;
+- proxies see train and validation only; their raw runs are stored, settings (steps, score, halving) are
+  read off them;
+- every raw result is one JSON file under bench/results/; ``--report`` rebuilds every table from them.
 
-Method, zoo and discussion: docs/ranking-quality.md; recorded tables: docs/benchmarks.md.
+    python bench/ranking_quality.py --zoo                      # build (or reuse) the zoo and the tasks
+    python bench/ranking_quality.py --learning-curve           # the converged budget's evidence (tuning task)
+    python bench/ranking_quality.py --ground-truth tuning      # resumable: one file per candidate and seed
+    python bench/ranking_quality.py --proxies tuning           # the tuning sweep (BN-only lrs, LogME)
+    python bench/ranking_quality.py --tune                     # writes bench/preregistration.json
+    python bench/ranking_quality.py --proxies ct_head          # the pre-registered setting (and LogME)
+    python bench/ranking_quality.py --report                   # every table, from the files, in seconds
+
+Run the training commands with ``nice -n 19 env OMP_NUM_THREADS=1 ... --threads 1`` on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
+import hashlib
 import json
+import math
+import os
+import platform
+import subprocess
 import sys
-import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy.stats import ConstantInputWarning, kendalltau, spearmanr, weightedtau
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess  # noqa: E402
-from bnrank.engine.logme import LogMEConfig, logme_entry  # noqa: E402
-from bnrank.engine.ranking import rank_candidates  # noqa: E402
-from bnrank.engine.task import make_task  # noqa: E402
-from bnrank.engine.threads import configure_threads  # noqa: E402
-from bnrank.engine.training import TrainConfig, windowed_score  # noqa: E402
-from bnrank.engine.verify import finetune_candidate  # noqa: E402
-from bnrank.engine.zoo import ZooSpec, build_zoo, write_csf_task  # noqa: E402
+import quality_stats as qs  # noqa: E402
 
-DEFAULT = TrainConfig()  # the current BN-only defaults, for comparison
+RESULTS = ROOT / "bench" / "results"
+PREREGISTRATION = ROOT / "bench" / "preregistration.json"
+DEFAULT_CACHE = Path(os.environ.get("BNRANK_BENCH_CACHE", Path.home() / ".cache" / "bnrank-bench"))
 
 
-@dataclass
-class Budget:
-    spacing_mm: float = 5.0
+@dataclass(frozen=True)
+class GTConfig:
+    """The ground truth's fine-tuning: one run per candidate and seed, test Dice read at ``budgets``.
+
+    The schedule is defined for the converged budget (the last of ``budgets``): lr decays from ``lr`` to 0
+    on a cosine over ``budgets[-1]`` steps, so the short and medium points are that run's state at those
+    steps, not separate runs with their own decay. ``steps`` = ``budgets[-1]``.
+    """
+
+    budgets: tuple[int, ...] = (80, 300, 600)
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     patch: int = 24
     batch: int = 2
-    val_every: int = 10
-    gt_steps: int = 80
-    gt_lr: float = 3e-3
-    seeds: int = 4
-    task_a_cases: int = 12
-    sweep_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1)
-    sweep_steps: tuple[int, ...] = (20, 50, 100, 200)
-    sweep_task_b: str = "grid"  # grid | picked (only the lr picked on task A, plus the current default)
-    logme_batches: int = 8
-    logme_per_class: int = 1000
+    precision: str = "auto"
+    loss_every: int = 20
 
-    @classmethod
-    def quick(cls) -> Budget:
-        return cls(
-            gt_steps=40,
-            seeds=3,
-            task_a_cases=8,
-            sweep_lrs=(1e-2, 3e-2, 1e-1),
-            sweep_steps=(20, 50, 100),
-            sweep_task_b="picked",
-        )
-
-    @classmethod
-    def smoke(cls) -> Budget:
-        """Only checks that the script runs end to end (a minute); its numbers mean nothing."""
-        return cls(
-            patch=16,
-            val_every=2,
-            gt_steps=4,
-            seeds=2,
-            task_a_cases=4,
-            sweep_steps=(2, 4),
-            sweep_task_b="picked",
-            logme_batches=2,
-            logme_per_class=100,
-        )
+    @property
+    def steps(self) -> int:
+        return self.budgets[-1]
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-
-
-def wtau(a, b) -> float:
-    """Weighted Kendall τ, hyperbolic weights (scipy's default), rank by both orders (symmetric)."""
-    return float(weightedtau(np.asarray(a, float), np.asarray(b, float)).statistic)
-
-
-def rho(a, b) -> float:
-    return float(spearmanr(a, b).statistic)
-
-
-def top1(a, b) -> bool:
-    return int(np.argmax(a)) == int(np.argmax(b))
-
-
-def ceiling(gt: np.ndarray) -> dict:
-    """Seed against seed: mean over pairs of seeds of weighted τ, ρ and top-1 agreement."""
-    pairs = list(itertools.combinations(range(len(gt)), 2))
-    return {
-        "wtau": float(np.mean([wtau(gt[i], gt[j]) for i, j in pairs])),
-        "rho": float(np.mean([rho(gt[i], gt[j]) for i, j in pairs])),
-        "top1": float(np.mean([top1(gt[i], gt[j]) for i, j in pairs])),
-    }
-
-
-def agreement(proxy, gt: np.ndarray) -> dict:
-    mean = gt.mean(0)
-    return {
-        "wtau": wtau(proxy, mean),
-        "rho": rho(proxy, mean),
-        "top1": top1(proxy, mean),
-        "wtau_vs_seeds": float(np.mean([wtau(proxy, g) for g in gt])),
-        "rho_vs_seeds": float(np.mean([rho(proxy, g) for g in gt])),
-        "top1_vs_seeds": float(np.mean([top1(proxy, g) for g in gt])),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ running
+GT = GTConfig()
+# Learning curve on the tuning task: the random initialisation of each architecture (the slowest to
+# converge), one seed, a cosine schedule per budget; the test Dice at the end of each budget.
+CURVE_CANDIDATES = ("u8_random", "u4_random", "rn10_random", "monai_random")
+CURVE_BUDGETS = (200, 400, 800)
+CURVE_SEED = 101  # not a ground-truth seed
+# The tuning sweep: BN-only runs per lr to SWEEP_MAX steps, settings read off them; LogME at two sizes.
+SWEEP_LRS = (1e-2, 3e-2, 1e-1)
+SWEEP_MAX = 200
+SWEEP_STEPS = (20, 50, 100, 200)
+SWEEP_SCORES = ("dice", "score")  # curve keys usable as the score, where every curve point has them
+SWEEP_WINDOWS = (1, 3)
+SWEEP_HALVING = (None, 25, 50)
+LOGME_BATCHES = (4, 8)
+VAL_EVERY = 10
+PROXY_SEED = 0
+COST_TARGET = 0.05  # ranking N candidates should cost at most this share of fine-tuning them to convergence
+TIE = 0.02  # τ differences below this are ties when picking the pre-registered setting
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_task(dataset: Path, budget: Budget, cache: Path):
-    pre = preprocess(open_dataset(dataset), PreprocessConfig(spacing=(budget.spacing_mm,) * 3), cache_root=cache)
-    return make_task(pre, seed=0)
+def dump(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    tmp.replace(path)
 
 
-def config_for(budget: Budget, **kw) -> TrainConfig:
-    base = {
-        "patch_size": (budget.patch,) * 3,
-        "batch_size": budget.batch,
-        "val_every": budget.val_every,
-        "patience": 10**6,  # no early stop: shorter budgets are prefixes of the longest
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def prepare(cache: Path, names: Sequence[str] = ()):
+    """The zoo (or only ``names`` and their parents), the tasks' folders and the disjointness check.
+
+    With the whole zoo, writes results/zoo.json (the manifests: pretext and source curves) and tasks.json.
+    """
+    from bnrank.engine import zoo as Z
+
+    recipe = list(Z.ZOO_RECIPE)
+    if names:
+        wanted = set(names)
+        for r in reversed(recipe):
+            if r.name in wanted and r.parent:
+                wanted.add(r.parent)
+        recipe = [r for r in recipe if r.name in wanted]
+    zoo = Z.build_zoo(cache, recipe, log=log)
+    folders = {name: Z.write_data(spec, cache) for name, spec in Z.TASKS.items()}
+    Z.check_disjoint(zoo, folders.items())
+    if not names:
+        dump(RESULTS / "zoo.json", {"format": Z.ZOO_FORMAT, "keys": zoo.keys, "candidates": zoo.manifests})
+        dump(
+            RESULTS / "tasks.json",
+            {
+                name: {**Z.data_manifest(f), "classes": Z.class_names(f)[1:], "evaluation": name != Z.TUNING_TASK}
+                for name, f in folders.items()
+            },
+        )
+    return zoo, folders
+
+
+def task_data(task: str, cache: Path, names: Sequence[str] = ()):
+    """(zoo, TaskData of the train and validation splits, test volumes) of a task."""
+    from bnrank.engine import zoo as Z
+    from bnrank.engine.training import TaskData
+
+    zoo, folders = prepare(cache, names)
+    split = Z.load_split(folders[task], cache)
+    names = Z.class_names(folders[task])
+    return zoo, TaskData(split["train"], split["val"], names), split["test"]
+
+
+# ------------------------------------------------------------------------------------------------ ground truth
+
+
+def finetune(candidate, data, test, seed: int, budgets: Sequence[int], cfg: GTConfig = GT) -> dict[str, Any]:
+    """All-parameter fine-tuning with a cosine schedule over ``budgets[-1]`` steps; test Dice at each budget.
+
+    Built like the engine's ``finetune_candidate`` (seeded build, the ranking's fresh head, the engine's
+    patch schedule, DiceCE, Adam), plus the decaying learning rate the engine's loop does not have.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    from bnrank.engine.bn_only import reinit_head
+    from bnrank.engine.ranking import build_candidate
+    from bnrank.engine.training import PatchSchedule, TrainConfig, autocast, evaluate, mean_foreground
+
+    total = budgets[-1]
+    config = TrainConfig(
+        max_steps=total,
+        patch_size=(cfg.patch,) * 3,
+        batch_size=cfg.batch,
+        lr=cfg.lr,
+        seed=seed,
+        precision=cfg.precision,
+        patience=10**6,
+    )
+    model, arch, _ = build_candidate(candidate, data, seed)
+    reinit_head(model, arch, seed)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    optimiser = torch.optim.Adam(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total))
+    )
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    schedule = PatchSchedule(data.train, config.patch_size, config.batch_size, seed, config.foreground_ratio)
+    torch.manual_seed(seed)
+    points, losses, recent = [], [], []
+    train_seconds, eval_seconds, train_cpu = 0.0, 0.0, 0.0
+    for step in range(1, total + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        x, y = schedule.next_batch()
+        with autocast(config):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"{candidate.name}: loss {value} at step {step}")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        train_seconds += time.perf_counter() - t0
+        train_cpu += time.process_time() - c0
+        recent.append(value)
+        if step % cfg.loss_every == 0:
+            losses.append({"step": step, "loss": float(np.mean(recent))})
+            recent = []
+        if step in budgets:
+            t1 = time.perf_counter()
+            per_class = [evaluate(model, [v], data.n_classes, config) for v in test]
+            eval_seconds += time.perf_counter() - t1
+            points.append(
+                {
+                    "steps": step,
+                    "train_seconds": round(train_seconds, 3),
+                    "train_cpu_seconds": round(train_cpu, 3),
+                    "per_case": [mean_foreground(d) if np.isfinite(d).any() else None for d in per_class],
+                    "per_case_class": [[None if not np.isfinite(v) else float(v) for v in d] for d in per_class],
+                    "cases": [v.case_id for v in test],
+                }
+            )
+            points[-1]["dice"] = float(np.mean([d for d in points[-1]["per_case"] if d is not None]))
+            model.train()
+    return {
+        "budgets": points,
+        "loss_curve": losses,
+        "train_seconds": round(train_seconds, 3),
+        "train_cpu_seconds": round(train_cpu, 3),
+        "eval_seconds": round(eval_seconds, 3),
     }
-    return TrainConfig(**{**base, **kw})
 
 
-def ground_truth(cands, task, budget: Budget) -> dict:
-    scores = np.zeros((budget.seeds, len(cands)))
-    seconds = np.zeros(budget.seeds)
-    for s in range(budget.seeds):
-        config = config_for(budget, max_steps=budget.gt_steps, lr=budget.gt_lr, seed=s + 1)
-        for c, cand in enumerate(cands):
+def gt_path(task: str, candidate: str, seed: int) -> Path:
+    return RESULTS / "ground_truth" / task / candidate / f"seed{seed}.json"
+
+
+def prereg_committed() -> bool:
+    """Whether the pre-registration is in the git history and unchanged since (so it precedes what follows)."""
+    rel = PREREGISTRATION.relative_to(ROOT).as_posix()
+    try:
+        logged = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", rel], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        clean = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", rel]).returncode == 0
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return bool(logged) and clean
+
+
+def run_ground_truth(
+    task: str, cache: Path, threads: int, only: Sequence[str] = (), allow_uncommitted: bool = False
+) -> None:
+    from bnrank.engine import zoo as Z
+
+    if task != Z.TUNING_TASK and not (PREREGISTRATION.is_file() and (allow_uncommitted or prereg_committed())):
+        raise SystemExit(
+            f"{task} is an evaluation task: commit {PREREGISTRATION.name} (--tune) before its ground truth"
+        )
+    zoo, data, test = task_data(task, cache)
+    cands = [c for c in zoo.candidates if not only or c.name in only]
+    log(f"ground truth {task}: {len(cands)} candidates × seeds {GT.seeds}, budgets {GT.budgets}, lr {GT.lr:g} cosine")
+    for seed in GT.seeds:
+        for cand in cands:
+            path = gt_path(task, cand.name, seed)
+            if (
+                path.is_file()
+                and load(path).get("zoo_key") == zoo.keys[cand.name]
+                and load(path)["config"] == json.loads(json.dumps(asdict(GT)))
+            ):
+                continue
             t0 = time.perf_counter()
-            scores[s, c] = finetune_candidate(cand, task, config).score
-            seconds[s] += time.perf_counter() - t0
-        shown = ", ".join(f"{c.name} {v:.3f}" for c, v in zip(cands, scores[s], strict=True))
-        log(f"  ground truth seed {s + 1}: {shown}")
-    return {"scores": scores, "seconds_per_seed": float(seconds.mean())}
+            result = finetune(cand, data, test, seed, GT.budgets)
+            record = {
+                "task": task,
+                "candidate": cand.name,
+                "zoo_key": zoo.keys[cand.name],
+                "seed": seed,
+                "config": asdict(GT),
+                "threads": threads,
+                "host": platform.node(),
+                "seconds": round(time.perf_counter() - t0, 3),
+                **result,
+            }
+            dump(path, record)
+            shown = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in result["budgets"])
+            log(f"  {task} seed {seed} {cand.name}: {shown} ({record['seconds']:.0f}s)")
 
 
-def bn_only_sweep(cands, task, budget: Budget, lrs) -> dict:
-    """BN-only scores and seconds at every (lr, steps) of the grid; one run per lr, steps read off its curve."""
-    out = {}
-    for lr in lrs:
-        config = config_for(budget, max_steps=max(budget.sweep_steps), lr=lr, seed=0)
-        result = rank_candidates(cands, task, config, control=False)
-        by_name = {e.checkpoint: e for e in result.entries}
-        entries = [by_name[c.name] for c in cands]
-        for steps in budget.sweep_steps:
-            scores, half, secs = [], [], 0.0
-            for e in entries:
-                scores.append(windowed_score(e.curve, config.score_window, upto_step=steps))
-                half.append(windowed_score(e.curve, config.score_window, upto_step=steps // 2))
-                at = max(p["seconds"] for p in e.curve if p["step"] <= steps)
-                secs += at + (e.seconds - e.curve[-1]["seconds"])  # training to `steps` + build/load/γ
-            # The ranking's own stability report: order at half the steps against the order at the end.
-            stable = float(kendalltau(half, scores).statistic)
-            out[(lr, steps)] = {"scores": scores, "seconds": secs, "stability_tau": stable}
-        log(f"  BN-only lr {lr:g}: " + ", ".join(f"{e.checkpoint} {e.score:.3f}" for e in entries))
+def run_learning_curve(cache: Path, threads: int) -> None:
+    from bnrank.engine import zoo as Z
+
+    zoo, data, test = task_data(Z.TUNING_TASK, cache, CURVE_CANDIDATES)
+    path = RESULTS / "learning_curve.json"
+    out = load(path) if path.is_file() else {"task": Z.TUNING_TASK, "seed": CURVE_SEED, "lr": GT.lr, "runs": {}}
+    for cand in (c for c in zoo.candidates if c.name in CURVE_CANDIDATES):
+        for steps in CURVE_BUDGETS:
+            key = f"{cand.name}/{steps}"
+            if key in out["runs"] and out["runs"][key].get("zoo_key") == zoo.keys[cand.name]:
+                continue
+            marks = sorted({steps // 4, steps // 2, 3 * steps // 4, steps})
+            result = finetune(cand, data, test, CURVE_SEED, marks)
+            out["runs"][key] = {
+                "candidate": cand.name,
+                "budget": steps,
+                "zoo_key": zoo.keys[cand.name],
+                "points": [
+                    {"steps": p["steps"], "dice": p["dice"], "train_seconds": p["train_seconds"]}
+                    for p in result["budgets"]
+                ],
+                "dice": result["budgets"][-1]["dice"],
+                "train_seconds": result["train_seconds"],
+                "loss_curve": result["loss_curve"],
+            }
+            dump(path, out)
+            log(f"  curve {key}: test Dice {out['runs'][key]['dice']:.3f} ({result['train_seconds']:.0f}s)")
+
+
+# ------------------------------------------------------------------------------------------------ proxies
+
+
+def proxy_config(lr: float, steps: int, extra: dict[str, Any]):
+    from bnrank.engine.training import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SystemExit(f"TrainConfig has no option(s) {unknown}")
+    return TrainConfig(
+        max_steps=steps,
+        patch_size=(GT.patch,) * 3,
+        batch_size=GT.batch,
+        val_every=VAL_EVERY,
+        patience=10**6,
+        lr=lr,
+        seed=PROXY_SEED,
+        precision=GT.precision,
+        **extra,
+    )
+
+
+def sweep_extras() -> list[dict[str, Any]]:
+    """Engine options the tuning sweep crosses with the learning rates: the engine's defaults, and, where
+    the engine has them, a continuous score with a whole-volume validation pass (issue 10, item 6)."""
+    from bnrank.engine.training import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    extras: list[dict[str, Any]] = [{}]
+    if {"score", "validation"} <= names:
+        extras.append({"score": "soft_dice", "validation": "whole"})
+    return extras
+
+
+def run_bn_only(task: str, cands, data, zoo, lr: float, steps: int, extra: dict[str, Any]) -> None:
+    from bnrank.engine.ranking import rank_candidates
+
+    tag = "".join(f"_{k}-{v}" for k, v in sorted(extra.items()))
+    path = RESULTS / "proxies" / task / f"bnonly_lr{lr:g}_{steps}{tag}.json"
+    if path.is_file() and load(path).get("zoo_keys") == zoo.keys:
+        return
+    config = proxy_config(lr, steps, extra)
+    t0 = time.perf_counter()
+    entries, result = {}, None
+    for cand in cands:  # one at a time, to read each candidate's CPU time beside its wall time
+        w0, c0 = time.perf_counter(), time.process_time()
+        result = rank_candidates([cand], data, config, control=False)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        e = result.entries[0]
+        if e.status != "ok":
+            raise SystemExit(f"BN-only failed on {e.checkpoint}: {e.error}")
+        entries[e.checkpoint] = {
+            "score": e.score,
+            "seconds": e.seconds,
+            "overhead": round(e.seconds - (e.curve[-1]["seconds"] if e.curve else 0), 3),
+            "cpu_per_wall": round(cpu / wall, 4) if wall > 0 else 1.0,
+            "curve": e.curve,
+            "gamma": e.gamma,
+            "dice_per_class": e.dice_per_class,
+        }
+    assert result is not None
+    dump(
+        path,
+        {
+            "task": task,
+            "method": "bnonly",
+            "lr": lr,
+            "max_steps": steps,
+            "extra": extra,
+            "val_every": VAL_EVERY,
+            "seed": PROXY_SEED,
+            "zoo_keys": zoo.keys,
+            "config": result.config,
+            "entries": entries,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+    log(f"  BN-only {task} lr {lr:g}: " + ", ".join(f"{k} {v['score']:.3f}" for k, v in entries.items()))
+
+
+def run_logme(task: str, cands, data, zoo, batches: int) -> None:
+    from bnrank.engine.logme import LogMEConfig, logme_entry
+
+    path = RESULTS / "proxies" / task / f"logme_b{batches}.json"
+    if path.is_file() and load(path).get("zoo_keys") == zoo.keys:
+        return
+    config = proxy_config(1e-2, 1, {})
+    lm = LogMEConfig.from_train_config(config, n_batches=batches, per_class=1000)
+    entries = {}
+    for c in cands:
+        c0 = time.process_time()
+        e = logme_entry(c, data, config, lm)
+        entries[e.checkpoint] = {
+            "score": e.score if e.status == "ok" else None,
+            "seconds": round(time.process_time() - c0, 3),
+            "wall_seconds": e.seconds,
+            "error": e.error,
+        }
+    dump(path, {"task": task, "method": "logme", "batches": batches, "zoo_keys": zoo.keys, "entries": entries})
+    shown = (f"{k} {v['score']:.3f}" if v["score"] is not None else f"{k} FAILED" for k, v in entries.items())
+    log(f"  LogME {task} b{batches}: " + ", ".join(shown))
+
+
+def run_proxies(task: str, cache: Path, extra: dict[str, Any]) -> None:
+    from bnrank.engine import zoo as Z
+
+    zoo, data, _ = task_data(task, cache)  # the test split is dropped here: proxies never see it
+    cands = zoo.candidates
+    for batches in LOGME_BATCHES:
+        run_logme(task, cands, data, zoo, batches)
+    if task == Z.TUNING_TASK:
+        for options in [extra] if extra else sweep_extras():
+            for lr in SWEEP_LRS:
+                run_bn_only(task, cands, data, zoo, lr, SWEEP_MAX, options)
+        return
+    if not PREREGISTRATION.is_file():
+        raise SystemExit(f"no {PREREGISTRATION.name}: run --tune on the tuning task first")
+    s = load(PREREGISTRATION)["setting"]
+    if s["method"] == "bnonly":
+        run_bn_only(task, cands, data, zoo, s["lr"], s["steps"], {**s.get("extra", {}), **extra})
+
+
+# ------------------------------------------------------------------------------------------------ reading results
+
+
+def read_gt(task: str) -> dict[str, Any] | None:
+    """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}."""
+    folder = RESULTS / "ground_truth" / task
+    if not folder.is_dir():
+        return None
+    records = [load(p) for p in sorted(folder.glob("*/seed*.json"))]
+    if not records:
+        return None
+    cands = sorted({r["candidate"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    table = {(r["candidate"], r["seed"]): r for r in records}
+    complete = [s for s in seeds if all((c, s) in table for c in cands)]
+    if not complete:
+        return None
+    budgets = [p["steps"] for p in table[(cands[0], complete[0])]["budgets"]]
+    gt = {}
+    for i, b in enumerate(budgets):
+        gt[b] = np.array(
+            [
+                [[np.nan if d is None else d for d in table[(c, s)]["budgets"][i]["per_case"]] for c in cands]
+                for s in complete
+            ]
+        )
+    last = {k: r["budgets"][-1] for k, r in table.items()}
+    seconds = np.array(
+        [[last[(c, s)].get("train_cpu_seconds", last[(c, s)]["train_seconds"]) for c in cands] for s in complete]
+    )
+    return {
+        "candidates": cands,
+        "seeds": complete,
+        "budgets": budgets,
+        "gt": gt,
+        "train_seconds": seconds,
+        "incomplete_seeds": [s for s in seeds if s not in complete],
+        "config": table[(cands[0], complete[0])]["config"],
+    }
+
+
+def proxy_settings(task: str, cands: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every setting readable off the task's raw proxy runs: {id: {setting, scores [cands], seconds}}."""
+    out: dict[str, dict[str, Any]] = {}
+    folder = RESULTS / "proxies" / task
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        run = load(path)
+        e = run["entries"]
+        if any(c not in e for c in cands):
+            continue
+        if run["method"] == "logme":
+            s = {"method": "logme", "batches": run["batches"]}
+            out[qs.setting_id(s)] = {
+                "setting": s,
+                "scores": qs.failed_last([e[c]["score"] for c in cands]),
+                "failed": [c for c in cands if e[c]["score"] is None],
+                "seconds": sum(e[c]["seconds"] for c in cands),
+            }
+            continue
+        curves = {c: e[c]["curve"] for c in cands}
+        overhead = {c: e[c]["overhead"] for c in cands}
+        scale = {c: e[c].get("cpu_per_wall", 1.0) for c in cands}
+        configured = run.get("extra", {}).get("score", "dice")  # what the engine's "score" key holds
+        keys = [k for k in SWEEP_SCORES if all(k in p for c in cands for p in curves[c])]
+        if configured == "dice" and "score" in keys and "dice" in keys:
+            keys.remove("score")  # the same numbers twice
+        for key in keys:
+            for window in SWEEP_WINDOWS:
+                score = f"{configured if key == 'score' else key}{window}"
+                for steps in SWEEP_STEPS:
+                    if steps > run["max_steps"]:
+                        continue
+                    for first in SWEEP_HALVING:
+                        s = {
+                            "method": "bnonly",
+                            "lr": run["lr"],
+                            "steps": steps,
+                            "score": score,
+                            "halving": first,
+                            "extra": run.get("extra", {}),
+                        }
+                        if first is None:
+                            scores, secs = qs.prefix_setting(curves, overhead, steps, key, window, scale)
+                            stopped = None
+                        elif first * 2 <= steps:
+                            scores, secs, stopped = qs.halving(curves, overhead, first, steps, key, window, scale)
+                        else:
+                            continue
+                        out[qs.setting_id(s)] = {
+                            "setting": s,
+                            "scores": [scores[c] for c in cands],
+                            "seconds": secs,
+                            "stopped": stopped,
+                        }
     return out
 
 
-def logme_scores(cands, task, budget: Budget) -> dict:
-    config = config_for(budget, seed=0)
-    lm = LogMEConfig.from_train_config(config, n_batches=budget.logme_batches, per_class=budget.logme_per_class)
-    entries = [logme_entry(c, task, config, lm) for c in cands]
-    bad = [e for e in entries if e.status != "ok"]
-    if bad:
-        raise SystemExit(f"LogME failed: {bad[0].checkpoint}: {bad[0].error}")
-    log("  LogME: " + ", ".join(f"{e.checkpoint} {e.score:.3f}" for e in entries))
-    return {"scores": [e.score for e in entries], "seconds": sum(e.seconds for e in entries)}
+def evaluate_settings(gt: dict[str, Any], settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Point agreement of each setting with the converged GT mean, and its cost ratio."""
+    conv = gt["gt"][gt["budgets"][-1]]
+    mean = qs.gt_mean(conv)
+    ft = float(gt["train_seconds"].mean(axis=0).sum())
+    out = {}
+    for sid, s in settings.items():
+        out[sid] = {
+            **s,
+            "wtau": qs.wtau(s["scores"], mean),
+            "wtau_vs_seeds": float(np.nanmean([qs.wtau(s["scores"], r) for r in qs.seed_scores(conv)])),
+            "top1_in_top2": qs.top1_in_top(s["scores"], mean, 2),
+            "cost_ratio": s["seconds"] / ft,
+        }
+    return out
 
 
-def pick(sweep: dict, gt: np.ndarray) -> tuple[float, int]:
-    """The grid point whose order agrees best with single fine-tuning seeds; ties go to the cheaper one."""
+def pick_setting(evaluated: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """The pre-registration rule: among BN-only settings within the cost target, the best weighted τ;
+    settings within TIE of the best are tied, and among them top-1-in-top-2 first, then the cheapest."""
+    pool = {k: v for k, v in evaluated.items() if v["setting"]["method"] == "bnonly" and math.isfinite(v["wtau"])}
+    within = {k: v for k, v in pool.items() if v["cost_ratio"] <= COST_TARGET}
+    note = f"BN-only settings costing at most {COST_TARGET:.0%} of converged fine-tuning"
+    if not within:
+        within, note = pool, f"no BN-only setting costs at most {COST_TARGET:.0%} of converged fine-tuning: all of them"
+    best = max(v["wtau"] for v in within.values())
+    tied = [k for k, v in within.items() if v["wtau"] >= best - TIE]
+    tied.sort(key=lambda k: (not within[k]["top1_in_top2"], within[k]["seconds"]))
+    return tied[0], note
 
-    def key(k: tuple[float, int]) -> tuple[float, int, float]:
-        tau = agreement(sweep[k]["scores"], gt)["wtau_vs_seeds"]
-        return (round(tau, 3) if np.isfinite(tau) else -np.inf, -k[1], -k[0])
 
-    return max(sweep, key=key)
+# ------------------------------------------------------------------------------------------------ tune, report
 
 
-# ------------------------------------------------------------------------------------------------ report
+def digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.relative_to(RESULTS).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
-def fmt(x, spec=".2f") -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
+def run_tune() -> None:
+    from bnrank.engine import zoo as Z
+
+    evaluation_gt = [t for t in Z.EVALUATION_TASKS if (RESULTS / "ground_truth" / t).is_dir()]
+    if evaluation_gt:
+        raise SystemExit(f"evaluation ground truth already exists ({evaluation_gt}): tuning now would not be blind")
+    gt = read_gt(Z.TUNING_TASK)
+    if gt is None or len(gt["seeds"]) < len(GT.seeds):
+        raise SystemExit("the tuning task's ground truth is not complete (--ground-truth tuning)")
+    settings = proxy_settings(Z.TUNING_TASK, gt["candidates"])
+    if not settings:
+        raise SystemExit("no proxy runs on the tuning task (--proxies tuning)")
+    evaluated = evaluate_settings(gt, settings)
+    chosen, note = pick_setting(evaluated)
+    ranked = sorted(evaluated, key=lambda k: -evaluated[k]["wtau"] if math.isfinite(evaluated[k]["wtau"]) else 9)
+    files = list((RESULTS / "ground_truth" / Z.TUNING_TASK).glob("*/*.json"))
+    files += list((RESULTS / "proxies" / Z.TUNING_TASK).glob("*.json"))
+    c = evaluated[chosen]
+    dump(
+        PREREGISTRATION,
+        {
+            "what": "proxy settings fixed on the tuning task before any evaluation task's ground truth exists",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "setting_id": chosen,
+            "setting": c["setting"],
+            "baseline": {"method": "logme", "batches": max(LOGME_BATCHES)},
+            "rule": f"{note}; the highest weighted τ against the tuning task's converged ground-truth mean, "
+            f"τ within {TIE} tied, then top-1 in the GT top 2, then the fewest seconds",
+            "on_tuning": {k: c[k] for k in ("wtau", "wtau_vs_seeds", "top1_in_top2", "cost_ratio", "seconds")},
+            "tuning_ceiling": qs.ceiling(gt["gt"][gt["budgets"][-1]]),
+            "ground_truth": asdict(GT),
+            "evaluation_tasks": list(Z.EVALUATION_TASKS),
+            "targets": {
+                "wtau_at_least_ceiling": True,
+                "wtau_over_logme": 0.1,
+                "top1_in_gt_top2": True,
+                "cost_ratio_at_most": COST_TARGET,
+            },
+            "zoo_keys": load(RESULTS / "zoo.json")["keys"],
+            "tuning_inputs_sha256": digest(files),
+            "tuning_sweep": [
+                {"id": k, **{m: evaluated[k][m] for m in ("wtau", "top1_in_top2", "cost_ratio")}} for k in ranked
+            ],
+        },
+    )
+    log(f"pre-registered {chosen}: τw {c['wtau']:.3f}, cost {c['cost_ratio']:.3f}× converged fine-tuning")
+
+
+def f2(x: Any, spec: str = ".2f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    if isinstance(x, bool):
+    if isinstance(x, bool | np.bool_):
         return "yes" if x else "no"
     return format(x, spec)
 
 
-def table(results: dict, picked: tuple[float, int]) -> str:
-    lines = []
-    head = (
-        f"{'task':<26} {'method':<28} {'τw vs GT':>8} {'ρ vs GT':>7} {'τw vs seed':>10} "
-        f"{'top-1':>5} {'time s':>7} {'× FT-all':>8}"
-    )
-    lines += [head, "-" * len(head)]
-    for name, r in results.items():
-        ft = r["gt"]["seconds_per_seed"]
-        c = r["ceiling"]
-        lines.append(
-            f"{name:<26} {'GT seed vs seed (ceiling)':<28} {'':>8} {'':>7} {fmt(c['wtau']):>10} "
-            f"{fmt(c['top1']):>5} {ft:7.0f} {1.0:8.2f}"
-        )
-        rows = [(f"BN-only {picked[1]} st lr {picked[0]:g} (picked)", r["sweep"][picked])]
-        if (DEFAULT.lr, DEFAULT.max_steps) in r["sweep"] and (DEFAULT.lr, DEFAULT.max_steps) != picked:
-            default = (DEFAULT.lr, DEFAULT.max_steps)
-            rows.append((f"BN-only {DEFAULT.max_steps} st lr {DEFAULT.lr:g} (default)", r["sweep"][default]))
-        best = r["best"]
-        if best != picked:
-            rows.append((f"BN-only {best[1]} st lr {best[0]:g} (best here)", r["sweep"][best]))
-        rows.append(("LogME", r["logme"]))
-        for label, m in rows:
-            a = agreement(m["scores"], r["gt"]["scores"])
-            lines.append(
-                f"{'':<26} {label:<28} {fmt(a['wtau']):>8} {fmt(a['rho']):>7} {fmt(a['wtau_vs_seeds']):>10} "
-                f"{fmt(a['top1']):>5} {m['seconds']:7.0f} {m['seconds'] / ft:8.2f}"
+def report_zoo() -> list[str]:
+    path = RESULTS / "zoo.json"
+    if not path.is_file():
+        return ["(no bench/results/zoo.json: run --zoo)"]
+    z = load(path)["candidates"]
+    lines = ["ZOO", f"{'candidate':<24} {'architecture':<23} {'made by':<11} {'build s':>7}  evidence"]
+    for name, m in z.items():
+        r = m["recipe"]
+        ev = ""
+        if "flattening" in m:
+            f = m["flattening"]
+            ev = (
+                f"pretext MSE {f['first']:.3f} -> {f['last']:.3f}; drop over the last fifth "
+                f"{f['drop_last_fifth']:.1%} (fifth before {f['drop_fifth_before']:.1%})"
             )
-    return "\n".join(lines)
+        elif "source_dice" in m:
+            ev = f"source validation Dice {m['source_dice']:.3f} ({r['steps']} steps)"
+        elif r["make"] == "damaged":
+            ev = f"{r['share']:.0%} of filters of {r['parent']} replaced"
+        arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
+        if r.get("network_def"):
+            arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
+        lines.append(f"{name:<24} {arch:<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
+    return lines
 
 
-def sweep_table(name: str, r: dict, budget: Budget) -> str:
-    lrs = sorted({k[0] for k in r["sweep"]})
-    lines = [f"{name}: BN-only sweep, weighted τ vs single fine-tuning seeds (vs the mean GT)"]
-    lines.append(f"{'lr':>8} " + " ".join(f"{s:>6} steps  " for s in budget.sweep_steps))
-    for lr in lrs:
-        cells = []
-        for s in budget.sweep_steps:
-            a = agreement(r["sweep"][(lr, s)]["scores"], r["gt"]["scores"])
-            cells.append(f"{a['wtau_vs_seeds']:6.2f} ({a['wtau']:5.2f})")
-        lines.append(f"{lr:8g} " + " ".join(cells))
-    return "\n".join(lines)
-
-
-def candidate_table(name: str, r: dict, cands, picked) -> str:
-    gt = r["gt"]["scores"]
-    stab = r["sweep"][picked]["stability_tau"]
+def report_curve() -> list[str]:
+    path = RESULTS / "learning_curve.json"
+    if not path.is_file():
+        return ["(no learning curve yet: --learning-curve)"]
+    lc = load(path)
+    cands = sorted({r["candidate"] for r in lc["runs"].values()})
+    budgets = sorted({r["budget"] for r in lc["runs"].values()})
     lines = [
-        f"{name}: per candidate (GT = fine-tuned Dice, mean ± sd over {len(gt)} seeds; BN-only at the picked "
-        f"defaults, its stability: Kendall τ {fmt(stab)} between the order at half the steps and at the end)"
+        f"LEARNING CURVE (task {lc['task']}, seed {lc['seed']}, lr {lc['lr']:g} cosine to 0 over each budget; "
+        f"test Dice at the end; converged budget used: {GT.steps})",
+        f"{'candidate':<16} " + " ".join(f"{b:>7}" for b in budgets),
     ]
-    lines.append(f"{'candidate':<22} {'GT Dice':>13} {'BN-only':>8} {'LogME':>8}")
-    order = np.argsort(-gt.mean(0))
-    for c in order:
+    for c in cands:
+        cells = [lc["runs"].get(f"{c}/{b}") for b in budgets]
+        lines.append(f"{c:<16} " + " ".join(f"{x['dice']:7.3f}" if x else f"{'':>7}" for x in cells))
+    for c in cands:
+        run = lc["runs"].get(f"{c}/{budgets[-1]}")
+        if run:
+            inside = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in run["points"])
+            lines.append(f"  inside the {budgets[-1]}-step run of {c}: {inside}")
+    full = [c for c in cands if all(f"{c}/{b}" in lc["runs"] for b in budgets)]
+    if full and len(budgets) > 1:
+        top = budgets[-1]
+        gaps = [max(lc["runs"][f"{c}/{top}"]["dice"] - lc["runs"][f"{c}/{b}"]["dice"] for c in full) for b in budgets]
         lines.append(
-            f"{cands[c].name:<22} {gt[:, c].mean():6.3f} ± {gt[:, c].std():.3f} "
-            f"{r['sweep'][picked]['scores'][c]:8.3f} {r['logme']['scores'][c]:8.3f}"
+            f"largest gain still to come by {top} steps (over {', '.join(full)}): "
+            + ", ".join(f"{b}: {g:+.3f}" for b, g in zip(budgets, gaps, strict=True))
         )
-    return "\n".join(lines)
+    return lines
 
 
-def report(results: dict, picked, budget: Budget, cands, started: float, threads: int) -> str:
-    out = [
-        f"zoo: {len(cands)} × unet3d width 8 ({', '.join(c.name for c in cands)}); ground truth: full fine-tuning "
-        f"{budget.gt_steps} steps, lr {budget.gt_lr:g}, {budget.seeds} seeds; patches {budget.patch}³, batch "
-        f"{budget.batch}, {budget.spacing_mm:g} mm; BN-only picked on task A: lr {picked[0]:g}, {picked[1]} steps",
-        "",
-        table(results, picked),
-        "",
+def report_task(task: str, prereg: dict[str, Any] | None, boot: int, summary: dict | None = None) -> list[str]:
+    """The task's tables; its headline numbers go into ``summary`` (for the targets)."""
+    gt = read_gt(task)
+    if gt is None:
+        return [f"TASK {task}: no complete ground-truth seed yet"]
+    cands, budgets = gt["candidates"], gt["budgets"]
+    conv = gt["gt"][budgets[-1]]
+    mean = qs.gt_mean(conv)
+    lines = [
+        f"TASK {task}: {len(cands)} candidates, seeds {gt['seeds']}"
+        + (f" (incomplete: {gt['incomplete_seeds']})" if gt["incomplete_seeds"] else "")
+        + f", {conv.shape[2]} test cases; GT = test Dice after {budgets[-1]} steps (cosine)"
     ]
-    for name, r in results.items():
-        out += [sweep_table(name, r, budget), "", candidate_table(name, r, cands, picked), ""]
-    out.append(f"total wall time {time.perf_counter() - started:.0f}s ({threads} threads)")
-    return "\n".join(out)
+    # Per candidate, per budget.
+    lines.append(f"{'candidate':<24} " + " ".join(f"{'GT @' + str(b):>15}" for b in budgets) + f" {'FT cpu s':>9}")
+    for i in np.argsort(-mean):
+        cells = []
+        for b in budgets:
+            s = qs.seed_scores(gt["gt"][b])[:, i]
+            cells.append(f"{s.mean():.3f} ± {s.std():.3f}".rjust(15))
+        lines.append(f"{cands[i]:<24} " + " ".join(cells) + f" {gt['train_seconds'][:, i].mean():9.0f}")
+    # How the order moves with budget.
+    moves = []
+    for b in budgets[:-1]:
+        m = qs.gt_mean(gt["gt"][b])
+        moves.append(f"{b} steps: τw {f2(qs.wtau(m, mean))}, top-1 {cands[int(np.argmax(m))]}")
+    lines.append(f"GT order vs the converged one ({cands[int(np.argmax(mean))]} first): " + "; ".join(moves))
+    # Proxies.
+    settings = proxy_settings(task, cands)
+    if not settings:
+        lines.append("no proxy results yet")
+        return lines
+    ev = evaluate_settings(gt, settings)
+    rows: list[tuple[str, str]] = []
+    if prereg and prereg["setting_id"] in ev:
+        rows.append(("pre-registered", prereg["setting_id"]))
+    finite = [k for k in ev if math.isfinite(ev[k]["wtau"]) and ev[k]["setting"]["method"] == "bnonly"]
+    if finite:
+        best = max(finite, key=lambda k: ev[k]["wtau"])
+        if not rows or best != rows[0][1]:
+            rows.append(("best BN-only here (hindsight)", best))
+    rows += [("baseline", k) for k in ev if ev[k]["setting"]["method"] == "logme"]
+    b = qs.bootstrap(conv, {k: ev[k]["scores"] for _, k in rows}, n=boot)
+    ceil = b["ceiling"]
+    lines.append(
+        f"ceiling (leave-one-seed-out τw): {ceil['value']:.2f} [{ceil['lo']:.2f}, {ceil['hi']:.2f}]; "
+        f"fine-tuning all candidates once to convergence: {gt['train_seconds'].mean(0).sum():.0f} CPU s"
+    )
+    head = f"{'':<30} {'setting':<44} {'τw vs GT [95% CI]':>22} {'τw vs seed':>10} {'top1∈top2':>9}"
+    head += f" {'cpu s':>7} {'× FT':>6}"
+    lines += [head]
+    for label, k in rows:
+        e, ci = ev[k], b[k]
+        lines.append(
+            f"{label:<30} {k:<44} {f2(ci['value']):>6} [{f2(ci['lo'])}, {f2(ci['hi'])}]".ljust(98)
+            + f" {f2(e['wtau_vs_seeds']):>10} {f2(e['top1_in_top2']):>9} {e['seconds']:7.0f} {e['cost_ratio']:6.3f}"
+        )
+    for k in dict.fromkeys(k for _, k in rows):
+        failed = ev[k].get("failed") or []
+        if failed:
+            keep = [i for i, c in enumerate(cands) if c not in failed]
+            sub = qs.wtau([ev[k]["scores"][i] for i in keep], mean[keep]) if len(keep) > 1 else float("nan")
+            lines.append(
+                f"  {k}: failed on {len(failed)} of {len(cands)} candidates ({', '.join(failed)}), ranked last; "
+                f"τw over the {len(keep)} it scored: {f2(sub)}"
+            )
+    if summary is not None and rows and rows[0][0] == "pre-registered":
+        k = rows[0][1]
+        logme = [b[x]["value"] for lbl, x in rows if lbl == "baseline" and x == qs.setting_id(prereg["baseline"])]
+        summary[task] = {
+            "wtau": b[k]["value"],
+            "ceiling": ceil["value"],
+            "top1_in_top2": ev[k]["top1_in_top2"],
+            "cost_ratio": ev[k]["cost_ratio"],
+            "logme": logme[0] if logme else float("nan"),
+        }
+    # Per candidate: GT and the rows' scores.
+    lines.append(f"{'candidate':<24} {'GT':>6} " + " ".join(f"{lbl[:12]:>12}" for lbl, _ in rows))
+    for i in np.argsort(-mean):
+        lines.append(f"{cands[i]:<24} {mean[i]:6.3f} " + " ".join(f"{ev[k]['scores'][i]:12.3f}" for _, k in rows))
+    return lines
 
 
-def write_json(path, results: dict, picked, budget: Budget, spec, zoo) -> None:
-    payload = {
-        "budget": asdict(budget),
-        "zoo": {
-            "spec": asdict(spec),
-            "candidates": [c.name for c in zoo.candidates],
-            "descriptions": zoo.descriptions,
-            "seconds": zoo.seconds,
-        },
-        "picked": list(picked),
-        "tasks": {
-            name: {
-                **{k: v for k, v in r.items() if k not in ("gt", "sweep", "best")},
-                "gt_scores": r["gt"]["scores"].tolist(),
-                "gt_seconds_per_seed": r["gt"]["seconds_per_seed"],
-                "best": list(r["best"]),
-                "sweep": [{"lr": k[0], "steps": k[1], **v} for k, v in r["sweep"].items()],
-                "agreement": {
-                    f"bn_only lr {k[0]:g} steps {k[1]}": agreement(v["scores"], r["gt"]["scores"])
-                    for k, v in r["sweep"].items()
-                }
-                | {"logme": agreement(r["logme"]["scores"], r["gt"]["scores"])},
-            }
-            for name, r in results.items()
-        },
-    }
-    Path(path).write_text(json.dumps(payload, indent=2, default=float))
+def report_sweep(task: str) -> list[str]:
+    gt = read_gt(task)
+    if gt is None:
+        return []
+    ev = evaluate_settings(gt, proxy_settings(task, gt["candidates"]))
+    if not ev:
+        return []
+    lines = [f"SWEEP {task}: every setting, τw vs the converged GT mean (cost × converged fine-tuning)"]
+    for k in sorted(ev, key=lambda k: -ev[k]["wtau"] if math.isfinite(ev[k]["wtau"]) else 9):
+        lines.append(
+            f"  {k:<48} {f2(ev[k]['wtau']):>6}  top1∈top2 {f2(ev[k]['top1_in_top2']):>3}  {ev[k]['cost_ratio']:.3f}×"
+        )
+    return lines
+
+
+def task_names() -> tuple[str, tuple[str, ...]]:
+    """The tuning task and the evaluation tasks, from tasks.json (no torch import: the report stays fast)."""
+    path = RESULTS / "tasks.json"
+    if path.is_file():
+        tasks = load(path)
+        return next(t for t, v in tasks.items() if not v["evaluation"]), tuple(
+            t for t, v in tasks.items() if v["evaluation"]
+        )
+    from bnrank.engine import zoo as Z
+
+    return Z.TUNING_TASK, tuple(Z.EVALUATION_TASKS)
+
+
+def report(boot: int = 1000, sweep: bool = False) -> str:
+    tuning, evaluation = task_names()
+    prereg = load(PREREGISTRATION) if PREREGISTRATION.is_file() else None
+    out = [*report_zoo(), "", *report_curve(), ""]
+    out.append(f"PRE-REGISTRATION: {prereg['setting_id'] if prereg else 'none yet (--tune)'}")
+    out.append("")
+    summary: dict[str, dict[str, Any]] = {}
+    for task in (tuning, *evaluation):
+        out += [*report_task(task, prereg, boot, summary if task != tuning else None), ""]
+        if sweep or task == tuning:
+            out += [*report_sweep(task), ""]
+    return "\n".join(out + report_targets(summary, evaluation))
+
+
+def report_targets(summary: dict[str, dict[str, Any]], tasks: Sequence[str]) -> list[str]:
+    """Issue 10's targets on the evaluation tasks, with the pre-registered setting: met, or by how much not."""
+    lines = ["TARGETS (evaluation tasks, pre-registered setting; out of sample)"]
+    if not summary:
+        return [*lines, "  no evaluation task has both ground truth and the pre-registered proxy yet"]
+    for t in tasks:
+        if t not in summary:
+            lines.append(f"  {t}: not yet")
+            continue
+        m = summary[t]
+        gap = m["wtau"] - m["ceiling"]
+        verdict = "met" if gap >= 0 else f"missed by {-gap:.2f}"
+        lines.append(
+            f"  {t}: τw {f2(m['wtau'])} vs ceiling {f2(m['ceiling'])} ({verdict}); "
+            f"top-1 in GT top 2: {f2(m['top1_in_top2'])}; cost {m['cost_ratio']:.3f}× "
+            f"({'met' if m['cost_ratio'] <= COST_TARGET else 'missed'}, target {COST_TARGET:g}×)"
+        )
+    gains = [summary[t]["wtau"] - summary[t]["logme"] for t in summary]
+    if gains and all(math.isfinite(g) for g in gains):
+        mean_gain = float(np.mean(gains))
+        verdict = "met" if mean_gain >= 0.1 else f"missed by {0.1 - mean_gain:.2f}"
+        lines.append(f"  mean τw over LogME: {mean_gain:+.2f} (target +0.10: {verdict}; over {len(gains)} tasks)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the smaller zoo and budgets (under 20 min on 2 cores)")
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--work", help="folder for the zoo and tasks (default: a temporary folder)")
-    p.add_argument("--json", help="write every number here")
-    p.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds of the ground truth (3)")
-    p.add_argument("--threads", type=int, default=0)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--zoo", action="store_true", help="build (or reuse) the zoo and tasks; write zoo.json, tasks.json")
+    g.add_argument("--learning-curve", action="store_true", help="fine-tuning budgets on the tuning task")
+    g.add_argument("--ground-truth", metavar="TASK", help="fine-tune every candidate × seed (resumable)")
+    g.add_argument("--proxies", metavar="TASK", help="run the proxies (tuning: the sweep; else: pre-registered)")
+    g.add_argument("--tune", action="store_true", help="pick the proxy setting on the tuning task; write the file")
+    g.add_argument("--report", action="store_true", help="every table from bench/results, no training")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"zoo and task cache ({DEFAULT_CACHE})")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", nargs="*", default=(), help="--ground-truth: only these candidates")
+    p.add_argument(
+        "--proxy-option",
+        nargs="*",
+        default=(),
+        metavar="KEY=VALUE",
+        help="extra TrainConfig options for BN-only (as the engine gains them), JSON values",
+    )
+    p.add_argument(
+        "--allow-uncommitted",
+        action="store_true",
+        help="--ground-truth: accept a pre-registration that is not committed (trial runs only)",
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="--report: bootstrap draws")
+    p.add_argument("--sweep", action="store_true", help="--report: every setting of every task")
     args = p.parse_args(argv)
-    warnings.simplefilter("ignore", ConstantInputWarning)  # a constant order (all Dice 0) is reported as n/a
+    if args.report:
+        print(report(args.bootstrap, args.sweep))
+        return 0
+    if args.tune:
+        run_tune()
+        return 0
+    from bnrank.engine.threads import configure_threads
+
     threads = configure_threads(threads=args.threads)
-    budget = Budget.smoke() if args.smoke else Budget.quick() if args.quick else Budget()
-    if args.seeds:
-        budget = replace(budget, seeds=args.seeds)
-    spec = ZooSpec.quick() if args.quick else ZooSpec()
-    spec = replace(spec, task_cases=budget.task_a_cases)
-    if args.smoke:
-        spec = ZooSpec(
-            pretrain_steps=4, pretrain_patch=16, pretrain_volumes=2, supervised_steps=6, source_cases=3, task_cases=4
-        )
-    started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bnrank-quality-") if not args.work else None
-    work = Path(args.work or tmp.name)  # type: ignore[union-attr]
-    kind = "smoke" if args.smoke else "quick" if args.quick else "full"
-    log(f"work folder {work}, {threads} thread(s), {kind} run")
-
-    zoo = build_zoo(work / "zoo", spec, log=log)
-    cands = zoo.candidates
-    csf = write_csf_task(work / "tasks", n_cases=6, seed=500)
-    tasks = {f"A: MRI tissues, {spec.task_cases} cases": zoo.dataset, "B: CSF only, 6 cases": csf}
-    log(f"zoo of {len(cands)} built in {time.perf_counter() - started:.0f}s: {zoo.seconds}")
-
-    results: dict[str, dict] = {}
-    picked: tuple[float, int] | None = None
-    for i, (name, dataset) in enumerate(tasks.items()):
-        task = load_task(dataset, budget, work / "cache")
-        log(f"task {name}: {len(task.train)} train / {len(task.val)} val, classes {task.class_names[1:]}")
-        r: dict = {"classes": task.class_names[1:], "n_train": len(task.train), "n_val": len(task.val)}
-        r["gt"] = ground_truth(cands, task, budget)
-        r["ceiling"] = ceiling(r["gt"]["scores"])
-        grid = i == 0 or budget.sweep_task_b == "grid"
-        lrs = budget.sweep_lrs if grid else tuple(sorted({picked[0], DEFAULT.lr}))  # type: ignore[index]
-        r["sweep"] = bn_only_sweep(cands, task, budget, lrs)
-        r["best"] = pick(r["sweep"], r["gt"]["scores"])
-        if picked is None:
-            picked = r["best"]
-            log(f"picked BN-only defaults on {name}: lr {picked[0]:g}, {picked[1]} steps")
-        r["logme"] = logme_scores(cands, task, budget)
-        results[name] = r
-        log("so far:\n" + table(results, picked))
-        if args.json:
-            write_json(args.json, results, picked, budget, spec, zoo)
-    assert picked is not None
-
-    print(report(results, picked, budget, cands, started, threads))
-    if args.json:
-        write_json(args.json, results, picked, budget, spec, zoo)
-    if tmp is not None:
-        tmp.cleanup()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.zoo:
+        prepare(args.cache)
+    elif args.learning_curve:
+        run_learning_curve(args.cache, threads)
+    elif args.ground_truth:
+        run_ground_truth(args.ground_truth, args.cache, threads, args.only, args.allow_uncommitted)
+    elif args.proxies:
+        extra = {}
+        for item in args.proxy_option:
+            key, _, value = item.partition("=")
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+            extra[key] = value
+        run_proxies(args.proxies, args.cache, extra)
     return 0
 
 

@@ -1,0 +1,140 @@
+"""The benchmark's statistics and its report, on tiny hand-made results (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _module(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+qs = _module("quality_stats")
+
+
+def test_wtau_is_one_for_the_same_order_and_nan_for_no_order():
+    assert qs.wtau([3, 2, 1], [0.9, 0.5, 0.1]) == pytest.approx(1.0)
+    assert qs.wtau([1, 2, 3], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)
+    assert math.isnan(qs.wtau([0, 0, 0], [0.9, 0.5, 0.1]))
+
+
+def test_a_swap_at_the_top_costs_more_than_one_at_the_bottom():
+    truth = [5, 4, 3, 2, 1]
+    assert qs.wtau([4, 5, 3, 2, 1], truth) < qs.wtau([5, 4, 3, 1, 2], truth)
+
+
+def test_top1_in_top2():
+    assert qs.top1_in_top([0.1, 0.9, 0.2], [0.8, 0.9, 0.1])
+    assert not qs.top1_in_top([0.1, 0.2, 0.9], [0.8, 0.9, 0.1])
+
+
+def test_loso_ceiling_compares_each_seed_with_the_mean_of_the_others():
+    scores = np.array([[3.0, 2.0, 1.0], [3.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    values = qs.loso(scores)
+    # seed 0 against the mean of seeds 1 and 2 = [3, 1.5, 1.5]; seed 1 against [3, 2, 1]
+    assert values[0] == pytest.approx(qs.wtau([3, 2, 1], [3, 1.5, 1.5]))
+    assert values[1] == pytest.approx(qs.wtau([3, 1, 2], [3, 2, 1]))
+    gt = scores[:, :, None]  # one test case
+    assert qs.ceiling(gt) == pytest.approx(np.mean(values))
+
+
+def test_bootstrap_interval_contains_the_point_and_is_degenerate_without_noise():
+    rng = np.random.default_rng(0)
+    truth = np.array([0.8, 0.6, 0.4, 0.2])
+    noisy = truth[None, :, None] + rng.normal(0, 0.1, (5, 4, 6))
+    b = qs.bootstrap(noisy, {"good": truth, "bad": truth[::-1]}, n=200)
+    for name in ("good", "bad", "ceiling"):
+        assert b[name]["lo"] <= b[name]["hi"]
+    assert b["good"]["value"] > b["bad"]["value"]
+    exact = np.repeat(truth[None, :, None], 5, axis=0).repeat(3, axis=2)
+    b = qs.bootstrap(exact, {"good": truth}, n=50)
+    assert b["good"] == {"value": pytest.approx(1.0), "lo": pytest.approx(1.0), "hi": pytest.approx(1.0)}
+    assert b["ceiling"]["value"] == pytest.approx(1.0)
+
+
+def _curve(values, every=10, secs=1.0):
+    return [{"step": every * (i + 1), "dice": v, "seconds": secs * (i + 1)} for i, v in enumerate(values)]
+
+
+def test_prefix_setting_reads_scores_and_seconds_off_the_curve():
+    curves = {"a": _curve([0.1, 0.2, 0.3, 0.4]), "b": _curve([0.5, 0.5, 0.1, 0.1])}
+    scores, seconds = qs.prefix_setting(curves, {"a": 0.5, "b": 0.5}, 20, window=1)
+    assert scores == {"a": 0.2, "b": 0.5}
+    assert seconds == pytest.approx(2 + 2 + 1)
+    scores, _ = qs.prefix_setting(curves, {}, 40, window=3)
+    assert scores["a"] == pytest.approx(0.3) and scores["b"] == pytest.approx(0.7 / 3)
+
+
+def test_halving_stops_the_worse_half_and_counts_only_steps_run():
+    curves = {
+        "a": _curve([0.1, 0.9, 0.9, 0.9]),
+        "b": _curve([0.5, 0.5, 0.5, 0.2]),
+        "c": _curve([0.4, 0.4, 0.4, 0.4]),
+        "d": _curve([0.0, 0.0, 0.0, 0.0]),
+    }
+    scores, seconds, stopped = qs.halving(curves, {}, first=10, max_steps=40, window=1)
+    # round 1 at 10 steps: b, c go on; round 2 at 20: b (0.5) beats c (0.4); round 3 at 40: b alone
+    assert stopped == {"a": 1, "d": 1, "c": 2, "b": 3}
+    assert max(scores, key=scores.get) == "b"
+    assert scores["c"] > scores["a"] and scores["a"] > scores["d"]
+    assert seconds == pytest.approx(1 + 1 + 2 + 4)
+
+
+def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
+    rq = _module("ranking_quality")
+    results = tmp_path / "results"
+    monkeypatch.setattr(rq, "RESULTS", results)
+    monkeypatch.setattr(rq, "PREREGISTRATION", tmp_path / "preregistration.json")
+    monkeypatch.setattr(rq, "GT", rq.GTConfig(budgets=(10, 20), seeds=(1, 2, 3)))
+    cands = ["good", "mid", "bad"]
+    truth = {"good": 0.8, "mid": 0.5, "bad": 0.2}
+    rng = np.random.default_rng(1)
+    for seed in (1, 2, 3):
+        for c in cands:
+            budgets = []
+            for steps in (10, 20):
+                per_case = (truth[c] * steps / 20 + rng.normal(0, 0.02, 4)).tolist()
+                budgets.append({"steps": steps, "train_seconds": steps * 1.0, "per_case": per_case})
+            rq.dump(
+                results / "ground_truth" / "tuning" / c / f"seed{seed}.json",
+                {"candidate": c, "seed": seed, "config": {}, "budgets": budgets},
+            )
+    entries = {
+        c: {"curve": _curve([truth[c] * 0.5] * 10, secs=0.01), "overhead": 0.0, "score": truth[c]} for c in cands
+    }
+    rq.dump(
+        results / "proxies" / "tuning" / "bnonly_lr0.1_100.json",
+        {"method": "bnonly", "lr": 0.1, "max_steps": 100, "extra": {}, "entries": entries},
+    )
+    logme = {c: {"score": -truth[c], "seconds": 0.1} for c in cands}
+    rq.dump(results / "proxies" / "tuning" / "logme_b8.json", {"method": "logme", "batches": 8, "entries": logme})
+    rq.dump(results / "zoo.json", {"keys": {c: "k" for c in cands}, "candidates": {}})
+
+    gt = rq.read_gt("tuning")
+    assert gt["candidates"] == sorted(cands) and gt["seeds"] == [1, 2, 3] and gt["gt"][20].shape == (3, 3, 4)
+    rq.run_tune()
+    prereg = json.loads((tmp_path / "preregistration.json").read_text())
+    assert prereg["setting"]["method"] == "bnonly" and prereg["on_tuning"]["wtau"] == pytest.approx(1.0)
+    assert prereg["setting"]["steps"] == 20  # tied on τ, the cheapest wins
+    text = rq.report(boot=50)
+    assert "TASK tuning" in text and "pre-registered" in text and "logme b8" in text
+    assert "ceiling (leave-one-seed-out τw)" in text
+    # An evaluation task's ground truth exists: tuning again is refused.
+    (results / "ground_truth" / "ct_head").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        rq.run_tune()
