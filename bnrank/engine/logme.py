@@ -12,13 +12,16 @@ For classification each one-hot column is one target; the score is the mean over
 divided by N (so it does not grow with the sample size). Higher means the features explain the labels
 more simply, i.e. a linear head on them would fit the task better.
 
-For segmentation the "features" of a voxel are the decoder's output at that voxel: the input of the
-segmentation head, captured with a forward pre-hook on the architecture's head modules (the head itself
-is replaced for every candidate, so it plays no part). Voxels are sampled per class (balanced, capped,
-seeded) from patches of the training cases, drawn from the same seeded patch schedule BN-only training
-uses. BatchNorm normalises with the statistics of those target patches (train mode, running statistics
-left untouched), as BN-only evaluation does from its first step, so a candidate pretrained elsewhere is
-not judged on stale source statistics.
+For segmentation the "features" are the input of the segmentation head, captured with a forward pre-hook
+on the architecture's head modules (the head itself is replaced for every candidate, so it plays no part).
+Where the head is a 1×1×1 conv on full-resolution decoder output (unet3d, BasicUNet) there is one feature
+vector per label voxel. Where the head's input is coarser than the labels (MedicalNet's `conv_seg` starts
+at 1/8 of the input, MONAI UNet's last up-block at 1/2), the labels are brought down to the feature grid
+instead (see :func:`labels_on_feature_grid`). Samples are drawn per class (balanced, capped, seeded) from
+patches of the training cases, drawn from the same seeded patch schedule BN-only training uses.
+BatchNorm normalises with the statistics of those target patches (train mode, running statistics left
+untouched), as BN-only evaluation does from its first step, so a candidate pretrained elsewhere is not
+judged on stale source statistics.
 
 Cost: ``n_batches`` forward passes per candidate, no backward pass, no optimiser.
 """
@@ -168,6 +171,35 @@ def sample_balanced(labels: np.ndarray, n_classes: int, per_class: int, rng: np.
     return np.sort(np.concatenate(picked))
 
 
+def labels_on_feature_grid(labels: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Labels [B, X, Y, Z] on a feature grid [B, *grid]: nearest neighbour, at the centre of each feature cell.
+
+    Why the labels go to the features and not the features to the labels: LogME asks how well a linear
+    model on *the features the head receives* explains the labels, so every sample should be one of
+    those feature vectors. Taking the label at each feature cell keeps them exactly as the head sees them,
+    one sample per cell. Trilinear upsampling of the features would instead (a) score vectors the head
+    never receives, convex mixtures of neighbouring cells, with a fixed interpolation standing in for the
+    head's own learned upsampling (MedicalNet's transposed conv); and (b) turn each real feature vector
+    into up to 8³ = 512 near-duplicate samples, so the evidence, which assumes independent samples, would
+    reward the interpolation's smoothness rather than the features, and memory would grow as much.
+
+    Cell i of n along an axis of s voxels covers [i·s/n, (i+1)·s/n) and takes the label at its centre,
+    voxel ⌊(i + ½)·s/n⌋ (PyTorch's "nearest-exact"; the half-voxel convention of the networks'
+    ``align_corners=False`` upsampling). Integer indexing keeps the labels exact. A grid equal to the
+    label shape is the identity. The price: a structure thinner than a cell can miss every cell centre;
+    such a class then gets no sample in that batch, as a class absent from a patch does.
+    """
+    if labels.ndim != len(grid) + 1:
+        raise TrainingError(f"labels {tuple(labels.shape)} and feature grid {tuple(grid)} have different ranks")
+    out = labels
+    for axis, (size, cells) in enumerate(zip(labels.shape[1:], grid, strict=True), start=1):
+        if cells == size:
+            continue
+        centres = ((torch.arange(cells, dtype=torch.float64) + 0.5) * (size / cells)).floor().long()
+        out = out.index_select(axis, centres.clamp_(0, size - 1))
+    return out
+
+
 class _HeadInput:
     """Forward pre-hooks on the head modules keep the input of the first one called (the head's entry)."""
 
@@ -197,7 +229,12 @@ class _HeadInput:
 def head_features(
     model: nn.Module, arch: Architecture, data: TaskData, config: LogMEConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel decoder features [N, D] and class labels [N] from seeded patches of the training cases."""
+    """Features of the head's input [N, D] and class labels [N] from seeded patches of the training cases.
+
+    One sample per cell of the head's input grid; where that grid is coarser than the labels, each cell
+    takes the label at its centre (:func:`labels_on_feature_grid` says why the labels move, not the
+    features). The per-class cap applies to the cells sampled, whatever their resolution.
+    """
     device = resolve_device(config.device)
     schedule = PatchSchedule(data.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio)
     rng = np.random.default_rng(config.seed)
@@ -216,14 +253,16 @@ def head_features(
             x, y = schedule.next_batch()
             with autocast(amp):
                 model(x.to(device))
-            f = hook.take().float()  # [B, D, X, Y, Z]
-            f = f.permute(0, 2, 3, 4, 1).reshape(-1, f.shape[1]).cpu().numpy()
-            lab = y.reshape(-1).numpy()
-            if f.shape[0] != lab.shape[0]:
+            f = hook.take().float()  # [B, D, x, y, z], (x, y, z) the head's input grid
+            if y.ndim == f.ndim and y.shape[1] == 1:
+                y = y[:, 0]  # [B, 1, X, Y, Z] → [B, X, Y, Z]
+            if f.ndim != y.ndim + 1 or f.shape[0] != y.shape[0]:
                 raise TrainingError(
-                    f"{arch.name}: the head's input has {f.shape[0]} voxels per batch, the labels "
-                    f"{lab.shape[0]}; LogME needs features at the output resolution"
+                    f"{arch.name}: the head's input is shaped {tuple(f.shape)}, the labels {tuple(y.shape)}; "
+                    "LogME needs one [batch, channels, x, y, z] feature map per labelled patch"
                 )
+            lab = labels_on_feature_grid(y, f.shape[2:]).reshape(-1).numpy()
+            f = f.permute(0, 2, 3, 4, 1).reshape(-1, f.shape[1]).cpu().numpy()
             idx = sample_balanced(lab, data.n_classes, per_batch, rng)
             feats.append(f[idx].astype(np.float64))
             labels.append(lab[idx])

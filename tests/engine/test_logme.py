@@ -12,10 +12,12 @@ import torch
 from bnrank.cli import main
 from bnrank.engine.architectures import build_model, get_architecture
 from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.errors import TrainingError
 from bnrank.engine.logme import (
     LogMEConfig,
     _column_evidence,
     head_features,
+    labels_on_feature_grid,
     logme_classification,
     logme_evidence,
     logme_score,
@@ -107,6 +109,68 @@ def test_head_features_are_the_decoder_output_and_leave_bn_untouched() -> None:
     assert np.isfinite(result.score) and set(result.per_class) == {"background", "sphere", "cube"}
     again = logme_score(model, arch, task, config)
     assert again.score == pytest.approx(result.score)  # seeded: same patches, same voxels
+
+
+def test_labels_go_to_the_feature_grid_at_cell_centres() -> None:
+    labels = torch.arange(24).reshape(1, 24, 1, 1).expand(2, 24, 8, 8)
+    coarse = labels_on_feature_grid(labels, (3, 2, 8))
+    assert coarse.shape == (2, 3, 2, 8) and coarse.dtype == labels.dtype
+    assert coarse[0, :, 0, 0].tolist() == [4, 12, 20]  # centres of the cells [0, 8), [8, 16), [16, 24)
+    assert torch.equal(labels_on_feature_grid(labels, (24, 8, 8)), labels)  # full resolution: unchanged
+    odd = torch.randint(0, 3, (2, 20, 17, 9), generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(odd[:, None].double(), size=(6, 5, 4), mode="nearest-exact")
+    assert torch.equal(labels_on_feature_grid(odd, (6, 5, 4)), expected[:, 0].long())
+
+
+# The head's input is at 1/8 of the labels' resolution for MedicalNet (conv_seg starts before its
+# transposed conv) and at 1/2 for MONAI UNet (its last up-block is the head); before the labels were
+# brought to the feature grid, both failed with "LogME needs features at the output resolution".
+COARSE_HEADS = {
+    "medicalnet_resnet10": ({"width": 1}, 8 * 1, 8),  # width 1: the smallest the builder takes
+    # BatchNorm, as registered; the head's input is the first level's skip (4) beside the path up (4)
+    "monai_unet": ({"channels": (4, 8, 16), "strides": (2, 2)}, 4 + 4, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COARSE_HEADS))
+def test_heads_on_coarse_features_get_a_finite_logme(name: str) -> None:
+    options, channels, stride = COARSE_HEADS[name]
+    task = blob_task(shape=(32, 32, 32))
+    arch = get_architecture(name)
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, out_channels=3, **options)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    config = LogMEConfig(n_batches=2, per_class=40, patch_size=(32, 32, 32), precision="fp32")
+    feats, labels = head_features(model, arch, task, config)
+    cells = config.batch_size * (32 // stride) ** 3  # feature cells per batch
+    assert feats.shape[1] == channels and np.isfinite(feats).all()
+    assert feats.shape[0] == len(labels) <= config.n_batches * cells
+    assert np.bincount(labels, minlength=3).max() <= 40  # the per-class cap holds on the coarse grid
+    result = logme_score(model, arch, task, config)
+    assert np.isfinite(result.score) and result.n_features == channels
+    assert result.per_class["background"] is not None
+    assert result.per_class["sphere"] is not None  # foreground-centred patches put a cell centre on it
+
+
+def test_coarse_features_are_the_head_input_with_centre_labels() -> None:
+    """Every cell is kept when the cap exceeds the cells: the labels are those at the cell centres."""
+    task = blob_task(shape=(32, 32, 32))
+    arch = get_architecture("medicalnet_resnet10")
+    torch.manual_seed(0)
+    model = build_model("medicalnet_resnet10", in_channels=1, out_channels=3, width=1)
+    config = LogMEConfig(n_batches=1, per_class=10_000, patch_size=(32, 32, 32), precision="fp32")
+    feats, labels = head_features(model, arch, task, config)
+    assert feats.shape == (2 * 4**3, 8)
+    from bnrank.engine.training import PatchSchedule
+
+    schedule = PatchSchedule(task.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio)
+    _, y = schedule.next_batch()
+    assert np.array_equal(labels, y[:, 0, 4::8, 4::8, 4::8].reshape(-1).numpy())
+
+
+def test_head_input_that_is_not_a_feature_map_fails_cleanly() -> None:
+    with pytest.raises(TrainingError, match="different ranks"):
+        labels_on_feature_grid(torch.zeros(2, 8, 8, 8, dtype=torch.long), (4, 4))
 
 
 def test_rank_method_logme_and_both(tmp_path: Path, capsys) -> None:
