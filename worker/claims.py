@@ -72,7 +72,8 @@ def claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult
                 (rows.status == "running") & or_(rows.heartbeat_at.is_(None), rows.heartbeat_at <= live),
             ),
         )
-        .values(status="running", attempts=row.attempts + 1, started_at=now, heartbeat_at=now, progress=0.0, error=None)
+        # progress is kept: a redelivered row starts again from step 0, but what clients see never goes back
+        .values(status="running", attempts=row.attempts + 1, started_at=now, heartbeat_at=now, error=None)
         .execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:

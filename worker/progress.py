@@ -2,6 +2,11 @@
 
 The engine's progress callback only swaps a tuple and checks a flag, so reporting costs a step nothing;
 when the job is cancelled (or this run lost its lease) the callback raises `Cancelled` at the next step.
+
+Progress never goes backwards, for a row or for its job: a redelivered task starts its training again from
+step 0, and a client polling the job should see it wait, not lose ground. Both updates keep the larger of
+the stored and the new value, inside the UPDATE itself, so two runs reporting at once cannot interleave a
+read and a write.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, case, select, update
 
 from service.core.jobflow import job_progress
 from service.core.models import (
@@ -35,6 +40,11 @@ class Cancelled(Exception):
 
 
 WorkRow: TypeAlias = type[RankingEntry] | type[AlchemyResult]
+
+
+def at_least(column: ColumnElement[float], value: float) -> ColumnElement[float]:
+    """``max(column, value)`` in SQL that SQLite and PostgreSQL both speak (no GREATEST in SQLite)."""
+    return case((column < value, value), else_=column)
 
 
 class ProgressReporter:
@@ -79,12 +89,13 @@ class ProgressReporter:
             mine = s.execute(
                 update(rows)
                 .where(rows.id == self.row_id, rows.status == "running", rows.attempts == self.attempt)
-                .values(progress=min(step / max(total, 1), 0.99), heartbeat_at=utcnow())
+                .values(progress=at_least(rows.progress, min(step / max(total, 1), 0.99)), heartbeat_at=utcnow())
             ).rowcount
+            overall = job_progress(s, self.job_id, rows)
             s.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == "running")
-                .values(progress=job_progress(s, self.job_id, rows), message=message[:500], updated_at=utcnow())
+                .values(progress=at_least(Job.progress, overall), message=message[:500], updated_at=utcnow())
             )
             cancel, status = s.execute(select(Job.cancel_requested, Job.status).where(Job.id == self.job_id)).one()
         if cancel or status in TERMINAL_JOB_STATUSES:

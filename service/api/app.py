@@ -4,36 +4,47 @@ Everything a request needs (settings, database, blob store, Celery producer, met
 ``app.state`` and reaches routes through service/api/deps.py; nothing is a module global, so tests can run
 several differently configured apps at once. The Celery instance here only sends tasks by name
 (service.core.celery_app): the API never imports the worker.
+
+Every error, whoever raises it (a route, validation, routing, the body limit, the rate limits), leaves as
+``{"detail": "..."}`` with the status the OpenAPI document promises (service/api/contract.py). Nothing a
+client sends may make a 5xx: a value the database cannot store (a NUL byte in a string) is a 422.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from bnrank import __version__
 from service.api.auth import KeyCache
+from service.api.background import housekeeping
+from service.api.bodylimit import BodyLimitMiddleware
+from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
+from service.api.ratelimit import RateLimiter, retry_header
 from service.api.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, probes, rankings
 from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
-from service.core.cache import FinishedCache
+from service.core.cache import FinishedCache, LiveCache
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
-from service.core.errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
+from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
 # How core's refusals (service/core/errors.py) are answered; any other ServiceError is a 400.
-STATUS_OF = {NotFound: 404, Conflict: 409, Invalid: 422, Unavailable: 503}
+STATUS_OF = {NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422, Limited: 429, Unavailable: 503}
 
 
 def _where(loc: tuple | list) -> str:
@@ -44,20 +55,54 @@ def _where(loc: tuple | list) -> str:
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     """One readable sentence per problem, each naming the field, instead of FastAPI's nested list.
 
-    The structured list stays available under ``errors`` for programs.
+    At most 20 problems are named: a list of a million bad items must not make a million-line answer.
     """
-    problems = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request", "errors": errors}, status_code=422)
+    errors = exc.errors()
+    problems = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:20]]
+    if len(errors) > 20:
+        problems.append(f"and {len(errors) - 20} more")
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
 
 async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
     status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
-    return JSONResponse({"detail": exc.detail}, status_code=status)
+    headers = {"Retry-After": retry_header(exc.retry_after)} if isinstance(exc, Limited) else None
+    return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes themselves, through the wrappers newer FastAPI puts around included routers (ours are
+    included without a prefix: each carries its full path)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        else:
+            yield route
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path: FastAPI keeps one route per method, and Starlette's
+    405 names only the first route that matched the path."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers or None)
+
+
+async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+    """The database refused a value of the request (a NUL byte, a number out of its range): bad input."""
+    log.info("refused a value on %s %s: %s", request.method, request.url.path, str(exc.orig)[:200])
+    return JSONResponse({"detail": "a value in the request cannot be stored (e.g. a NUL character)"}, 422)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -75,8 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.add_state(StateCollector(db, broker.queue_length))
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with housekeeping(app.state):
+            yield
         broker.close()
         db.dispose()
 
@@ -94,15 +140,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
     app.state.finished_rankings = FinishedCache()
+    app.state.live_rankings = LiveCache(settings.live_cache_s)
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
+    app.state.auth_limiter = RateLimiter(settings.auth_failures_per_minute)
+    app.state.submission_limiter = RateLimiter(settings.submissions_per_minute)
 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DataError, _unstorable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_json_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     app.include_router(health.router)
     for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts):
         app.include_router(module.router)  # each router carries its full /v1/... prefix (metrics labels)
+    app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     return app

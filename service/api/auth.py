@@ -5,6 +5,10 @@ query, which is what makes another owner's id indistinguishable from a missing o
 
 A key's owner is remembered for a few seconds per process, so a burst of polling requests does not cost a
 database round trip each; a revoked key stops working within that time.
+
+Guessing is rate limited (service/api/ratelimit.py): failed authentications are counted per client address
+and per presented key, and past the limit every request from that address (or with that key) answers 429
+with ``Retry-After`` before any lookup. Job submissions are limited per owner (`submitting_owner`).
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import hashlib
 import secrets
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from service.api.ratelimit import RateLimiter, retry_header
+from service.api.singleflight import single_flight
+from service.core.errors import Limited
 from service.core.models import ApiKey, utcnow
 
 KEY_PREFIX = "bnr_"
@@ -57,6 +64,9 @@ class KeyCache:
         self.ttl = ttl
         self._items: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        # Lookups in flight by key hash: when a busy key's entry expires, one request asks the database
+        # and the others wait for it (service/api/singleflight.py) instead of all asking at once.
+        self.loading: dict[str, Any] = {}
 
     def get(self, key_hash: str) -> str | None:
         with self._lock:
@@ -82,26 +92,63 @@ def _owner_of(request: Request, digest: str) -> str | None:
     return None if row is None or row.revoked_at is not None else row.owner
 
 
+def _too_many(seconds: float) -> Limited:
+    return Limited(f"too many failed authentications; try again in {retry_header(seconds)} s", seconds)
+
+
+def _failed(limiter: RateLimiter, address: str, digest: str | None, detail: str) -> HTTPException | Limited:
+    """Count a failed authentication against the address (and the key presented); the error to raise."""
+    waits = [limiter.spend(f"addr:{address}")]
+    if digest is not None:
+        waits.append(limiter.spend(f"key:{digest}"))
+    late = [w for w in waits if w is not None]
+    return _too_many(max(late)) if late else _unauthorized(detail)
+
+
 async def current_owner(request: Request) -> str:
-    """The owner of the request's bearer key, or 401.
+    """The owner of the request's bearer key, or 401; 429 once this address or key failed too often.
 
     Async so that the common case (a key seen in the last seconds) costs no thread-pool round trip.
     """
+    limiter: RateLimiter = request.app.state.auth_limiter
+    address = request.client.host if request.client else "unknown"
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>' (create one with `bnrank keys create`)"
-        )
-    digest = hash_key(key.strip())
+    key = key.strip()
+    digest = hash_key(key) if key else None
     cache: KeyCache = request.app.state.key_cache
-    owner = cache.get(digest)
+    owner = cache.get(digest) if digest else None
+    if owner is not None:
+        return owner
+    # Only a request that would need a lookup is held back: a valid, recently seen key keeps working.
+    waits = [limiter.retry_after(f"addr:{address}"), limiter.retry_after(f"key:{digest}") if digest else None]
+    late = [w for w in waits if w is not None]
+    if late:
+        raise _too_many(max(late))
+    if scheme.lower() != "bearer" or digest is None:
+        raise _failed(
+            limiter,
+            address,
+            None,
+            "missing API key: send 'Authorization: Bearer <key>' (create one with `bnrank keys create`)",
+        )
+    owner = await single_flight(cache.loading, digest, lambda: run_in_threadpool(_owner_of, request, digest))
     if owner is None:
-        owner = await run_in_threadpool(_owner_of, request, digest)
-        if owner is None:
-            raise _unauthorized("invalid or revoked API key")
-        cache.put(digest, owner)
+        raise _failed(limiter, address, digest, "invalid or revoked API key")
+    cache.put(digest, owner)
     return owner
 
 
 Owner = Annotated[str, Depends(current_owner)]
+
+
+async def submitting_owner(request: Request, owner: Owner) -> str:
+    """The owner of a job-submitting request, or 429 past their submission rate (per owner)."""
+    limiter: RateLimiter = request.app.state.submission_limiter
+    wait = limiter.spend(owner)
+    if wait is not None:
+        raise Limited(f"too many jobs submitted; try again in {retry_header(wait)} s", wait)
+    return owner
+
+
+Submitter = Annotated[str, Depends(submitting_owner)]

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.metrics import Metrics
 from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
-from service.core.cache import FinishedCache
+from service.core.cache import FinishedCache, LiveCache
 from service.core.config import Settings
 from service.core.db import Database
 
@@ -82,6 +82,10 @@ async def get_finished(request: Request) -> FinishedCache:
     return request.app.state.finished_rankings
 
 
+async def get_live(request: Request) -> LiveCache:
+    return request.app.state.live_rankings
+
+
 async def get_validation_slots(request: Request) -> threading.BoundedSemaphore:
     return request.app.state.validation_slots
 
@@ -95,7 +99,10 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 BrokerDep = Annotated[BrokerProbe, Depends(get_broker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 FinishedDep = Annotated[FinishedCache, Depends(get_finished)]
+LiveDep = Annotated[LiveCache, Depends(get_live)]
 SlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_validation_slots)]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, description="rows to skip")]
+# A ceiling far above any real table, low enough that the database never sees an integer it cannot hold.
+MAX_OFFSET = 10**9
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]

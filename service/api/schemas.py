@@ -8,8 +8,9 @@ to the default would run a ranking with a budget the user never asked for.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -25,6 +26,13 @@ from service.core.params import (
 )
 
 T = TypeVar("T")
+
+# The most candidates one ranking may name. Declared in the schema (not only checked by the route) so that
+# pydantic stops at item 65 of a list of a million, before any per-item work, and the document says so.
+# A deployment may lower it further (BNRANK_MAX_CANDIDATES), never raise it past this.
+MAX_CANDIDATES = 64
+# Row ids are 32 hex digits (uuid4); 64 leaves room without letting one id be a megabyte.
+RowId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Problem(BaseModel):
@@ -42,6 +50,8 @@ class Page(BaseModel, Generic[T]):
 
 
 class ErrorOut(BaseModel):
+    """The one error body of every status the service answers with (4xx and 5xx alike)."""
+
     detail: str = Field(description="what is wrong and where")
 
 
@@ -116,13 +126,14 @@ class DatasetOut(BaseModel):
 class RankingIn(RankingParams):
     """A ranking: the checkpoints, the dataset, and the budget every candidate is trained with."""
 
-    dataset_id: str
-    checkpoint_ids: list[str] = Field(min_length=1)
+    dataset_id: RowId
+    checkpoint_ids: list[RowId] = Field(min_length=1, max_length=MAX_CANDIDATES)
 
     @field_validator("checkpoint_ids")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        dupes = sorted({c for c in value if value.count(c) > 1})
+        """One pass over the list (at most MAX_CANDIDATES long by now): ``list.count`` per id was quadratic."""
+        dupes = sorted(c for c, n in Counter(value).items() if n > 1)
         if dupes:
             raise ValueError(f"checkpoint ids listed twice: {', '.join(dupes)}")
         return value
@@ -135,7 +146,7 @@ class _AlchemyRequest(FoldParams):
     """AlchemyIn without its options, which are added from AlchemyConfig below; the request is flat (the
     options beside the budget) while the stored params keep them apart, under ``options``."""
 
-    dataset_id: str
+    dataset_id: RowId
     budget: AlchemyBudget = Field(default_factory=AlchemyBudget)  # type: ignore[valid-type]
 
     def params(self) -> AlchemyParams:
@@ -158,7 +169,7 @@ class ProbeIn(ProbeParams):  # type: ignore[misc, valid-type]
     """The γ-clipping probe (thesis Fig. 3.1): BN-only training, then zero the γ under each threshold and as
     many random γ, and compare the Dice. Tells whether small γ mark redundant kernels on *this* dataset."""
 
-    dataset_id: str
+    dataset_id: RowId
 
     def params(self) -> ProbeParams:
         return ProbeParams.model_validate(self.model_dump(exclude={"dataset_id"}))
@@ -256,5 +267,12 @@ class ProbeOut(BaseModel):
 
 
 class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Unready(ErrorOut):
+    """``/readyz`` when a backing service is down: the error shape, plus each check."""
+
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,3 +117,21 @@ class BlobStore:
 
     def delete(self, relpath: str) -> None:
         self.path(relpath).unlink(missing_ok=True)
+
+
+def sweep_partials(store: BlobStore, older_than_s: float, now: float | None = None) -> int:
+    """Delete unfinished uploads (``tmp/*.partial``) nobody has written to for ``older_than_s``; returns how many.
+
+    A live upload touches its file with every chunk, so only the leftovers of a process that died mid-upload
+    (killed, out of power) are old: nothing else would ever remove them.
+    """
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed = 0
+    for path in store.tmp_dir.glob("*.partial"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # finished or aborted while we looked
+            continue
+    return removed

@@ -4,6 +4,11 @@ All reading goes through the engine (`load_checkpoint` → `read_state_dict`), w
 ``torch.load(weights_only=True)``: a pickle that would run code is refused unopened. The same call fits the
 weights to the declared or recognised architecture, which is what produces the load report and the model
 whose raw γ statistics are stored.
+
+The upload is inspected in a child process (`inspect_checkpoint_isolated`) under a memory limit matched to
+the upload limit (`memory_limit_for`) and a time limit: a zip that inflates to gigabytes, a network_def
+with absurd widths or a file that trips some library into a loop costs that child, never the API. Limits
+the engine foresaw (decompressed size, parameter count) are refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -18,13 +23,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnrank.engine.checkpoints import load_checkpoint
-from bnrank.engine.errors import BNRankError
-from bnrank.engine.gamma import gamma_stats
+from bnrank.engine.errors import BNRankError, CheckpointTooLargeError
+from bnrank.engine.inspect_isolated import inspect_checkpoint_isolated, memory_limit_for
 from service.core.blobs import BlobStore, BlobWriter
 from service.core.cache import FinishedCache
 from service.core.db import Database
-from service.core.errors import Conflict, Invalid
+from service.core.errors import Conflict, Invalid, TooLarge
 from service.core.jobflow import ACTIVE_JOB
 from service.core.models import Artifact, Checkpoint, GammaStat, Job, RankingEntry
 from service.core.owned import owned_checkpoint
@@ -35,6 +39,22 @@ log = logging.getLogger(__name__)
 
 class CheckpointRejected(Invalid):
     """The file cannot be used as a checkpoint; the message tells the uploader why."""
+
+
+class CheckpointTooLarge(TooLarge):
+    """The file unpacks to more than the upload limit allows (a zip bomb, or simply too big)."""
+
+
+@dataclass(frozen=True)
+class InspectLimits:
+    """What one inspection may cost: bytes the file may unpack to, the child's memory and time."""
+
+    max_bytes: int
+    time_limit_s: float = 60.0
+
+    @property
+    def memory_limit_mib(self) -> int:
+        return memory_limit_for(self.max_bytes)
 
 
 @dataclass
@@ -65,25 +85,32 @@ def inspect_checkpoint(
     network_def: dict[str, Any] | None,
     threshold: float,
     label: str,
+    limits: InspectLimits,
 ) -> CheckpointInfo:
-    """Load the checkpoint as the worker will, or raise CheckpointRejected with the reason."""
+    """Load the checkpoint as the worker will, in a limited child process; CheckpointRejected (422) or
+    CheckpointTooLarge (413) with the reason when it cannot be used. Blocks: call it off the event loop."""
     try:
-        model, report = load_checkpoint(path, architecture=architecture, network_def=network_def)
-    except BNRankError as exc:
+        summary = inspect_checkpoint_isolated(
+            path,
+            architecture=architecture,
+            network_def=network_def,
+            threshold=threshold,
+            max_bytes=limits.max_bytes,
+            memory_limit_mib=limits.memory_limit_mib,
+            time_limit_s=limits.time_limit_s,
+        )
+    except CheckpointTooLargeError as exc:
+        raise CheckpointTooLarge(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
+    except BNRankError as exc:  # engine refusals and exhausted limits alike (LimitExceededError is one)
         raise CheckpointRejected(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
-    except Exception as exc:
-        # A stranger's file can trip anything in a network constructor; it is still a bad file, not a 500.
-        log.warning("checkpoint %s could not be loaded", label, exc_info=True)
-        raise CheckpointRejected(f"{label}: cannot be loaded as a checkpoint ({type(exc).__name__}: {exc})") from exc
-    gamma = gamma_stats(model, threshold=threshold)
     return CheckpointInfo(
-        format=report.format,
-        architecture=report.architecture,
-        build_kwargs=dict(report.build_kwargs),
-        n_parameters=sum(p.numel() for p in model.parameters()),
-        n_bn_channels=int(gamma["summary"].get("count", 0)),
-        load_report=report.to_dict(),
-        gamma=gamma,
+        format=summary.format,
+        architecture=summary.architecture,
+        build_kwargs=dict(summary.build_kwargs),
+        n_parameters=summary.n_parameters,
+        n_bn_channels=summary.n_bn_channels,
+        load_report=summary.load_report,
+        gamma=summary.gamma,
     )
 
 
@@ -134,6 +161,7 @@ def record_checkpoint(
     writer: BlobWriter,
     declared: Declared,
     threshold: float,
+    limits: InspectLimits,
 ) -> tuple[Checkpoint, GammaStat | None, bool]:
     """Dedupe, validate and insert an uploaded file: ``(checkpoint, raw γ, created)``.
 
@@ -152,6 +180,7 @@ def record_checkpoint(
             network_def=declared.network_def,
             threshold=threshold,
             label=f"checkpoint {declared.name!r}",
+            limits=limits,
         )
     ckpt = _new_record(owner, writer, store.commit(writer), info, declared, threshold)
     with db.sessions() as session:

@@ -77,9 +77,53 @@ class Settings(BaseSettings):
     recover_interval_s: float = Field(
         default=15.0, gt=0, description="how often each worker sweeps for lost or orphaned work"
     )
+    live_cache_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="an unfinished ranking's body is served again for this long after it was read (0: off)",
+    )
     sse_poll_interval_s: float = Field(default=0.5, gt=0, description="how often /jobs/{id}/events looks at a job")
     gamma_threshold: float = Field(default=0.05, gt=0, description="|γ| counted as near zero in γ statistics")
-    max_candidates: int = Field(default=64, ge=1, description="most checkpoints in one ranking")
+    max_candidates: int = Field(default=64, ge=1, le=64, description="most checkpoints in one ranking (64 at most)")
+    max_json_body_bytes: int = Field(
+        default=4 * 1024**2, ge=1024, description="largest JSON request body; a longer one is refused (413) unread"
+    )
+    worker_memory_gib: float = Field(
+        default=24.0,
+        gt=0,
+        description="memory one task may use for a training step (GPU memory on a GPU worker); budgets whose "
+        "estimated step needs more are refused when submitted (422), see docs/deploy.md",
+    )
+    inspect_time_limit_s: float = Field(
+        default=60.0, gt=0, description="an upload whose inspection (in a child process) takes longer is refused"
+    )
+    partial_grace_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="an unfinished upload (*.partial in the blob store) untouched this long is deleted",
+    )
+    partial_sweep_interval_s: float = Field(
+        default=600.0, gt=0, description="how often the API deletes abandoned partial uploads"
+    )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        ge=0,
+        description="failed authentications allowed per client address and per presented key in a minute, "
+        "then 429 with Retry-After; 0 turns the limit off",
+    )
+    submissions_per_minute: int = Field(
+        default=120, ge=0, description="jobs one owner may submit in a minute, then 429; 0 turns the limit off"
+    )
+    metrics_key: str = Field(
+        default="", description="when set, GET /metrics requires 'Authorization: Bearer <metrics_key>'"
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="when set, metrics are served on this port (at metrics_host) instead of the API's /metrics",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address of the separate metrics port")
     log_level: str = Field(default="INFO", description="log level of the API and the worker")
     log_format: Literal["text", "json"] = Field(
         default="text", description="text for a terminal; json (one object per line, with job ids) for collectors"
@@ -132,6 +176,10 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return self.home / "broker"
+
+    @property
+    def worker_memory_bytes(self) -> int:
+        return int(self.worker_memory_gib * GiB)
 
     @property
     def blobs(self) -> Path:

@@ -1,4 +1,10 @@
-"""Registering a dataset folder by reference: containment in the data roots, then the engine's per-case check."""
+"""Registering a dataset folder by reference: containment in the data roots, then the engine's per-case check.
+
+Registering is idempotent per owner and folder: the same folder again answers the row already there,
+without reading a file, so a client retrying (or a script run twice) neither rereads every case nor
+fills the list with copies. ``force`` re-checks the folder and records a new row (its contents changed).
+Messages speak of paths relative to the data root (`relative_to_roots`), never of the server's folders.
+"""
 
 from __future__ import annotations
 
@@ -12,37 +18,73 @@ from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_datas
 from bnrank.engine.errors import BNRankError
 from service.core.errors import Invalid
 from service.core.models import Dataset
-from service.core.paths import PathRefused, resolve_in_roots
+from service.core.paths import PathRefused, relative_to_roots, resolve_in_roots
 
 
 def check_dataset(uri: str, declared_format: str, roots: list[Path]) -> tuple[EngineDataset, str]:
     """The opened dataset and its fingerprint; Invalid with the reason when it cannot be used.
 
-    Reads every file of every case: call it off the event loop.
+    Reads every file of every case: call it off the event loop. A NIfTI header that promises more voxels
+    than a volume may hold is not read: its case becomes a problem (the engine's ``max_volume_bytes``).
     """
+    folder = resolve_dataset_folder(uri, roots)
     try:
-        folder = resolve_in_roots(uri, roots)
-    except PathRefused as exc:
-        raise Invalid(str(exc)) from exc
-    try:
-        dataset = open_dataset(folder)
+        dataset = open_dataset(folder, check=True)
         fingerprint = compute_fingerprint(dataset, PreprocessConfig())
     except BNRankError as exc:
-        raise Invalid(str(exc)) from exc
+        raise Invalid(relative_to_roots(str(exc), roots)) from exc
     if declared_format != "auto" and dataset.layout != declared_format:
         raise Invalid(f"uri {uri!r} holds a {dataset.layout} dataset, but format {declared_format!r} was declared")
     if len(dataset.cases) < 2:
+        problems = "; ".join(f"{p.case_id}: {p.message}" for p in dataset.problems[:5])
         raise Invalid(
-            f"dataset {folder} has {len(dataset.cases)} usable case(s); training and validation need at "
-            f"least 2. Problems: " + "; ".join(f"{p.case_id}: {p.message}" for p in dataset.problems[:5])
+            relative_to_roots(
+                f"dataset {folder} has {len(dataset.cases)} usable case(s); training and validation need at "
+                f"least 2. Problems: {problems}",
+                roots,
+            )
         )
     return dataset, fingerprint
 
 
+def resolve_dataset_folder(uri: str, roots: list[Path]) -> Path:
+    """The folder ``uri`` names inside the data roots, or Invalid saying why not (no file is read)."""
+    try:
+        return resolve_in_roots(uri, roots)
+    except PathRefused as exc:
+        raise Invalid(str(exc)) from exc
+
+
+def registered(session: Session, owner: str, folder: Path) -> Dataset | None:
+    """The owner's latest registration of this (resolved) folder, if any."""
+    query = select(Dataset).where(Dataset.owner == owner, Dataset.uri == str(folder))
+    return session.scalars(query.order_by(Dataset.created_at.desc()).limit(1)).first()
+
+
 def register_dataset(
-    session: Session, owner: str, name: str, uri: str, modality: str | None, declared_format: str, roots: list[Path]
-) -> Dataset:
-    """Check every case and record the dataset; bad cases are listed in ``problems`` and left out."""
+    session: Session,
+    owner: str,
+    name: str,
+    uri: str,
+    modality: str | None,
+    declared_format: str,
+    roots: list[Path],
+    *,
+    force: bool = False,
+) -> tuple[Dataset, bool]:
+    """Check every case and record the dataset: ``(row, created)``. Bad cases are listed in ``problems``.
+
+    When the owner registered the same folder before and ``force`` is false, that row is answered
+    (``created`` False) and nothing is read.
+    """
+    if not force:
+        existing = registered(session, owner, resolve_dataset_folder(uri, roots))
+        if existing is not None:
+            if declared_format not in ("auto", existing.format):
+                raise Invalid(
+                    f"uri {uri!r} holds a {existing.format} dataset, but format {declared_format!r} was declared"
+                )
+            return existing, False
     dataset, fingerprint = check_dataset(uri, declared_format, roots)
     row = Dataset(
         owner=owner,
@@ -58,7 +100,7 @@ def register_dataset(
     )
     session.add(row)
     session.commit()
-    return row
+    return row, True
 
 
 def list_datasets(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Dataset], int]:

@@ -30,5 +30,17 @@ class Invalid(ServiceError):
     """The request cannot be run as asked (a bad budget, an unusable file or dataset)."""
 
 
+class TooLarge(ServiceError):
+    """The request (or what it unpacks to) is over a size limit."""
+
+
+class Limited(ServiceError):
+    """Too many requests of this kind from this caller lately; ``retry_after`` says when to try again."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServiceError):
     """A backing service (the task broker) cannot be reached right now."""

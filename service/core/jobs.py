@@ -20,7 +20,8 @@ from celery import Celery
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from bnrank.engine.errors import BNRankError
+from bnrank.engine.budget_limits import check_step_memory
+from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, RankEntry, control_candidates
 from service.core.errors import Invalid, Unavailable
 from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
@@ -68,12 +69,20 @@ def stamp_dispatch(job: Job, row: WorkRow) -> str:
     return task_id
 
 
-def check_params(params: JobParams) -> None:
-    """Invalid when the params do not make valid engine configs (the worker would only fail later)."""
+def check_params(params: JobParams, memory_bytes: int | None = None) -> None:
+    """Invalid when the params do not make valid engine configs (the worker would only fail later), or
+    when one training step of the budget would not fit in ``memory_bytes`` (a worker's memory; see
+    `bnrank.engine.budget_limits` for the estimate and docs/deploy.md for the setting)."""
     try:
         params.check()
     except (BNRankError, ValueError, ValidationError) as exc:
         raise Invalid(str(exc) if isinstance(exc, BNRankError) else f"budget: {exc}") from exc
+    if memory_bytes is not None:
+        budget = params.budget  # type: ignore[attr-defined]
+        try:
+            check_step_memory(list(budget.patch_size), budget.batch_size, memory_bytes)
+        except LimitExceededError as exc:
+            raise Invalid(f"budget: {exc}") from exc
 
 
 def ranking_entries(checkpoints: Sequence[Checkpoint], control: bool) -> list[RankingEntry]:
@@ -158,13 +167,14 @@ def submit_ranking(
     params: RankingParams,
     *,
     max_candidates: int,
+    memory_bytes: int | None = None,
 ) -> Job:
     """Queue a ranking of the owner's checkpoints on the owner's dataset (plus controls, if asked)."""
     if len(checkpoint_ids) > max_candidates:
         raise Invalid(f"checkpoint_ids: at most {max_candidates} candidates per ranking")
+    check_params(params, memory_bytes)
     dataset = owned_dataset(session, owner, dataset_id)
     checkpoints = owned_checkpoints(session, owner, checkpoint_ids)
-    check_params(params)
     job = Job(owner=owner, kind="ranking", dataset_id=dataset.id, params=params.model_dump(mode="json"))
     job.message = "queued"
     job.entries = ranking_entries(checkpoints, params.control)
@@ -172,12 +182,20 @@ def submit_ranking(
 
 
 def submit_folds(
-    session: Session, celery: Celery, queue: str, owner: str, kind: str, dataset_id: str, params: FoldParams
+    session: Session,
+    celery: Celery,
+    queue: str,
+    owner: str,
+    kind: str,
+    dataset_id: str,
+    params: FoldParams,
+    *,
+    memory_bytes: int | None = None,
 ) -> Job:
     """Queue an alchemy or probe job on one of the owner's checkpoints: one task per fold."""
     dataset = owned_dataset(session, owner, dataset_id)
     owned_checkpoint(session, owner, params.checkpoint_id)
-    check_params(params)
+    check_params(params, memory_bytes)
     check_folds(params.folds, dataset)
     job = Job(owner=owner, kind=kind, dataset_id=dataset.id, params=params.model_dump(mode="json"), message="queued")
     job.alchemy_results = [AlchemyResult(fold=i) for i in range(params.folds)]

@@ -23,14 +23,26 @@ from bnrank.engine.probe import ProbeConfig
 from bnrank.engine.training import TrainConfig
 
 FORBID = ConfigDict(extra="forbid")  # a misspelt option must be refused, not silently left at its default
+# A whole number the engine leaves unbounded above (say ``val_every``) still gets a ceiling in the API: no
+# request may carry a number the database, a loop bound or a log line could choke on, and no real budget
+# comes near a billion.
+INT_CEILING = 10**9
 
 
 def _item_type(opt: Option, item: Any) -> Any:
-    """One value of the option with the declared bounds attached, so they reach the JSON schema."""
+    """One value of the option with the declared bounds attached, so they reach the JSON schema.
+
+    Numbers and switches are strict: ``"5"`` or ``5.5`` for a whole number, ``"yes"`` for a switch, are
+    refused rather than coerced, so the request the document describes is the only one accepted.
+    """
     spec = opt.spec
     bounds = {k: getattr(spec, k) for k in ("ge", "gt", "le", "lt") if getattr(spec, k) is not None}
+    if item in (int, float, bool):
+        bounds["strict"] = True
     if item is float:
         bounds["allow_inf_nan"] = False
+    if item is int and "le" not in bounds and "lt" not in bounds:
+        bounds["le"] = INT_CEILING
     return Annotated[item, Field(**bounds)] if bounds else item
 
 
@@ -48,7 +60,8 @@ def _value_type(opt: Option) -> tuple[Any, dict[str, Any]]:
     if typing.get_origin(base) is tuple:
         # A fixed triple (a patch size): one value stands for all three sides, normalised by the engine's rule.
         item = _item_type(opt, args[0])
-        kind = Annotated[item | list[item], AfterValidator(lambda v: list(three_sides(v)))]  # type: ignore[valid-type]
+        sides = Annotated[list[item], Field(min_length=1, max_length=3)]  # type: ignore[valid-type]
+        kind = Annotated[item | sides, AfterValidator(lambda v: list(three_sides(v)))]  # type: ignore[valid-type]
         return (kind | None if opt.optional else kind), {}
     item = _item_type(opt, base)
     return (item | None if opt.optional else item), {}
@@ -117,14 +130,16 @@ class JobParams(BaseModel):
 
 
 class RankingParams(JobParams):
-    control: bool = Field(default=True, description="also rank a random-init copy of each architecture")
+    control: bool = Field(default=True, strict=True, description="also rank a random-init copy of each architecture")
 
 
 class FoldParams(JobParams):
     """A job on one checkpoint, run once per fold (alchemy, probe)."""
 
-    checkpoint_id: str
-    folds: int = Field(default=1, ge=1, le=20, description="k-fold cross-validation when above 1 (one task each)")
+    checkpoint_id: str = Field(min_length=1, max_length=64)
+    folds: int = Field(
+        default=1, ge=1, le=20, strict=True, description="k-fold cross-validation when above 1 (one task each)"
+    )
 
 
 class AlchemyParams(FoldParams):

@@ -18,8 +18,14 @@ class PathRefused(ValueError):
     """The reference is not a usable folder inside the data roots; the message says why."""
 
 
-def _roots_text(roots: Sequence[Path]) -> str:
-    return ", ".join(str(r) for r in roots)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def relative_to_roots(text: str, roots: Sequence[Path]) -> str:
+    """``text`` with every data root (as configured and as resolved) written as ``<data root>``."""
+    for root in sorted({str(r) for r in roots} | {str(r.resolve()) for r in roots}, key=len, reverse=True):
+        text = text.replace(root + "/", "").replace(root, "<data root>")
+    return text
 
 
 def resolve_in_roots(uri: str, roots: Sequence[Path]) -> Path:
@@ -31,13 +37,15 @@ def resolve_in_roots(uri: str, roots: Sequence[Path]) -> Path:
     text = uri.strip()
     if text.startswith("file://"):
         text = text[len("file://") :]
-    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+    elif _SCHEME.match(text):
         raise PathRefused(f"uri {uri!r}: only local paths (or file:// URIs) under the data roots are supported")
     if not text:
         raise PathRefused("uri is empty")
     if "\x00" in text:
         raise PathRefused("uri contains a NUL byte")
-    path = Path(text).expanduser()
+    if text.startswith("~"):
+        raise PathRefused(f"uri {uri!r}: '~' is not expanded; give a path under a data root")
+    path = Path(text)
     if ".." in path.parts:
         raise PathRefused(f"uri {uri!r}: '..' is not allowed in dataset paths")
     resolved_roots = [r.resolve() for r in roots]
@@ -47,19 +55,20 @@ def resolve_in_roots(uri: str, roots: Sequence[Path]) -> Path:
             resolved = candidate.resolve(strict=True)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        except (OSError, RuntimeError) as exc:  # permission denied, symlink loop
-            raise PathRefused(f"uri {uri!r}: cannot be resolved ({exc})") from exc
+        except (OSError, RuntimeError, ValueError) as exc:  # permission denied, symlink loop, name too long
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise PathRefused(f"uri {uri!r}: cannot be resolved ({reason})") from exc
         if not any(resolved == root or resolved.is_relative_to(root) for root in resolved_roots):
             raise PathRefused(
-                f"uri {uri!r} resolves (through a symlink) to a place outside the data roots ({_roots_text(roots)})"
+                f"uri {uri!r} resolves (through a symlink) to a place outside the data roots"
                 if resolved != candidate.absolute()
-                else f"uri {uri!r} is outside the data roots ({_roots_text(roots)})"
+                else f"uri {uri!r} is outside the data roots"
             )
         if not resolved.is_dir():
             raise PathRefused(f"uri {uri!r} is a file; a dataset is a folder holding dataset.json")
         return resolved
     if path.is_absolute() and not any(path.is_relative_to(root) for root in (*roots, *resolved_roots)):
         # Same answer as for an existing folder outside the roots: existence there is none of our business.
-        raise PathRefused(f"uri {uri!r} is outside the data roots ({_roots_text(roots)})")
-    where = "" if path.is_absolute() else f" under any data root ({_roots_text(roots)})"
+        raise PathRefused(f"uri {uri!r} is outside the data roots")
+    where = "" if path.is_absolute() else " under any data root"
     raise PathRefused(f"uri {uri!r} does not exist{where}")

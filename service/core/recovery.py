@@ -65,7 +65,7 @@ def _requeue(session: Session, job: Job, row: RankingEntry | AlchemyResult, expe
     won = session.execute(
         update(rows)
         .where(*conditions)
-        .values(status="queued", task_id=task_id, dispatched_at=utcnow(), progress=0.0)
+        .values(status="queued", task_id=task_id, dispatched_at=utcnow())  # progress kept: it never goes back
         .execution_options(synchronize_session=False)
     ).rowcount
     if won != 1:

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bnrank.engine.ranking import RankEntry
-from service.core.models import AlchemyResult, GammaStat, RankingEntry
+from service.core.errors import NotFound
+from service.core.models import AlchemyResult, GammaStat, Job, RankingEntry
 
 # The alchemy engine's γ phases → the phases stored in gamma_stats (and served).
 ALCHEMY_GAMMA_PHASES = {
@@ -116,24 +117,38 @@ def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
     )
 
 
-def ranking_entries(session: Session, job_id: str) -> list[tuple[RankingEntry, GammaByPhase]]:
-    """A ranking's entries in served order (ranked best first, then the rest by position), with γ summaries.
+def _served_order(
+    by_id: dict[str, RankingEntry], gamma: dict[str, GammaByPhase]
+) -> list[tuple[RankingEntry, GammaByPhase]]:
+    entries = sorted(by_id.values(), key=lambda e: (e.rank is None, e.rank or 0, e.position))
+    return [(e, gamma.get(e.id, {})) for e in entries]
 
-    One query for entries and summaries together: the result is polled, so round trips are its cost.
+
+def owned_ranking(session: Session, owner: str, job_id: str) -> tuple[Job, list[tuple[RankingEntry, GammaByPhase]]]:
+    """The owner's ranking job and its entries in served order, with γ summaries, in one query.
+
+    A ranking being polled is read on every request; the job, its entries and their γ rows come back in
+    one round trip (the job's columns repeated per row) instead of one for the job and one for the rest,
+    which was the largest item of the profile (docs/benchmarks.md). NotFound when the owner has no such
+    ranking.
     """
     rows = session.execute(
-        select(RankingEntry, GammaStat.phase, GammaStat.summary)
+        select(Job, RankingEntry, GammaStat.phase, GammaStat.summary)
+        .outerjoin(RankingEntry, RankingEntry.job_id == Job.id)
         .outerjoin(GammaStat, GammaStat.entry_id == RankingEntry.id)
-        .where(RankingEntry.job_id == job_id)
+        .where(Job.id == job_id, Job.owner == owner, Job.kind == "ranking")
     ).all()
+    if not rows:
+        raise NotFound("ranking", job_id)
     by_id: dict[str, RankingEntry] = {}
     gamma: dict[str, GammaByPhase] = {}
-    for entry, phase, summary in rows:
+    for _, entry, phase, summary in rows:
+        if entry is None:
+            continue
         by_id[entry.id] = entry
         if phase is not None:
             gamma.setdefault(entry.id, {})[phase] = summary
-    entries = sorted(by_id.values(), key=lambda e: (e.rank is None, e.rank or 0, e.position))
-    return [(e, gamma.get(e.id, {})) for e in entries]
+    return rows[0][0], _served_order(by_id, gamma)
 
 
 # -------------------------------------------------------------------------------------- alchemy, probe

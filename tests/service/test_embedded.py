@@ -24,14 +24,17 @@ from tests.service.conftest import wait_for
 
 
 def _children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (Linux /proc)."""
+    """Direct child processes of ``pid`` (Linux /proc), except multiprocessing's helpers (the forkserver that
+    inspects uploads, bnrank.engine.inspect_isolated, and its resource tracker): they are no workers, and
+    leave on their own once their parent has gone."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"from multiprocessing" not in command:
             found.append(int(stat.parent.name))
     return found
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from service.api.auth import Owner
+from service.api.auth import Owner, Submitter
 from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import AlchemyIn, AlchemyOut, AlchemyResultOut, ErrorOut, JobOut
 from service.core.jobs import submit_folds
@@ -19,13 +19,22 @@ router = APIRouter(prefix="/v1/alchemy", tags=["alchemy"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 def create_alchemy(
-    body: AlchemyIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Owner
+    body: AlchemyIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
 ) -> JobOut:
     """Identification → modification → maximization of one checkpoint on one dataset (or k folds of it)."""
-    job = submit_folds(session, celery, settings.queue, owner, "alchemy", body.dataset_id, body.params())
+    job = submit_folds(
+        session,
+        celery,
+        settings.queue,
+        owner,
+        "alchemy",
+        body.dataset_id,
+        body.params(),
+        memory_bytes=settings.worker_memory_bytes,
+    )
     response.headers["Location"] = f"/v1/alchemy/{job.id}"
     return JobOut.model_validate(job)
 

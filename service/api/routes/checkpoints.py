@@ -51,7 +51,7 @@ UPLOAD_BODY = {
     response_model=CheckpointOut,
     responses={
         200: {"model": CheckpointOut, "description": "this owner already uploaded the same bytes"},
-        413: {"model": ErrorOut},
+        413: {"model": ErrorOut, "description": "over the upload limit, or unpacks to more than it"},
         422: {"model": ErrorOut},
     },
     openapi_extra={"requestBody": UPLOAD_BODY},
@@ -71,7 +71,8 @@ async def upload_checkpoint(
         assert upload.writer is not None
         try:
             declared = checkpoint_form(upload)
-            args = (db, store, slots, owner, upload.writer, declared, settings.gamma_threshold)
+            limits = records.InspectLimits(settings.max_upload_bytes, settings.inspect_time_limit_s)
+            args = (db, store, slots, owner, upload.writer, declared, settings.gamma_threshold, limits)
             ckpt, raw, created = await run_in_threadpool(records.record_checkpoint, *args)
         finally:
             upload.writer.abort()  # no-op once committed (the file was moved away)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from service.api.auth import Owner
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
@@ -17,16 +19,28 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses={422: {"model": ErrorOut, "description": "outside the data roots, unreadable, no usable case"}},
+    responses={
+        200: {"model": DatasetOut, "description": "this owner registered the same folder before: that dataset"},
+        422: {"model": ErrorOut, "description": "outside the data roots, unreadable, no usable case"},
+    },
 )
-def register_dataset(body: DatasetIn, session: SessionDep, settings: SettingsDep, owner: Owner) -> DatasetOut:
+def register_dataset(
+    body: DatasetIn,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    owner: Owner,
+    force: Annotated[bool, Query(description="check the folder again and record a new dataset")] = False,
+) -> DatasetOut:
     """Check every case; bad ones are listed in ``problems`` and left out, the rest are usable.
 
-    Reads every file, which is why this is a plain ``def``: FastAPI runs it on a worker thread.
+    Reads every file, which is why this is a plain ``def``: FastAPI runs it on a worker thread. The same
+    folder registered again by the same owner answers the existing dataset (200) unless ``force``.
     """
-    row = datasets.register_dataset(
-        session, owner, body.name, body.uri, body.modality, body.format, settings.data_roots
+    row, created = datasets.register_dataset(
+        session, owner, body.name, body.uri, body.modality, body.format, settings.data_roots, force=force
     )
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return DatasetOut.model_validate(row)
 
 

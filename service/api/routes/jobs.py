@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from service.api.auth import Owner
-from service.api.deps import Limit, Offset, ReadsDep, SessionDep, SettingsDep
+from service.api.deps import Limit, LiveDep, Offset, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import ErrorOut, JobOut, Page
 from service.core import jobflow
 from service.core.errors import NotFound
@@ -50,9 +50,11 @@ async def get_job(job_id: str, reads: ReadsDep, owner: Owner) -> JobOut:
     response_model=JobOut,
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut, "description": "the job already ended"}},
 )
-def cancel_job(job_id: str, session: SessionDep, owner: Owner) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, live: LiveDep, owner: Owner) -> JobOut:
     """Queued work is dropped now; a running task stops at its next step and the job ends ``cancelled``."""
-    return JobOut.model_validate(jobflow.cancel_job(session, owner, job_id))
+    job = jobflow.cancel_job(session, owner, job_id)
+    live.discard(job_id)
+    return JobOut.model_validate(job)
 
 
 def _event(name: str, data: dict[str, Any], event_id: int) -> str:

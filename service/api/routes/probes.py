@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from service.api.auth import Owner
+from service.api.auth import Owner, Submitter
 from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
 from service.core.jobs import submit_folds
@@ -23,13 +23,22 @@ router = APIRouter(prefix="/v1/probes", tags=["probes"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 def create_probe(
-    body: ProbeIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Owner
+    body: ProbeIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
 ) -> JobOut:
     """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
-    job = submit_folds(session, celery, settings.queue, owner, "probe", body.dataset_id, body.params())
+    job = submit_folds(
+        session,
+        celery,
+        settings.queue,
+        owner,
+        "probe",
+        body.dataset_id,
+        body.params(),
+        memory_bytes=settings.worker_memory_bytes,
+    )
     response.headers["Location"] = f"/v1/probes/{job.id}"
     return JobOut.model_validate(job)
 

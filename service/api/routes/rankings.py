@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from service.api.auth import Owner
-from service.api.deps import CeleryDep, FinishedDep, ReadsDep, SessionDep, SettingsDep
+from service.api.auth import Owner, Submitter
+from service.api.deps import CeleryDep, FinishedDep, LiveDep, Reads, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
+from service.api.singleflight import single_flight
+from service.core.cache import FinishedCache, LiveCache
 from service.core.jobs import submit_ranking
 from service.core.models import TERMINAL_JOB_STATUSES
-from service.core.owned import owned_job
-from service.core.results import entry_view, ranking_entries
+from service.core.results import entry_view, owned_ranking
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
 
@@ -20,10 +21,10 @@ router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 def create_ranking(
-    body: RankingIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Owner
+    body: RankingIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
 ) -> JobOut:
     """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture)."""
     job = submit_ranking(
@@ -35,31 +36,43 @@ def create_ranking(
         body.checkpoint_ids,
         body.params(),
         max_candidates=settings.max_candidates,
+        memory_bytes=settings.worker_memory_bytes,
     )
     response.headers["Location"] = f"/v1/rankings/{job.id}"
     return JobOut.model_validate(job)
 
 
 @router.get("/{job_id}", response_model=RankingOut, responses={404: {"model": ErrorOut}})
-async def get_ranking(job_id: str, reads: ReadsDep, finished: FinishedDep, owner: Owner) -> Response:
+async def get_ranking(job_id: str, reads: ReadsDep, finished: FinishedDep, live: LiveDep, owner: Owner) -> Response:
     """The job and its entries: ranked ones best first, then failed or unfinished ones.
 
     A finished ranking never changes again, and it is what dashboards and clients re-read most, so its
-    serialised body is kept in memory (per process) and served without touching the database.
+    serialised body is kept in memory (per process) and served without touching the database. An
+    unfinished one is read at most every ``BNRANK_LIVE_CACHE_S`` per process, however many clients poll it.
     """
-    body = finished.get(job_id, owner)
+    body = finished.get(job_id, owner) or live.get(job_id, owner)
     if body is None:
-        ranking = await reads(_ranking, owner, job_id)
-        body = ranking.model_dump_json().encode()
-        if ranking.job.status in TERMINAL_JOB_STATUSES:
-            finished.put(job_id, owner, body)
+        body = await single_flight(
+            live.loading, f"{owner}\0{job_id}", lambda: _read(reads, finished, live, owner, job_id)
+        )
     return Response(body, media_type="application/json")
 
 
+async def _read(reads: Reads, finished: FinishedCache, live: LiveCache, owner: str, job_id: str) -> bytes:
+    ranking = await reads(_ranking, owner, job_id)
+    body = ranking.model_dump_json().encode()
+    if ranking.job.status in TERMINAL_JOB_STATUSES:
+        finished.put(job_id, owner, body)
+        live.discard(job_id)
+    else:
+        live.put(job_id, owner, body)
+    return body
+
+
 def _ranking(session: Session, owner: str, job_id: str) -> RankingOut:
-    job = owned_job(session, owner, job_id, kind="ranking")
+    job, entries = owned_ranking(session, owner, job_id)
     return RankingOut(
         job=JobOut.model_validate(job),
-        entries=[EntryOut.model_validate(entry_view(e, gamma)) for e, gamma in ranking_entries(session, job.id)],
+        entries=[EntryOut.model_validate(entry_view(e, gamma)) for e, gamma in entries],
         stability=(job.result or {}).get("stability"),
     )
