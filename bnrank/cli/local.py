@@ -16,7 +16,7 @@ from typing import Any
 
 from scipy.stats import kendalltau
 
-from bnrank.cli.options import add_budget, build, sides
+from bnrank.cli.options import add_budget, add_flags, build, local_options, sides
 from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo import write_demo
@@ -24,7 +24,7 @@ from bnrank.engine.errors import BNRankError
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
 from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
 from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
-from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, rank_candidates
+from bnrank.engine.ranking import Candidate, RankConfig, RankEntry, RankingResult, rank_candidates
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
 from bnrank.engine.training import TrainConfig
@@ -99,10 +99,14 @@ def _fmt(x: float | None) -> str:
     return "   -  " if x is None else f"{x:6.3f}"
 
 
-def _share_after_bn(entry: RankEntry) -> float | None:
-    """The share of near-zero γ after BN-only training, the table's γ column."""
+def _after_bn(entry: RankEntry, key: str) -> float | None:
+    """One figure of the γ summary after BN-only training (the table's γ columns)."""
     phase = entry.gamma.get("after_bn") or {}
-    return phase.get("summary", {}).get("share_below")
+    return phase.get("summary", {}).get(key)
+
+
+def _share(x: float | None) -> str:
+    return f"{x:7.1%}" if x is not None else f"{'-':>7}"
 
 
 def print_ranking(result: RankingResult, logme: dict[str, float | None] | None = None) -> None:
@@ -111,25 +115,45 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
     header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
     if logme is not None:
         header += f"  {'LogME':>6}"
-    header += f"  {'γ<0.05':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
+    # γ<0.05: the absolute share the thesis reads; γ<.1med: the share under a tenth of its own layer's median
+    # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10).
+    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
     print(header)
     print("-" * len(header))
     for e in result.entries:
-        share = _share_after_bn(e)
         cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
         rank = str(e.rank) if e.rank else "-"
-        gamma = f"{share:7.1%}" if share is not None else f"{'-':>7}"
+        gamma = f"{_share(_after_bn(e, 'share_below'))}  {_share(_after_bn(e, 'share_below_relative'))}"
+        tie = str(e.tie_group) if e.tie_group is not None else "-"
         if logme is not None:
             cells += f"  {_fmt(logme.get(e.checkpoint))}"
-        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {e.checkpoint}"
+        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {tie:>3}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {e.checkpoint}"
         if e.status != "ok":
             line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
         print(line)
+    print_ties(result.ties)
     s = result.stability
     if s.get("kendall_tau") is not None:
         print(
             f"stability: order at {s['at_fraction']:.0%} of the budget vs the end, Kendall τ = "
             f"{s['kendall_tau']:.2f}, same top-1: {'yes' if s['same_top1'] else 'no'}"
+        )
+
+
+def print_ties(ties: dict[str, Any]) -> None:
+    """What the order is worth at this budget: who the top cannot be told apart from, and what to do."""
+    top = ties.get("top_group") or []
+    if not top:
+        return
+    p = ties.get("p_top_is_best")
+    odds = f"; P(rank 1 is best) = {p:.2f}" if p is not None else ""
+    if len(top) == 1:
+        print(f"ties: rank 1 stands apart at this budget{odds}")
+    else:
+        names = ", ".join(Path(n).stem if n.endswith(".safetensors") else n for n in top)
+        print(
+            f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune them all, or rank again "
+            "with more steps"
         )
 
 
@@ -165,6 +189,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
             dataset_name=str(dataset.root),
             control=not args.no_control,
             on_progress=progress,
+            rank=build(RankConfig, args),
         )
     payload = result.to_dict()
     payload["method"] = args.method
@@ -308,6 +333,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-steps", type=int, default=VERIFY_STEPS, help="fine-tuning steps of --verify (%(default)s)")
     p.add_argument("--verify-lr", type=float, default=VERIFY_LR, help="fine-tuning lr of --verify (%(default)s)")
     add_budget(p)
+    add_flags(p.add_argument_group("ranking"), local_options(RankConfig))
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.set_defaults(func=cmd_rank)
 

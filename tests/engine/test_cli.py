@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The CLI as a user starts it. No timeout: on a loaded machine a slow run is slow, not wrong."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "bnrank.cli", *args], capture_output=True, text=True, env=env, timeout=600, check=False
+        [sys.executable, "-m", "bnrank.cli", *args], capture_output=True, text=True, env=env, check=False
     )
 
 
@@ -37,10 +38,13 @@ def demo(tmp_path_factory) -> Path:
 
 
 def test_demo_ranking_puts_related_training_above_random(demo: Path, tmp_path: Path) -> None:
-    """The issue's acceptance check: a candidate trained on the same anatomy beats a random init."""
+    """The issue's acceptance check: a candidate trained on the same anatomy beats a random init.
+
+    At 40 steps rather than the default 100, so the suite stays fast; the full-budget demo is `make demo`."""
     out = tmp_path / "ranking.json"
     cands = sorted(str(p) for p in (demo / "candidates").glob("*.safetensors"))
-    result = run_cli("rank", "--dataset", str(demo / "Dataset501_MNIBrain"), "--json", str(out), *cands)
+    budget = ("--max-steps", "40", "--val-every", "10")
+    result = run_cli("rank", "--dataset", str(demo / "Dataset501_MNIBrain"), "--json", str(out), *budget, *cands)
     assert result.returncode == 0, result.stderr
     assert "rank" in result.stdout and "brain_supervised" in result.stdout
     ranking = json.loads(out.read_text())
