@@ -72,7 +72,13 @@ def print_ranking(ranking: dict[str, Any]) -> None:
 
     entries = [entry_from_view(e) for e in ranking["entries"]]
     print_engine_ranking(
-        RankingResult(dataset="", entries=entries, config={}, stability=ranking.get("stability") or {})
+        RankingResult(
+            dataset="",
+            entries=entries,
+            config={},
+            stability=ranking.get("stability") or {},
+            ties=ranking.get("ties") or {},
+        )
     )
 
 

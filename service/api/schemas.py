@@ -209,12 +209,21 @@ class EntryOut(BaseModel):
     progress: float
     curve: list[dict[str, float]]
     error: str | None
+    tie_group: int | None = Field(
+        default=None, description="entries with the same group cannot be told apart at this budget (1 = the top)"
+    )
+    p_best: float | None = Field(default=None, description="share of bootstrap resamples in which this entry leads")
+    tied_with: list[str] = Field(default_factory=list, description="names of the entries this one is tied with")
 
 
 class RankingOut(BaseModel):
     job: JobOut
     entries: list[EntryOut] = Field(description="ranked entries first (best first), then failed/unfinished ones")
     stability: dict[str, Any] | None = Field(description="order at part of the budget against the final order")
+    ties: dict[str, Any] | None = Field(
+        default=None,
+        description="tie guidance once finished: top_group (tied with rank 1), groups, p_top_is_best, method",
+    )
 
 
 class AlchemyResultOut(BaseModel):

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bnrank.engine.ranking import order_entries, stability
+from bnrank.engine.ranking import RankConfig, order_entries, stability, tie_guidance
 from bnrank.engine.training import TrainConfig
 from service.core.errors import Conflict
 from service.core.models import TERMINAL_ENTRY_STATUSES, TERMINAL_JOB_STATUSES, AlchemyResult, Job, RankingEntry, utcnow
@@ -149,6 +149,13 @@ def finalise_ranking(session: Session, job: Job) -> bool:
     except ValueError:  # pydantic's ValidationError is one; a job's params were checked when it was created
         window = TrainConfig().score_window
     result = {"stability": stability(ordered, window), "ranked": [e.checkpoint for e in ordered if e.rank]}
+    # Tie guidance from the stored curves (the spread of the last validations; rows keep no per-case scores),
+    # with the engine's defaults, so a served ranking says what `bnrank rank` says: who rank 1 is tied with.
+    rank = RankConfig()
+    result["ties"] = tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, window)
+    result["entry_ties"] = {
+        e.checkpoint: {"tie_group": e.tie_group, "p_best": e.p_best, "tied_with": e.tied_with} for e in ordered
+    }
 
     if job.cancel_requested:
         status, error = "cancelled", None

@@ -78,8 +78,10 @@ def rank_entry(row: RankingEntry) -> RankEntry:
     )
 
 
-def entry_view(row: RankingEntry, gamma: GammaByPhase) -> dict[str, Any]:
-    """A stored entry as the API serves it (``EntryOut``); ``gamma`` is its γ summary by phase."""
+def entry_view(row: RankingEntry, gamma: GammaByPhase, ties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A stored entry as the API serves it (``EntryOut``); ``gamma`` is its γ summary by phase, ``ties`` its
+    tie guidance as the finished job stored it (tied entries by row id, see `ranking_ties` for names)."""
+    ties = ties or {}
     return {
         "id": row.id,
         "rank": row.rank,
@@ -96,7 +98,30 @@ def entry_view(row: RankingEntry, gamma: GammaByPhase) -> dict[str, Any]:
         "progress": row.progress,
         "curve": list(row.curve or []),
         "error": row.error,
+        "tie_group": ties.get("tie_group"),
+        "p_best": ties.get("p_best"),
+        "tied_with": list(ties.get("tied_with") or []),
     }
+
+
+def ranking_views(job: Job, entries: list[tuple[RankingEntry, GammaByPhase]]) -> tuple[list[dict[str, Any]], Any]:
+    """The served entries and the ranking's tie summary, with the row ids the job stored turned into names."""
+    result = job.result or {}
+    names = {row.id: row.name for row, _ in entries}
+    per_entry = result.get("entry_ties") or {}
+    views = []
+    for row, gamma in entries:
+        ties = dict(per_entry.get(row.id) or {})
+        ties["tied_with"] = [names.get(i, i) for i in ties.get("tied_with") or []]
+        views.append(entry_view(row, gamma, ties))
+    summary = result.get("ties")
+    if summary:
+        summary = {
+            **summary,
+            "top_group": [names.get(i, i) for i in summary.get("top_group") or []],
+            "groups": [[names.get(i, i) for i in group] for group in summary.get("groups") or []],
+        }
+    return views, summary
 
 
 def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
@@ -114,6 +139,9 @@ def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
         error=view["error"] or (None if view["status"] == "ok" else view["status"]),
         is_control=view["is_control"],
         architecture=view["architecture"],
+        tie_group=view.get("tie_group"),
+        p_best=view.get("p_best"),
+        tied_with=list(view.get("tied_with") or []),
     )
 
 

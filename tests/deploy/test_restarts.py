@@ -28,7 +28,8 @@ from tests.engine.volumes import write_nnunet_dataset
 from tests.service.conftest import TINY_BUDGET, ThreadedServer, make_checkpoint, upload
 
 # Long enough that a restart lands while an entry trains and others wait in the queue.
-BUDGET = {**TINY_BUDGET, "max_steps": 30, "val_every": 10, "patience": 100}
+# Long enough (a few seconds per entry) that the outage below meets a running task's progress reports.
+BUDGET = {**TINY_BUDGET, "max_steps": 150, "val_every": 50, "patience": 100}
 TERMINAL = ("succeeded", "failed", "cancelled")
 LEASE_S = 4.0
 OUTAGE_S = LEASE_S + 2

@@ -40,10 +40,10 @@ def demo(tmp_path_factory) -> Path:
 def test_demo_ranking_puts_related_training_above_random(demo: Path, tmp_path: Path) -> None:
     """The issue's acceptance check: a candidate trained on the same anatomy beats a random init.
 
-    At 40 steps rather than the default 100, so the suite stays fast; the full-budget demo is `make demo`."""
+    At 20 steps rather than the default 100, so the suite stays fast; the full-budget demo is `make demo`."""
     out = tmp_path / "ranking.json"
     cands = sorted(str(p) for p in (demo / "candidates").glob("*.safetensors"))
-    budget = ("--max-steps", "40", "--val-every", "10")
+    budget = ("--max-steps", "20", "--val-every", "5")
     result = run_cli("rank", "--dataset", str(demo / "Dataset501_MNIBrain"), "--json", str(out), *budget, *cands)
     assert result.returncode == 0, result.stderr
     assert "rank" in result.stdout and "brain_supervised" in result.stdout

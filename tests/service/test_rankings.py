@@ -42,6 +42,25 @@ def test_ranking_orders_the_good_and_fails_only_the_broken_candidate(ranked: dic
     assert set(ranking["stability"]) >= {"kendall_tau", "same_top1", "at_fraction"}
 
 
+def test_finished_ranking_says_who_is_tied(ranked: dict[str, Any]) -> None:
+    """Tie guidance reaches the API: every ranked entry has a group, the top group holds rank 1, by name."""
+    ranking = ranked["ranking"]
+    ok = [e for e in ranking["entries"] if e["status"] == "ok"]
+    ties = ranking["ties"]
+    assert ties["top_group"][0] == ok[0]["name"]
+    assert [name for group in ties["groups"] for name in group] == [e["name"] for e in ok]
+    assert 0.0 <= ties["p_top_is_best"] <= 1.0 and ties["p_top_is_best"] == ok[0]["p_best"]
+    assert ok[0]["tie_group"] == 1 and all(isinstance(e["tie_group"], int) for e in ok)
+    for e in ok:
+        assert set(e["tied_with"]) <= {o["name"] for o in ok} - {e["name"]}
+    # A group is the entries tied with its first (best) entry.
+    for group in ties["groups"]:
+        first = next(e for e in ok if e["name"] == group[0])
+        assert set(group[1:]) <= set(first["tied_with"])
+    broken = ranking["entries"][-1]
+    assert broken["tie_group"] is None and broken["p_best"] is None
+
+
 def test_other_owners_get_404(bob: httpx.Client, ranked: dict[str, Any], candidates: dict, dataset_id: str) -> None:
     job_id = ranked["job"]["id"]
     for method, path in (

@@ -12,7 +12,7 @@ from service.api.singleflight import single_flight
 from service.core.cache import FinishedCache, LiveCache
 from service.core.jobs import submit_ranking
 from service.core.models import TERMINAL_JOB_STATUSES
-from service.core.results import entry_view, owned_ranking
+from service.core.results import owned_ranking, ranking_views
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
 
@@ -71,8 +71,10 @@ async def _read(reads: Reads, finished: FinishedCache, live: LiveCache, owner: s
 
 def _ranking(session: Session, owner: str, job_id: str) -> RankingOut:
     job, entries = owned_ranking(session, owner, job_id)
+    views, ties = ranking_views(job, entries)
     return RankingOut(
         job=JobOut.model_validate(job),
-        entries=[EntryOut.model_validate(entry_view(e, gamma)) for e, gamma in entries],
+        entries=[EntryOut.model_validate(v) for v in views],
         stability=(job.result or {}).get("stability"),
+        ties=ties,
     )
