@@ -126,7 +126,10 @@ class Dataset(Base):
     """A reference to a folder under a data root; the files are never copied."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_owner_created_at", "owner", "created_at"),)
+    __table_args__ = (
+        UniqueConstraint("owner", "uri"),  # one dataset per folder and owner (migration 0004)
+        Index("ix_datasets_owner_created_at", "owner", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ds"))
     owner: Mapped[str] = mapped_column(String(200))
