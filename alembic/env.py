@@ -54,6 +54,12 @@ def run_migrations_online() -> None:
             if locked:
                 connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK})
                 connection.commit()
+            elif connection.dialect.name == "sqlite":
+                # Batch migrations copy a table and drop the original; with foreign keys on, that drop would
+                # run every ON DELETE action (SET NULL, CASCADE) against the rows that referred to it. The
+                # pragma only takes effect outside a transaction, hence here; the engine is disposed after.
+                connection.execute(text("PRAGMA foreign_keys=OFF"))
+                connection.commit()
             try:
                 _configure(connection)
                 with context.begin_transaction():

@@ -2,15 +2,20 @@
 
 Registering is idempotent per owner and folder: the same folder again answers the row already there,
 without reading a file, so a client retrying (or a script run twice) neither rereads every case nor
-fills the list with copies. ``force`` re-checks the folder and records a new row (its contents changed).
+fills the list with copies. The database holds the rule too (unique ``(owner, uri)``, migration 0004): two
+registrations racing past the lookup both check the folder, one insert wins, and the other answers the
+winner's row. ``force`` re-checks the folder and refreshes that one row in place (same id, so the jobs
+that name it keep their link) when its contents changed.
 Messages speak of paths relative to the data root (`relative_to_roots`), never of the server's folders.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bnrank.engine.data import Dataset as EngineDataset
@@ -74,33 +79,54 @@ def register_dataset(
 ) -> tuple[Dataset, bool]:
     """Check every case and record the dataset: ``(row, created)``. Bad cases are listed in ``problems``.
 
-    When the owner registered the same folder before and ``force`` is false, that row is answered
-    (``created`` False) and nothing is read.
+    When the owner registered the same folder before, that row is answered (``created`` False): unchanged
+    and without reading a file, or, with ``force``, refreshed from a new check of every case. A concurrent
+    registration of the same folder that commits first makes this one answer (or refresh) its row.
     """
-    if not force:
-        existing = registered(session, owner, resolve_dataset_folder(uri, roots))
-        if existing is not None:
-            if declared_format not in ("auto", existing.format):
-                raise Invalid(
-                    f"uri {uri!r} holds a {existing.format} dataset, but format {declared_format!r} was declared"
-                )
-            return existing, False
+    existing = registered(session, owner, resolve_dataset_folder(uri, roots))
+    if existing is not None and not force:
+        _check_declared_format(uri, declared_format, existing.format)
+        return existing, False
     dataset, fingerprint = check_dataset(uri, declared_format, roots)
-    row = Dataset(
-        owner=owner,
-        name=name,
-        uri=str(dataset.root),
-        format=dataset.layout,
-        modality=modality or dataset.modality,
-        n_cases=len(dataset.cases),
-        labels=dict(dataset.labels),
-        channel_names=list(dataset.channel_names),
-        fingerprint=fingerprint,
-        problems=[{"case_id": p.case_id, "message": p.message} for p in dataset.problems],
-    )
-    session.add(row)
+    values = _row_values(dataset, fingerprint, name, modality)
+    if existing is None:
+        row = Dataset(owner=owner, **values)
+        session.add(row)
+        try:
+            session.commit()
+            return row, True
+        except IntegrityError:  # the same folder, registered by a concurrent request of this owner
+            session.rollback()
+            existing = registered(session, owner, dataset.root)
+            if existing is None:  # the constraint that fired was not (owner, uri): not a race to resolve
+                raise
+            if not force:
+                return existing, False
+    for key, value in values.items():
+        setattr(existing, key, value)
     session.commit()
-    return row, True
+    return existing, False
+
+
+def _check_declared_format(uri: str, declared_format: str, found: str) -> None:
+    """Invalid when the client declared a format other than the one the folder holds."""
+    if declared_format not in ("auto", found):
+        raise Invalid(f"uri {uri!r} holds a {found} dataset, but format {declared_format!r} was declared")
+
+
+def _row_values(dataset: EngineDataset, fingerprint: str, name: str, modality: str | None) -> dict[str, Any]:
+    """The columns of a dataset row as the engine's check found the folder (the owner aside)."""
+    return {
+        "name": name,
+        "uri": str(dataset.root),
+        "format": dataset.layout,
+        "modality": modality or dataset.modality,
+        "n_cases": len(dataset.cases),
+        "labels": dict(dataset.labels),
+        "channel_names": list(dataset.channel_names),
+        "fingerprint": fingerprint,
+        "problems": [{"case_id": p.case_id, "message": p.message} for p in dataset.problems],
+    }
 
 
 def list_datasets(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Dataset], int]:

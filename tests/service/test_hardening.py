@@ -22,9 +22,10 @@ from sqlalchemy import select, update
 
 from service.api.schemas import MAX_CANDIDATES, RankingIn
 from service.api.singleflight import single_flight
+from service.core import datasets as core_datasets
 from service.core.blobs import BlobStore, sweep_partials
 from service.core.cache import LiveCache
-from service.core.models import Job, RankingEntry
+from service.core.models import Dataset, Job, RankingEntry
 from tests.engine.test_limits import _lying_nifti, _zip_bomb
 from tests.engine.volumes import write_nnunet_dataset
 from tests.service.conftest import TINY_BUDGET, Stack, key_of, make_checkpoint, new_key, upload
@@ -173,8 +174,55 @@ def test_registering_a_folder_twice_answers_the_first_dataset(alice: httpx.Clien
     assert first.status_code == 201, first.text
     again = alice.post("/v1/datasets", json={"name": "twice again", "uri": f"file://{folder}"})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    write_nnunet_dataset(folder, n_cases=3, shape=(12, 12, 12), n_labels=1)  # a case more: force sees it
     forced = alice.post("/v1/datasets", params={"force": "true"}, json={"name": "fresh", "uri": folder.name})
-    assert forced.status_code == 201 and forced.json()["id"] != first.json()["id"]
+    assert forced.status_code == 200 and forced.json()["id"] == first.json()["id"], forced.text
+    assert (forced.json()["name"], forced.json()["n_cases"]) == ("fresh", 3)
+    assert alice.get(f"/v1/datasets/{first.json()['id']}").json() == forced.json()
+
+
+def test_concurrent_registrations_of_one_folder_make_one_dataset(stack: Stack, api: str) -> None:
+    """Eight requests racing past the lookup: one row (the database's unique (owner, uri)), all answer it."""
+    folder = write_nnunet_dataset(stack.data_root / "Dataset046_Race", n_cases=2, shape=(12, 12, 12), n_labels=1)
+    owner = "racer"
+    key = new_key(stack, owner)
+    with (
+        ThreadPoolExecutor(8) as pool,
+        httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client,
+    ):
+        answers = list(
+            pool.map(lambda i: client.post("/v1/datasets", json={"name": f"r{i}", "uri": folder.name}), range(8))
+        )
+    assert all(a.status_code in (200, 201) for a in answers), [a.text for a in answers]
+    assert [a.status_code for a in answers].count(201) == 1
+    assert len({a.json()["id"] for a in answers}) == 1
+    with stack.db.session() as session:
+        rows = session.scalars(select(Dataset).where(Dataset.owner == owner)).all()
+    assert [r.id for r in rows] == [answers[0].json()["id"]]
+
+
+def test_a_registration_that_loses_the_race_answers_the_winner(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic race: the lookup saw nothing, then the insert meets the row committed meanwhile."""
+    folder = write_nnunet_dataset(stack.data_root / "Dataset047_Lost", n_cases=2, shape=(12, 12, 12), n_labels=1)
+    roots = stack.settings.data_roots
+    with stack.db.session() as session:
+        winner, created = core_datasets.register_dataset(session, "loser", "w", folder.name, None, "auto", roots)
+    assert created
+    monkeypatch.setattr(core_datasets, "registered", _blind_once(core_datasets.registered))
+    with stack.db.session() as session:
+        answer, created = core_datasets.register_dataset(session, "loser", "l", folder.name, None, "auto", roots)
+    assert (answer.id, created) == (winner.id, False)
+
+
+def _blind_once(lookup: Any) -> Any:
+    """``registered`` that answers None on its first call: the view of a request that looked too early."""
+    calls = []
+
+    def blind(*args: Any) -> Any:
+        calls.append(args)
+        return None if len(calls) == 1 else lookup(*args)
+
+    return blind
 
 
 def test_another_owner_registering_the_same_folder_gets_their_own(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from alembic import command
 from service.core.config import Settings
@@ -81,3 +83,40 @@ def test_upgrading_a_database_with_data_keeps_it(tmp_path: Path) -> None:
     engine.dispose()
     assert tuple(row[:4]) == ("ok", 0.0, 0, None) and "0.5" in row[4]
     assert _diff(settings.database_url) == []
+
+
+def test_0004_merges_duplicate_datasets_into_the_newest_and_repoints_jobs(tmp_path: Path) -> None:
+    """Rows registered twice before 0004 become one (the newest); jobs that named an old copy follow it."""
+    settings = Settings(home=tmp_path, database_url="", broker_url="", data_roots=[tmp_path])
+    migrate(settings, "0003")
+    engine = make_engine(settings.database_url)
+    insert = (
+        "INSERT INTO datasets (id, owner, name, uri, format, modality, n_cases, labels, channel_names, fingerprint,"
+        " problems, created_at) VALUES (:id, :owner, 'd', :uri, 'nnunet', 'MR', 2, '{}', '[]', 'f', '[]', :t)"
+    )
+    with engine.begin() as conn:
+        for row_id, owner, uri, t in (
+            ("ds_old", "o", "/d/a", "2026-01-01 00:00:00"),
+            ("ds_new", "o", "/d/a", "2026-01-03 00:00:00"),
+            ("ds_mid", "o", "/d/a", "2026-01-02 00:00:00"),
+            ("ds_other_owner", "p", "/d/a", "2026-01-01 00:00:00"),
+            ("ds_other_uri", "o", "/d/b", "2026-01-01 00:00:00"),
+        ):
+            conn.execute(text(insert), {"id": row_id, "owner": owner, "uri": uri, "t": t})
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, owner, kind, status, dataset_id, params, progress, message, cancel_requested,"
+                " task_ids, created_at, updated_at) VALUES ('job_1', 'o', 'ranking', 'succeeded', 'ds_old', '{}', 1,"
+                " '', 0, '[]', :t, :t)"
+            ),
+            {"t": "2026-01-04 00:00:00"},
+        )
+    migrate(settings)
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(text("SELECT id FROM datasets")).scalars())
+        job_dataset = conn.execute(text("SELECT dataset_id FROM jobs")).scalar_one()
+    assert ids == ["ds_new", "ds_other_owner", "ds_other_uri"]
+    assert job_dataset == "ds_new"
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.execute(text(insert), {"id": "ds_again", "owner": "o", "uri": "/d/a", "t": "2026-01-05 00:00:00"})
+    engine.dispose()

@@ -30,12 +30,12 @@ def register_dataset(
     session: SessionDep,
     settings: SettingsDep,
     owner: Owner,
-    force: Annotated[bool, Query(description="check the folder again and record a new dataset")] = False,
+    force: Annotated[bool, Query(description="check the folder again and refresh its dataset (same id)")] = False,
 ) -> DatasetOut:
     """Check every case; bad ones are listed in ``problems`` and left out, the rest are usable.
 
     Reads every file, which is why this is a plain ``def``: FastAPI runs it on a worker thread. The same
-    folder registered again by the same owner answers the existing dataset (200) unless ``force``.
+    folder registered again by the same owner answers the existing dataset (200), re-checked if ``force``.
     """
     row, created = datasets.register_dataset(
         session, owner, body.name, body.uri, body.modality, body.format, settings.data_roots, force=force
