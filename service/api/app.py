@@ -32,7 +32,17 @@ from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import RateLimiter, retry_header
-from service.api.routes import alchemy, artifacts, checkpoints, datasets, health, jobs, probes, rankings
+from service.api.routes import (
+    alchemy,
+    artifacts,
+    checkpoints,
+    datasets,
+    health,
+    jobs,
+    leaderboard,
+    probes,
+    rankings,
+)
 from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache
@@ -154,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     app.include_router(health.router)
-    for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts):
+    for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts, leaderboard):
         app.include_router(module.router)  # each router carries its full /v1/... prefix (metrics labels)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     return app

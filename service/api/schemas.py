@@ -285,3 +285,49 @@ class Unready(ErrorOut):
 
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ leaderboards
+
+
+class ScoreRef(BaseModel):
+    """One candidate's score in one ranking, and the job it came from."""
+
+    job_id: str
+    entry_id: str
+    job_status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    job_created_at: datetime
+    finished_at: datetime | None
+    score: float
+    rank: int | None = Field(description="its rank in that job (None until the job finished)")
+    steps: int = Field(description="steps it was trained: scores taken at different budgets are not comparable")
+    control_score: float | None = Field(description="score of the random-init control of its architecture, same job")
+
+
+class LeaderboardRow(BaseModel):
+    checkpoint_id: str
+    name: str
+    architecture: str
+    runs: int = Field(description="scored entries of this checkpoint on the dataset, over all rankings")
+    best: ScoreRef
+    latest: ScoreRef
+
+
+class CheckpointResultOut(BaseModel):
+    """One ranking entry of a checkpoint, with the dataset and the job it belongs to."""
+
+    job_id: str
+    job_status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    job_created_at: datetime
+    dataset_id: str | None = Field(description="None once the dataset was deleted")
+    dataset_name: str | None
+    entry_id: str
+    status: Literal["queued", "running", "ok", "failed", "cancelled"]
+    rank: int | None
+    score: float | None
+    dice_per_class: dict[str, float | None]
+    steps: int
+    seconds: float
+    control_score: float | None = Field(description="score of the random-init control of its architecture, same job")
+    finished_at: datetime | None
+    error: str | None

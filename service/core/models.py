@@ -152,6 +152,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
         Index("ix_jobs_owner_status", "owner", "status"),
+        # the leaderboard's filter: an owner's rankings on one dataset (migration 0005)
+        Index("ix_jobs_owner_kind_dataset_id", "owner", "kind", "dataset_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("job"))
@@ -188,7 +190,11 @@ class RankingEntry(Base):
     from work that is merely waiting or slow (the same columns sit on ``alchemy_results``)."""
 
     __tablename__ = "ranking_entries"
-    __table_args__ = (UniqueConstraint("job_id", "slot"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "slot"),
+        # a checkpoint's results across rankings (migration 0005)
+        Index("ix_ranking_entries_checkpoint_id_status", "checkpoint_id", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("re"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
