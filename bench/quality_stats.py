@@ -200,3 +200,27 @@ def setting_id(setting: Mapping[str, object]) -> str:
     base += f" halving r{setting['halving']}" if setting.get("halving") else ""
     extra = setting.get("extra") or {}
     return base + "".join(f" {k}={v}" for k, v in sorted(extra.items()))
+
+
+def engine_options(setting: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """A BN-only proxy setting as the engine's options: (TrainConfig fields, RankConfig fields).
+
+    The score names the curve key and the window it was read with ("dice1": hard Dice, the last validation);
+    the run's own options (``extra``: validation, the score it was configured with) come first and the read-off
+    score overrides the configured one, since that is the number the setting ranked by. Halving, where a
+    setting has it, starts at ``halving`` steps and doubles up to ``steps``.
+    """
+    if setting["method"] != "bnonly":
+        raise ValueError(f"{setting['method']} is not a BN-only setting")
+    score = str(setting["score"])
+    name = score.rstrip("0123456789")
+    train: dict[str, object] = {
+        **dict(setting.get("extra") or {}),  # type: ignore[call-overload]
+        "lr": setting["lr"],
+        "max_steps": setting["steps"],
+        "score": name,
+        "score_window": int(score[len(name) :]),
+    }
+    first = setting.get("halving")
+    rounds = 1 if not first else int(math.log2(int(setting["steps"]) // int(first))) + 1  # type: ignore[call-overload]
+    return train, {"halving_rounds": rounds, "halving_eta": 2}

@@ -16,7 +16,7 @@ from typing import Any
 
 from scipy.stats import kendalltau
 
-from bnrank.cli.options import add_budget, add_flags, build, local_options, sides
+from bnrank.cli.options import add_budget, add_flags, build, local_options, sides, values
 from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo import write_demo
@@ -24,7 +24,15 @@ from bnrank.engine.errors import BNRankError
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
 from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
 from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
-from bnrank.engine.ranking import Candidate, RankConfig, RankEntry, RankingResult, rank_candidates
+from bnrank.engine.ranking import (
+    RANKING_DEFAULTS,
+    Candidate,
+    RankConfig,
+    RankEntry,
+    RankingResult,
+    rank_candidates,
+    ranking_config,
+)
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
 from bnrank.engine.training import TrainConfig
@@ -162,7 +170,8 @@ def print_ties(ties: dict[str, Any]) -> None:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     threads = configure_threads(threads=args.threads)
-    config = build(TrainConfig, args)
+    # The ranking budget: RANKING_DEFAULTS under the flags (options without a flag keep the ranking's value too).
+    config = ranking_config(**values(args, local_options(TrainConfig)))
     dataset, task = load_task(args)
     network_def = read_network_def(args.network_def)
     candidates = [
@@ -332,7 +341,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--verify-steps", type=int, default=VERIFY_STEPS, help="fine-tuning steps of --verify (%(default)s)")
     p.add_argument("--verify-lr", type=float, default=VERIFY_LR, help="fine-tuning lr of --verify (%(default)s)")
-    add_budget(p)
+    add_budget(p, defaults=RANKING_DEFAULTS)
     add_flags(p.add_argument_group("ranking"), local_options(RankConfig))
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.set_defaults(func=cmd_rank)

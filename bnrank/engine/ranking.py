@@ -1,9 +1,11 @@
-"""Ranking candidates by BN-only evaluation, with a random-init control and a stability report.
+"""Ranking candidates by norm-only (BN-only) evaluation, with a random-init control and a stability report.
 
 One candidate's failure (a bad file, a NaN loss) fails that entry with its reason; the others are still
 ranked. The control row is a randomly initialised copy of each architecture: the thesis (§3.1.1) shows
 pre-training does not always help, and the control tells the user whether any candidate beats random
-features on their task.
+features on their task. One pool may mix normalisation kinds (a BatchNorm Models Genesis checkpoint beside
+an InstanceNorm nnU-Net): every architecture gets its own control, and each entry says which kinds were
+trained and how many parameters that was (``norm_kinds``, ``trained_parameters``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from scipy.stats import kendalltau
 
 from bnrank.engine.architectures import Architecture
-from bnrank.engine.bn_only import bn_only_evaluate, bn_only_setup
+from bnrank.engine.bn_only import TrainedNorms, norm_only_evaluate, norm_only_setup
 from bnrank.engine.checkpoints import LoadReport, load_checkpoint, resolve_architecture
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.gamma import gamma_stats
@@ -58,6 +60,26 @@ class Candidate:
         return self.path is None
 
 
+# The ranking budget where it differs from TrainConfig's declared defaults (which stay those of the γ probe and
+# of anything else that trains BN-only without ranking). Set from the tuning task alone and fixed before any
+# evaluation task's ground truth existed (bench/preregistration.json, docs/ranking-quality.md): 20 BN-only steps
+# at lr 0.03, hard Dice of the last validation (score_window 1), each validation case predicted whole in one
+# eval-mode pass. Kept apart from fine-tuning's FINETUNE_DEFAULTS (bnrank/engine/alchemy/config.py);
+# tests/bench/test_ranking_quality.py holds these equal to the pre-registration, so they cannot drift.
+RANKING_DEFAULTS: dict[str, Any] = {
+    "max_steps": 20,
+    "lr": 0.03,
+    "score": "dice",
+    "score_window": 1,
+    "validation": "whole",
+}
+
+
+def ranking_config(**overrides: Any) -> TrainConfig:
+    """A ranking budget: TrainConfig with :data:`RANKING_DEFAULTS`, then ``overrides``."""
+    return TrainConfig(**{**RANKING_DEFAULTS, **overrides})
+
+
 @dataclass
 class RankConfig:
     """How candidates are ranked, beside the training budget (:class:`TrainConfig`) every candidate shares.
@@ -78,6 +100,7 @@ class RankConfig:
     )
     batched: bool = option(
         False,
+        api=False,  # the service runs one task per candidate: there is no process training several together
         help="train the candidates of one architecture together in one vmapped network (torch.func); off by default: "
         "at one thread it was 0.69x the speed of one at a time on this CPU (bench/engine_speed.py --only batched)",
     )
@@ -125,6 +148,21 @@ class RankEntry:
     """Consecutive ranks tied with the group's first entry share an id; group 1 holds the top candidate."""
     p_best: float | None = None
     """Share of bootstrap resamples in which this candidate scores highest (among those of its round)."""
+    norm_kinds: list[str] = field(default_factory=list)
+    """Normalisation kinds whose γ/β were trained: batch, instance, group, layer (+affine-inserted)."""
+    norm_parameters: int | None = None
+    """γ and β trained (inserted affines included); the head's parameters are not counted here."""
+    trained_parameters: int | None = None
+    """Every parameter norm-only evaluation trained: γ/β plus the re-initialised head."""
+    inserted_affines: list[str] = field(default_factory=list)
+    """Normalisations without affine that got an identity affine for the evaluation (not in the checkpoint)."""
+
+    def set_trained(self, info: TrainedNorms) -> None:
+        """Record what norm-only evaluation trained."""
+        self.norm_kinds = list(info.kinds)
+        self.norm_parameters = info.norm_parameters
+        self.trained_parameters = info.trained_parameters
+        self.inserted_affines = list(info.inserted_affines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,16 +216,17 @@ def build_candidate(
 def evaluate_candidate(
     candidate: Candidate, data: TaskData, config: TrainConfig, *, on_progress: ProgressFn | None = None
 ) -> RankEntry:
-    """BN-only evaluation of one candidate. Input problems become a failed entry, never an exception."""
+    """Norm-only evaluation of one candidate. Input problems become a failed entry, never an exception."""
     entry = RankEntry(checkpoint=candidate.name, is_control=candidate.is_control)
     started = time.perf_counter()
     try:
         model, arch, report = build_candidate(candidate, data, config.seed)
         entry.architecture = arch.name
         entry.load_report = report.to_dict() if report else None
-        result, raw, after_bn = bn_only_evaluate(
+        result, raw, after_bn, trained = norm_only_evaluate(
             model, arch, data, config, on_progress=on_progress, label=candidate.name
         )
+        entry.set_trained(trained)
     except BNRankError as exc:
         entry.status, entry.error = "failed", str(exc)
         entry.seconds = round(time.perf_counter() - started, 3)
@@ -353,6 +392,64 @@ def halving_steps(max_steps: int, rounds: int, eta: int) -> list[int]:
     return sorted({max(1, max_steps // eta ** (rounds - 1 - k)) for k in range(rounds)})
 
 
+def halving_survivors(scores: Sequence[float], eta: int) -> list[int]:
+    """Which candidates go on to the next halving round: the best ceil(n / eta) (at least one) by their score at
+    this round's end, ties kept in the given order. The one selection rule: the engine's rounds and the
+    service's (service/core/jobflow.py) both call it."""
+    keep = max(1, math.ceil(len(scores) / eta))
+    return sorted(range(len(scores)), key=lambda i: -scores[i])[:keep]
+
+
+def evaluate_round(
+    candidate: Candidate,
+    data: TaskData,
+    config: TrainConfig,
+    rank: RankConfig,
+    halving_round: int,
+    *,
+    on_progress: ProgressFn | None = None,
+) -> RankEntry:
+    """BN-only evaluation of one candidate up to the end of one successive-halving round (1-based).
+
+    The run starts from step 0 and trains to the round's end with the same validation points (``score_at`` every
+    round's end) and no early stop, so it is the prefix of the run :func:`rank_candidates` continues in memory
+    (constant learning rate, seeded patch schedule): its score at the round's end is the one that run compares.
+    A service runs each round as a separate task this way; re-training the earlier rounds is the price of not
+    carrying optimiser and RNG state between processes. Input problems become a failed entry, never an exception.
+    """
+    ends = halving_steps(config.max_steps, rank.halving_rounds, rank.halving_eta)
+    if not 1 <= halving_round <= len(ends):
+        raise ValueError(f"halving round {halving_round} is not one of 1..{len(ends)}")
+    entry = RankEntry(checkpoint=candidate.name, is_control=candidate.is_control)
+    entry.halving_round = halving_round if len(ends) > 1 else None
+    started = time.perf_counter()
+    try:
+        model, arch, report = build_candidate(candidate, data, config.seed)
+        entry.architecture = arch.name
+        entry.load_report = report.to_dict() if report else None
+        params, raw, start, trained = norm_only_setup(model, arch, config.seed)
+        entry.set_trained(trained)
+        trainer = Trainer(
+            model,
+            params,
+            data,
+            config,
+            on_progress=on_progress,
+            label=candidate.name,
+            score_at=ends,
+            early_stop=len(ends) == 1,
+        )
+        trainer.run(ends[halving_round - 1])
+    except BNRankError as exc:
+        entry.status, entry.error = "failed", str(exc)
+        entry.seconds = round(time.perf_counter() - started, 3)
+        return entry
+    fill_entry(entry, trainer.result())
+    entry.gamma = {"raw": raw, "after_bn": gamma_stats(trainer.model, reference=start)}
+    entry.seconds = round(time.perf_counter() - started, 3)
+    return entry
+
+
 @dataclass
 class _Live:
     """A candidate under successive halving: its entry and, while it trains, its trainer (model, optimiser,
@@ -414,7 +511,8 @@ def _rank_kept(
             model, arch, load = build_candidate(cand, data, config.seed)
             live.entry.architecture = arch.name
             live.entry.load_report = load.to_dict() if load else None
-            params, live.raw, live.start = bn_only_setup(model, arch, config.seed)
+            params, live.raw, live.start, trained = norm_only_setup(model, arch, config.seed)
+            live.entry.set_trained(trained)
             live.trainer = Trainer(
                 model,
                 params,
@@ -457,8 +555,8 @@ def _rank_kept(
         alive = [lv for lv in alive if lv.entry.status == "ok"]
         rounds.append({"round": k + 1, "steps": end, "candidates": [lv.entry.checkpoint for lv in alive]})
         if k + 1 < len(ends):
-            keep = max(1, math.ceil(len(alive) / rank.halving_eta))
-            alive = sorted(alive, key=lambda lv: -lv.trainer.score(end))[:keep]  # type: ignore[union-attr]
+            scores = [lv.trainer.score(end) for lv in alive]  # type: ignore[union-attr]
+            alive = [alive[i] for i in halving_survivors(scores, rank.halving_eta)]
     for lv in lives:
         if lv.trainer is None or lv.entry.status != "ok":
             lv.entry.seconds = round(lv.seconds + (lv.trainer.seconds if lv.trainer else 0.0), 3)

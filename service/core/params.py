@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
 from bnrank.engine.options import Option, offered, options, three_sides
 from bnrank.engine.probe import ProbeConfig
+from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
 from bnrank.engine.training import TrainConfig
 
 FORBID = ConfigDict(extra="forbid")  # a misspelt option must be refused, not silently left at its default
@@ -99,6 +100,13 @@ def model_of(
 
 
 Budget = model_of(TrainConfig, "Budget", "Per-candidate training budget (the engine's TrainConfig).")
+RankingBudget = model_of(
+    TrainConfig,
+    "RankingBudget",
+    "Per-candidate BN-only budget of a ranking: the engine's TrainConfig with the ranking defaults set from the "
+    "tuning task (RANKING_DEFAULTS, bench/preregistration.json).",
+    defaults=RANKING_DEFAULTS,
+)
 AlchemyBudget = model_of(
     TrainConfig,
     "AlchemyBudget",
@@ -129,8 +137,29 @@ class JobParams(BaseModel):
         self.train_config()
 
 
+RankOptions = model_of(
+    RankConfig,
+    "RankOptions",
+    "How candidates are ranked beside their budget (the engine's RankConfig): successive halving and tie guidance.",
+)
+
+
 class RankingParams(JobParams):
+    budget: RankingBudget = Field(default_factory=RankingBudget)  # type: ignore[valid-type]
     control: bool = Field(default=True, strict=True, description="also rank a random-init copy of each architecture")
+    ranking: RankOptions = Field(default_factory=RankOptions)  # type: ignore[valid-type]
+
+    def train_config(self, device: str = "cpu") -> TrainConfig:
+        """The ranking budget: RANKING_DEFAULTS under the request's values (options the API does not offer, such
+        as the score window, keep the ranking's value, not TrainConfig's)."""
+        return ranking_config(**self.budget.model_dump(), seed=self.seed, device=device)  # type: ignore[attr-defined]
+
+    def rank_config(self) -> RankConfig:
+        return RankConfig(**self.ranking.model_dump())  # type: ignore[attr-defined]
+
+    def check(self) -> None:
+        super().check()
+        self.rank_config()
 
 
 class FoldParams(JobParams):

@@ -15,6 +15,7 @@ from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import option
 from bnrank.engine.probe import ProbeConfig
+from bnrank.engine.ranking import RANKING_DEFAULTS, ranking_config
 from bnrank.engine.training import TrainConfig
 
 
@@ -52,7 +53,8 @@ def test_local_flags_parse_to_the_declared_defaults() -> None:
     assert build(ProbeConfig, args) == ProbeConfig()
     assert build(TrainConfig, args) == TrainConfig()
     args = parser.parse_args(["rank", "--dataset", "d", "--patch-size", "16", "--no-control", "x.safetensors"])
-    assert build(TrainConfig, args) == TrainConfig(patch_size=(16, 16, 16))
+    assert ranking_config(**values(args, local_options(TrainConfig))) == ranking_config(patch_size=(16, 16, 16))
+    assert args.max_steps == RANKING_DEFAULTS["max_steps"] and args.lr == RANKING_DEFAULTS["lr"]
 
 
 def test_every_declared_option_has_its_flag_and_keeps_its_name() -> None:

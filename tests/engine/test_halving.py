@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from bnrank.engine.checkpoints import save_weights
-from bnrank.engine.ranking import Candidate, RankConfig, evaluate_candidate, halving_steps, rank_candidates
+from bnrank.engine.ranking import (
+    Candidate,
+    RankConfig,
+    evaluate_candidate,
+    evaluate_round,
+    halving_steps,
+    halving_survivors,
+    rank_candidates,
+)
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 
@@ -63,3 +71,36 @@ def test_without_halving_nothing_changes(tmp_path: Path) -> None:
     result = rank_candidates(candidates(tmp_path, 2), task, small_config(max_steps=3, val_every=3), control=False)
     assert result.halving is None
     assert all(e.halving_round is None and e.steps == 3 for e in result.entries)
+
+
+def test_halving_survivors_keep_the_best_share_in_order() -> None:
+    assert halving_survivors([0.1, 0.9, 0.5, 0.7], 2) == [1, 3]
+    assert halving_survivors([0.1, 0.9, 0.5], 2) == [1, 2]  # ceil(3 / 2)
+    assert halving_survivors([0.4, 0.4, 0.2], 3) == [0]  # a tie keeps the first given
+    assert halving_survivors([0.3], 2) == [0]
+
+
+def test_a_round_run_alone_is_the_prefix_the_kept_runs_compare(tmp_path: Path) -> None:
+    """What a service does with one task per round (evaluate_round from step 0) gives the scores, and so the
+    survivors, that rank_candidates gets by continuing its runs in memory."""
+    task = blob_task()
+    config = small_config(max_steps=8, val_every=2, score_window=1, validation="whole", score="dice")
+    rank = RankConfig(halving_rounds=2)
+    cands = candidates(tmp_path, 4)
+    kept = rank_candidates(cands, task, config, control=False, rank=rank)
+    first = [evaluate_round(c, task, config, rank, 1) for c in cands]
+    assert all(e.steps == 4 and e.halving_round == 1 for e in first)
+    kept_at_cut = [
+        next(p["score"] for p in e.curve if p["step"] == 4 and "score" in p)
+        for e in sorted(kept.entries, key=lambda e: [c.name for c in cands].index(e.checkpoint))
+    ]
+    assert [e.score for e in first] == pytest.approx(kept_at_cut, abs=1e-6)
+    survivors = [cands[i].name for i in halving_survivors([e.score or 0.0 for e in first], rank.halving_eta)]
+    assert survivors == kept.halving["rounds"][1]["candidates"]
+    by_name = {e.checkpoint: e for e in kept.entries}
+    for name in survivors:
+        second = evaluate_round(next(c for c in cands if c.name == name), task, config, rank, 2)
+        assert (second.steps, second.halving_round) == (8, 2)
+        assert second.score == pytest.approx(by_name[name].score, abs=1e-6)
+    with pytest.raises(ValueError, match="halving round 3"):
+        evaluate_round(cands[0], task, config, rank, 3)

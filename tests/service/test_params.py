@@ -15,9 +15,20 @@ import pytest
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
 from bnrank.engine.options import Option, offered, option
 from bnrank.engine.probe import ProbeConfig
+from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
 from bnrank.engine.training import TrainConfig
 from service.api.schemas import AlchemyIn, ProbeIn, RankingIn
-from service.core.params import AlchemyBudget, AlchemyParams, Budget, ProbeParams, RankingParams, model_of, read_params
+from service.core.params import (
+    AlchemyBudget,
+    AlchemyParams,
+    Budget,
+    ProbeParams,
+    RankingBudget,
+    RankingParams,
+    RankOptions,
+    model_of,
+    read_params,
+)
 
 BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
@@ -62,10 +73,12 @@ def _follows(schema: dict[str, Any], cls: type, defaults: dict[str, Any] | None 
     [
         (Budget, TrainConfig, None),
         (AlchemyBudget, TrainConfig, FINETUNE_DEFAULTS),
+        (RankingBudget, TrainConfig, RANKING_DEFAULTS),
+        (RankOptions, RankConfig, None),
         (AlchemyIn, AlchemyConfig, None),
         (ProbeIn, ProbeConfig, None),
     ],
-    ids=["Budget", "AlchemyBudget", "AlchemyIn", "ProbeIn"],
+    ids=["Budget", "AlchemyBudget", "RankingBudget", "RankOptions", "AlchemyIn", "ProbeIn"],
 )
 def test_generated_models_follow_the_engine_declarations(model: Any, cls: type, defaults: Any) -> None:
     _follows(model.model_json_schema(), cls, defaults)
@@ -82,11 +95,14 @@ def test_the_openapi_document_carries_the_declared_defaults_and_bounds(anonymous
     )
     assert budget["description"] == max_steps.spec.help
     assert schemas["AlchemyBudget"]["properties"]["max_steps"]["default"] == FINETUNE_DEFAULTS["max_steps"]
+    assert schemas["RankingBudget"]["properties"]["max_steps"]["default"] == RANKING_DEFAULTS["max_steps"]
+    assert schemas["RankOptions"]["properties"]["halving_rounds"]["default"] == RankConfig().halving_rounds
+    assert "batched" not in schemas["RankOptions"]["properties"]  # one task per candidate: nothing to batch
     identify = schemas["AlchemyIn"]["properties"]["identify_steps"]
     assert identify["default"] == AlchemyConfig().identify_steps == 60
     assert schemas["AlchemyIn"]["properties"]["identify_lr"]["default"] == AlchemyConfig().identify_lr == 1e-2
     _follows(schemas["Budget"], TrainConfig)
-    for name in ("Budget", "AlchemyBudget", "AlchemyIn", "ProbeIn", "RankingIn"):
+    for name in ("Budget", "AlchemyBudget", "RankingBudget", "RankOptions", "AlchemyIn", "ProbeIn", "RankingIn"):
         assert schemas[name]["additionalProperties"] is False, name
 
 
@@ -112,12 +128,21 @@ def test_patch_size_takes_one_side_or_three() -> None:
 
 
 def test_job_params_round_trip_through_the_job_row() -> None:
-    ranking = RankingIn(dataset_id="ds", checkpoint_ids=["a"], budget={"max_steps": 7, "patch_size": 16}, seed=3)
+    ranking = RankingIn(
+        dataset_id="ds",
+        checkpoint_ids=["a"],
+        budget={"max_steps": 7, "patch_size": 16},
+        seed=3,
+        ranking={"halving_rounds": 2},
+    )
     stored = ranking.params().model_dump(mode="json")
-    assert set(stored) == {"budget", "seed", "control"}
+    assert set(stored) == {"budget", "seed", "control", "ranking"}
     typed = read_params("ranking", stored)
     assert isinstance(typed, RankingParams)
-    assert typed.train_config() == TrainConfig(max_steps=7, patch_size=(16, 16, 16), seed=3)
+    assert typed.train_config() == ranking_config(max_steps=7, patch_size=(16, 16, 16), seed=3)
+    assert typed.train_config().score_window == RANKING_DEFAULTS["score_window"]  # not offered, still the ranking's
+    assert typed.rank_config() == RankConfig(halving_rounds=2)
+    assert read_params("ranking", {"budget": {}, "seed": 0}).rank_config() == RankConfig()  # rows from before
 
     alchemy = AlchemyIn(dataset_id="ds", checkpoint_id="ck", threshold=0.1, folds=2)  # type: ignore[call-arg]
     typed_alchemy = read_params("alchemy", alchemy.params().model_dump(mode="json"))
