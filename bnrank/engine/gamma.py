@@ -1,9 +1,12 @@
-"""Statistics of BatchNorm γ: the thesis's (§3.2.1) measure of how many kernels a network really uses.
+"""Statistics of normalisation γ: the thesis's (§3.2.1) measure of how many kernels a network really uses.
 
 A BN layer normalises each channel to unit variance and multiplies it by γ, so |γ| is the amplitude a
 channel contributes relative to a freshly initialised one (γ = 1). After BN-only training on a target
 task, channels the task does not need are driven towards γ ≈ 0: the share of near-zero γ is the share of
-redundant kernels.
+redundant kernels. The same holds for every normalisation (bnrank.engine.norms): γ of BatchNorm,
+InstanceNorm and GroupNorm are per channel, LayerNorm's per feature over its ``normalized_shape``
+(flattened), and an identity affine inserted after a normalisation without one is read like its own.
+The summary's ``kinds`` says which kinds the figures cover; each layer row has its ``kind``.
 
 Default threshold: 0.05. Under it a channel carries less than 5 % of a fresh channel's amplitude
 (< 0.25 % of its variance). It sits far below the bulk of γ of a trained or freshly initialised network
@@ -31,6 +34,8 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnrank.engine.norms import NormLayer, kinds_of, norm_layers
+
 DEFAULT_THRESHOLD = 0.05
 RELATIVE_THRESHOLD = 0.1
 """A channel counts as relatively small when |γ| < RELATIVE_THRESHOLD × median |γ| of its own layer."""
@@ -49,14 +54,24 @@ def has_batchnorm(model: nn.Module) -> bool:
     return next(bn_layers(model), None) is not None
 
 
+def gamma_layers(model: nn.Module) -> list[NormLayer]:
+    """Every normalisation layer with γ (own or inserted), of every kind, in module order."""
+    return list(norm_layers(model))
+
+
+def has_gamma(model: nn.Module) -> bool:
+    """Whether ``model`` has any γ to measure or train (a normalisation with its own or an inserted affine)."""
+    return next(norm_layers(model), None) is not None
+
+
 def gamma_vector(model: nn.Module) -> torch.Tensor:
     """All γ of the network as one 1-D tensor (graph kept, so R_γ can be differentiated through it)."""
-    return torch.cat([m.weight.reshape(-1) for _, m in bn_layers(model)])
+    return torch.cat([layer.weight.reshape(-1) for layer in norm_layers(model)])
 
 
 def gamma_values(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of every layer's γ, by layer name: the reference :func:`gamma_stats` measures change from."""
-    return {name: m.weight.detach().reshape(-1).cpu().clone() for name, m in bn_layers(model)}
+    return {layer.name: layer.weight.detach().reshape(-1).cpu().clone() for layer in norm_layers(model)}
 
 
 def relatively_small(values: torch.Tensor) -> torch.Tensor:
@@ -115,17 +130,18 @@ def histogram(values: torch.Tensor) -> list[int]:
 def gamma_stats(
     model: nn.Module, threshold: float = DEFAULT_THRESHOLD, reference: Mapping[str, torch.Tensor] | None = None
 ) -> dict:
-    """JSON-ready γ statistics over the whole network and per BN layer.
+    """JSON-ready γ statistics over the whole network and per normalisation layer (``kinds``: which kinds).
 
     With ``reference`` (:func:`gamma_values` taken earlier, e.g. before BN-only training) the summary also has a
     ``change`` entry over the layers present in both with the same size, and each such layer its own ``change``
     (inside the summary and the layer rows, so a store that keeps those keeps the change too).
     """
-    layers = [(name, m.weight.detach().reshape(-1).cpu()) for name, m in bn_layers(model)]
+    found = gamma_layers(model)
+    layers = [(layer.name, layer.weight.detach().reshape(-1).float().cpu()) for layer in found]
     if not layers:
         return {
             "n_layers": 0,
-            "summary": {"count": 0},
+            "summary": {"count": 0, "kinds": []},
             "histogram": {"edges": HIST_EDGES, "counts": []},
             "layers": [],
         }
@@ -133,12 +149,15 @@ def gamma_stats(
     small = [relatively_small(g) for _, g in layers]
     stats = {
         "n_layers": len(layers),
-        "summary": _summary(everything, threshold, torch.cat(small)),
+        "summary": {**_summary(everything, threshold, torch.cat(small)), "kinds": kinds_of(found)},
         "histogram": {
             "edges": [e if e != float("inf") else None for e in HIST_EDGES],
             "counts": histogram(everything),
         },
-        "layers": [{"name": name, **_summary(g, threshold, s)} for (name, g), s in zip(layers, small, strict=True)],
+        "layers": [
+            {"name": name, "kind": layer.label, **_summary(g, threshold, s)}
+            for (name, g), s, layer in zip(layers, small, found, strict=True)
+        ],
     }
     if reference is not None:
         pairs = [

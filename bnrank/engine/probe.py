@@ -5,6 +5,11 @@ validation Dice measured; then the same *number* of channels, drawn at random (s
 few draws), is zeroed instead. If small γ mark redundant kernels, clipping by threshold costs little
 Dice while clipping as many at random costs a lot. γ are restored after every evaluation, so every
 measurement starts from the same BN-only-trained network.
+
+Every normalisation kind is probed (bnrank.engine.norms): γ per channel for BatchNorm, InstanceNorm and
+GroupNorm, per feature (flattened ``normalized_shape``) for LayerNorm, and the identity affines norm-only
+training inserts after a normalisation without one are clipped like the layer's own (they are the only γ
+such a layer has). ``bn_only`` of the result records which kinds were trained and where affines were inserted.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnrank.engine.alchemy import AlchemyError, prepare_model, require_batchnorm
+from bnrank.engine.alchemy import AlchemyError, prepare_model, require_norms
 from bnrank.engine.architectures import Architecture
-from bnrank.engine.bn_only import bn_only_evaluate
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, bn_layers
+from bnrank.engine.bn_only import norm_only_evaluate
+from bnrank.engine.gamma import DEFAULT_THRESHOLD, has_gamma
+from bnrank.engine.norms import norm_layers
 from bnrank.engine.options import option, validate
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, evaluate, mean_foreground
 
@@ -77,7 +83,7 @@ class ProbeResult:
 
 
 def _gammas(model: nn.Module) -> list[torch.Tensor]:
-    return [bn.weight for _, bn in bn_layers(model)]
+    return [layer.weight for layer in norm_layers(model)]
 
 
 @torch.no_grad()
@@ -108,7 +114,12 @@ def clip_probe(
     on_progress: ProgressFn | None = None,
 ) -> ProbeResult:
     """Clip an (already BN-only-trained) network's γ by threshold and at random; Dice for each."""
-    require_batchnorm(model, "the γ-clipping probe")
+    require_norms(model, "the γ-clipping probe")
+    if not has_gamma(model):
+        raise AlchemyError(
+            "the γ-clipping probe needs γ, but this network's normalisation layers have no affine; train it "
+            "norm-only first (gamma_probe does, inserting identity affines after them)"
+        )
     thresholds = sorted({float(t) for t in thresholds})
     if not thresholds or any(not np.isfinite(t) or t <= 0 for t in thresholds):
         raise AlchemyError(f"thresholds must be positive numbers, got {list(thresholds)}")
@@ -185,8 +196,8 @@ def gamma_probe(
     draws: int = DEFAULT_DRAWS,
     on_progress: ProgressFn | None = None,
 ) -> ProbeResult:
-    """BN-only training (as in a ranking), then the clipping probe on the trained network."""
-    require_batchnorm(model, "the γ-clipping probe")
+    """Norm-only training (as in a ranking), then the clipping probe on the trained network."""
+    require_norms(model, "the γ-clipping probe")
     started = time.perf_counter()
     train_steps = config.max_steps
     n_evals = 1 + len(set(thresholds)) * (1 + draws)
@@ -195,7 +206,9 @@ def gamma_probe(
         if on_progress:
             on_progress(step, train_steps + n_evals, f"[BN-only] {message.strip()}")
 
-    result, _, after = bn_only_evaluate(model, arch, data, config, on_progress=train_progress, label="BN-only")
+    result, _, after, trained = norm_only_evaluate(
+        model, arch, data, config, on_progress=train_progress, label="BN-only"
+    )
 
     def probe_progress(step: int, total: int, message: str) -> None:
         if on_progress:
@@ -208,6 +221,7 @@ def gamma_probe(
         "curve": result.curve,
         "steps": result.steps,
         "gamma": after,
+        "norm": trained.to_dict(),
     }
     probe.seconds = round(time.perf_counter() - started, 3)
     return probe

@@ -260,14 +260,15 @@ def test_network_def_missing_argument_is_explained() -> None:
         architecture_from_network_def(defn)
 
 
-def test_network_def_without_batch_norm() -> None:
-    arch = architecture_from_network_def({**UNET_DEF, "norm": "instance"})
-    with pytest.raises(NetworkDefError, match="no BatchNorm"):
-        arch.build()
-    model = arch.build(require_bn=False)
+def test_network_def_without_normalisation() -> None:
+    model = architecture_from_network_def({**UNET_DEF, "norm": "instance"}).build()  # norm-only needs no BN
     assert not any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
-    with pytest.raises(NetworkDefError, match="no BatchNorm"):
-        build_model("monai_unet", norm="instance")
+    assert any(isinstance(m, nn.InstanceNorm3d) for m in build_model("monai_unet", norm="instance").modules())
+    arch = architecture_from_network_def({**UNET_DEF, "norm": None})
+    with pytest.raises(NetworkDefError, match="no normalisation layers"):
+        arch.build()
+    model = arch.build(require_norm=False)
+    assert not any("Norm" in type(m).__name__ for m in model.modules())
 
 
 def test_medicalnet_with_classifier_is_recognised_but_monai_infer_is_strict() -> None:

@@ -29,16 +29,17 @@ def test_gamma_stats_counts_and_fixed_bins() -> None:
     assert stats["layers"][1]["share_below"] == 0.0
 
 
-def test_only_affine_batchnorms_count_and_the_gamma_vector_keeps_its_graph() -> None:
+def test_only_affine_norms_count_and_the_gamma_vector_keeps_its_graph() -> None:
     model = nn.Sequential(
         nn.Conv3d(1, 3, 1), nn.BatchNorm3d(3), nn.BatchNorm3d(3, affine=False), nn.InstanceNorm3d(3, affine=True)
     )
     assert [name for name, _ in bn_layers(model)] == ["1"]  # no γ, or not a BatchNorm: nothing to measure
     assert has_batchnorm(model) and not has_batchnorm(nn.Sequential(nn.Conv3d(1, 3, 1)))
-    g = gamma_vector(model)
-    assert g.shape == (3,) and g.requires_grad
+    g = gamma_vector(model)  # every normalisation with γ: the affine BatchNorm and the affine InstanceNorm
+    assert g.shape == (6,) and g.requires_grad
+    assert gamma_stats(model)["summary"]["kinds"] == ["batch", "instance"]
     empty = gamma_stats(nn.Sequential(nn.Conv3d(1, 3, 1)))
-    assert empty["n_layers"] == 0 and empty["summary"] == {"count": 0}
+    assert empty["n_layers"] == 0 and empty["summary"] == {"count": 0, "kinds": []}
 
 
 def test_histogram_bins_are_fixed_and_the_last_takes_everything_from_two_up() -> None:

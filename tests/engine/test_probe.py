@@ -82,14 +82,15 @@ def test_clipping_by_threshold_zeroes_exactly_those_gammas(monkeypatch) -> None:
     assert torch.equal(_gammas(model), before)
 
 
-def test_probe_needs_batchnorm() -> None:
+def test_probe_needs_normalisation() -> None:
     task = blob_task()
     arch = architecture_from_network_def({"_target_": "UNet", "channels": [4, 8], "strides": [2], "norm": "instance"})
-    model = arch.build(in_channels=1, out_channels=3, require_bn=False)
-    with pytest.raises(AlchemyError, match="needs BatchNorm"):
-        gamma_probe(model, arch, task, small_config())
+    model = arch.build(in_channels=1, out_channels=3)  # InstanceNorm without affine: probed on inserted affines
+    probe = gamma_probe(model, arch, task, small_config(max_steps=2, val_every=2), thresholds=[0.5], draws=1)
+    assert probe.bn_only["norm"]["kinds"] == ["instance+affine-inserted"] and probe.bn_only["norm"]["inserted_affines"]
+    assert probe.n_channels == probe.bn_only["gamma"]["summary"]["count"] > 0
     plain = nn.Sequential(nn.Conv3d(1, 3, 1))
-    with pytest.raises(AlchemyError, match="needs BatchNorm"):
+    with pytest.raises(AlchemyError, match="needs normalisation layers"):
         clip_probe(plain, task, small_config())
     tiny = Architecture("tiny", "", lambda **_: plain, ("0.",), lambda s: None)
     with pytest.raises(AlchemyError):

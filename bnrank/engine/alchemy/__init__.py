@@ -31,7 +31,14 @@ from bnrank.engine.alchemy.kfold import FoldsResult, alchemy_kfold, fold_path
 from bnrank.engine.alchemy.maximization import Tuning, fine_tune, gamma_regulariser, maximize, r_gamma
 from bnrank.engine.alchemy.modification import modify
 from bnrank.engine.alchemy.pairs import ConvBNPair, SkippedBN, find_conv_bn_pairs
-from bnrank.engine.alchemy.run import AlchemyResult, planned_steps, require_batchnorm, run_alchemy
+from bnrank.engine.alchemy.run import (
+    AlchemyResult,
+    planned_steps,
+    require_batchnorm,
+    require_norms,
+    require_own_affines,
+    run_alchemy,
+)
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -65,6 +72,8 @@ __all__ = [
     "prepare_model",
     "r_gamma",
     "require_batchnorm",
+    "require_norms",
+    "require_own_affines",
     "run_alchemy",
     "select_redundant",
     "write_json",

@@ -1,5 +1,9 @@
 """Identification (thesis §3.2.2, step 1): BN-only training, then the smallest γ mark redundant kernels.
 
+BN-only here is norm-only evaluation: the γ of every normalisation kind with its own affine (BatchNorm,
+InstanceNorm, GroupNorm, LayerNorm) are trained and ranked together; run.py refuses a network whose
+normalisations lack their own affine before this step.
+
 With every kernel frozen, BN-only training (the ranking's own procedure, ``bn_only_evaluate``) can only
 rescale the features the checkpoint already has; channels the target task does not need are driven
 towards γ ≈ 0. :func:`select_redundant` then marks the channels with |γ| under a threshold, or the lowest
@@ -18,7 +22,8 @@ from torch import nn
 from bnrank.engine.alchemy.config import DEFAULT_MAX_SHARE, AlchemyConfig, AlchemyError
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import bn_only_evaluate
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, bn_layers
+from bnrank.engine.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.norms import norm_layers
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult
 
 LABEL = "identification (BN-only)"
@@ -26,7 +31,7 @@ LABEL = "identification (BN-only)"
 
 @dataclass
 class Selection:
-    """Which BN channels are marked redundant, and by which rule."""
+    """Which normalisation channels are marked redundant, and by which rule."""
 
     rule: str  # "threshold" | "fraction"
     threshold: float | None
@@ -66,7 +71,7 @@ def select_redundant(
         raise AlchemyError(f"threshold must be a positive number, got {threshold}")
     if not 0.0 < max_share <= 1.0:
         raise AlchemyError(f"max_share must be in (0, 1], got {max_share}")
-    layers = [(name, bn.weight.detach().abs().reshape(-1).float().cpu()) for name, bn in bn_layers(model)]
+    layers = [(layer.name, layer.weight.detach().abs().reshape(-1).float().cpu()) for layer in norm_layers(model)]
     values = torch.cat([g for _, g in layers])
     total = values.numel()
     order = torch.sort(values, stable=True).indices

@@ -1,9 +1,10 @@
 """Maximization (thesis §3.2.2, step 3): fine-tune every parameter with L + λ·R_γ.
 
-R_γ = −α·mean(Γ) + β·std(Γ) over every BN γ of the network (thesis Eq. 3.1): its gradient raises the mean
-|γ| and pulls each γ towards it, so fine-tuning is pushed to use all kernels (the re-initialised ones
-included) rather than switch some off again. With maximization off the same fine-tuning runs on L alone
-(the baselines of thesis Table 4.2); R_γ is recorded before and after either way, so runs compare.
+R_γ = −α·mean(Γ) + β·std(Γ) over every normalisation γ of the network (thesis Eq. 3.1; BatchNorm's there,
+every kind's here): its gradient raises the mean |γ| and pulls each γ towards it, so fine-tuning is pushed
+to use all kernels (the re-initialised ones included) rather than switch some off again. With maximization
+off the same fine-tuning runs on L alone (the baselines of thesis Table 4.2); R_γ is recorded before and
+after either way, so runs compare.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from bnrank.engine.alchemy.config import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LAMBDA, AlchemyConfig
-from bnrank.engine.gamma import gamma_vector, has_batchnorm
+from bnrank.engine.gamma import gamma_vector, has_gamma
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
 
 MAXIMIZATION = "maximization: fine-tuning with R_γ"
@@ -24,7 +25,7 @@ _STD_EPS = 1e-12  # keeps ∂std/∂γ finite when every γ is equal (a fresh ne
 
 
 def r_gamma(model: nn.Module, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> torch.Tensor:
-    """R_γ = −α·mean(Γ) + β·std(Γ) over every BN γ of the network (thesis Eq. 3.1), differentiable."""
+    """R_γ = −α·mean(Γ) + β·std(Γ) over every normalisation γ of the network (thesis Eq. 3.1), differentiable."""
     g = gamma_vector(model).float()
     mean = g.mean()
     std = torch.sqrt(((g - mean) ** 2).mean() + _STD_EPS)
@@ -44,7 +45,7 @@ def gamma_regulariser(
 
 @dataclass
 class Tuning:
-    """The fine-tuning run and R_γ before and after it (empty for a network without BatchNorm)."""
+    """The fine-tuning run and R_γ before and after it (empty for a network without γ)."""
 
     training: TrainResult
     r_gamma: dict[str, float]
@@ -76,7 +77,7 @@ def fine_tune(
     for p in model.parameters():
         p.requires_grad_(True)
     r_values: dict[str, float] = {}
-    if has_batchnorm(model):
+    if has_gamma(model):
         with torch.no_grad():
             r_values["before"] = float(r_gamma(model, options.alpha, options.beta))
     label = FINE_TUNING if regulariser is None else MAXIMIZATION

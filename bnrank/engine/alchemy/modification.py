@@ -1,10 +1,11 @@
 """Modification (thesis §3.2.2, step 2): the kernels marked redundant are drawn afresh.
 
-For every marked BN channel, the output filter of the convolution that feeds that BN (see pairs.py) is
-re-drawn with Kaiming init and the channel's BN parameters are reset (γ = 1, β = 0, running mean 0,
-running variance 1), so the channel re-enters fine-tuning as a fresh kernel with a fresh scale instead of
-a switched-off one. Nothing else in the network changes. Draws come from a generator seeded with the run's
-seed, so a modification is reproducible and leaves the global RNG alone.
+For every marked channel, the output filter of the convolution that feeds its normalisation (see pairs.py;
+BatchNorm, InstanceNorm or GroupNorm) is re-drawn with Kaiming init and the channel's norm parameters are
+reset (γ = 1, β = 0, and for BatchNorm running mean 0, running variance 1), so the channel re-enters fine-
+tuning as a fresh kernel with a fresh scale instead of a switched-off one. Nothing else changes. Draws come
+from a generator seeded with the run's seed, so a modification is reproducible and leaves the global RNG
+alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from bnrank.engine.alchemy.identification import Selection
@@ -43,14 +43,17 @@ def _reinit_filters(conv: _ConvNd, channels: Sequence[int], generator: torch.Gen
         conv.bias[idx] = 0.0
 
 
-def _reset_bn_channels(bn: _BatchNorm, channels: Sequence[int]) -> None:
-    idx = torch.as_tensor(list(channels), dtype=torch.long, device=bn.weight.device)
-    bn.weight[idx] = 1.0
-    bn.bias[idx] = 0.0
-    if bn.running_mean is not None:
-        bn.running_mean[idx] = 0.0
-    if bn.running_var is not None:
-        bn.running_var[idx] = 1.0
+def _reset_norm_channels(module: nn.Module, channels: Sequence[int]) -> None:
+    """γ = 1 and β = 0 for these channels (own or inserted affine), and fresh running statistics where kept."""
+    idx = torch.as_tensor(list(channels), dtype=torch.long, device=module.weight.device)
+    module.weight[idx] = 1.0
+    if getattr(module, "bias", None) is not None:
+        module.bias[idx] = 0.0
+    norm = getattr(module, "norm", module)  # the normalisation inside an inserted affine keeps the statistics
+    if getattr(norm, "running_mean", None) is not None:
+        norm.running_mean[idx] = 0.0
+    if getattr(norm, "running_var", None) is not None:
+        norm.running_var[idx] = 1.0
 
 
 @torch.no_grad()
@@ -73,7 +76,7 @@ def modify(
         channels = selection.channels.get(pair.bn, [])
         if channels:
             _reinit_filters(modules[pair.conv], channels, generator)
-            _reset_bn_channels(modules[pair.bn], channels)
+            _reset_norm_channels(modules[pair.bn], channels)
         layers.append({**asdict(pair), "reinitialised": len(channels), "indices": channels})
     skipped_rows = [{**asdict(s), "marked": len(selection.channels.get(s.bn, []))} for s in skipped]
     return {
@@ -85,8 +88,12 @@ def modify(
 
 
 def skipped_warnings(report: dict[str, Any]) -> list[str]:
-    """A warning for marked channels that :func:`modify` had to leave alone (their BN has no feeding conv)."""
+    """A warning for marked channels that :func:`modify` had to leave alone (their norm has no feeding conv)."""
     n = report["marked_but_skipped"]
     if not n:
         return []
-    return [f"{n} marked channel(s) sit in BN layers with no directly feeding convolution and were left as they are"]
+    kinds = sorted({s.get("kind", "batch") for s in report["skipped"] if s["marked"]})
+    return [
+        f"{n} marked channel(s) sit in normalisation layers ({', '.join(kinds)}) with no directly feeding "
+        "convolution and were left as they are"
+    ]

@@ -1,10 +1,15 @@
-"""Which convolution feeds which BatchNorm: what modification needs to turn a marked γ into a filter.
+"""Which convolution feeds which normalisation: what modification needs to turn a marked γ into a filter.
 
 A BN channel's γ scales one output filter of the convolution right before it, so re-initialising a
-"redundant kernel" means re-drawing that filter. The pairing is read off one traced forward pass (the
-conv whose output tensor *is* the BN's input), never off layer names, so any registered architecture or
-MONAI network works; a BN without a directly feeding convolution is reported as skipped, with the reason,
-rather than guessed at.
+"redundant kernel" means re-drawing that filter. The same holds for InstanceNorm and GroupNorm, whose γ
+are per channel too (GroupNorm pools its statistics over a group, but γ_c still scales filter c alone).
+LayerNorm's γ are per feature of its trailing ``normalized_shape``: they match a conv's filters only where
+that axis *is* the conv's output-channel axis, which a channels-first 3D conv output never is (transformers
+permute to channels-last first, so their LayerNorms are not fed by a conv directly); such a LayerNorm is
+skipped with a reason that names the kind. The pairing is read off one traced forward pass (the conv whose
+output tensor *is* the norm's input), never off layer names, so any registered architecture or MONAI
+network works; a norm without a directly feeding convolution is reported as skipped, with the reason,
+rather than guessed at. The names (``ConvBNPair``, ``bn``) stay from the BatchNorm-only days.
 """
 
 from __future__ import annotations
@@ -17,37 +22,40 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from bnrank.engine.gamma import bn_layers
+from bnrank.engine.norms import KIND_NAMES, features, norm_layers
 
 
 @dataclass
 class ConvBNPair:
-    """A BN layer and the convolution whose output it normalises (``channels`` filters, one per γ)."""
+    """A normalisation layer and the convolution whose output it normalises (``channels`` filters, one per γ)."""
 
     bn: str
     conv: str
     conv_type: str
     channels: int
+    kind: str = "batch"
 
 
 @dataclass
 class SkippedBN:
-    """A BN layer no single convolution feeds directly; its marked channels cannot be re-initialised."""
+    """A normalisation no single convolution feeds directly; its marked channels cannot be re-initialised."""
 
     bn: str
     channels: int
     reason: str
+    kind: str = "batch"
 
 
 def find_conv_bn_pairs(
     model: nn.Module, example: torch.Tensor | Sequence[int]
 ) -> tuple[list[ConvBNPair], list[SkippedBN]]:
-    """Which convolution directly feeds each BN layer, from one traced forward pass.
+    """Which convolution directly feeds each normalisation layer with γ, from one traced forward pass.
 
-    A BN is paired with a conv when the tensor the BN receives is the very tensor object the conv
-    returned and nothing modified it in place in between (its version counter is unchanged). Anything
-    else (a BN on the raw input, after an activation, a concatenation or a view, a BN called several
-    times with different feeders, one the forward never reaches) is returned as skipped with the reason.
+    A norm is paired with a conv when the tensor the norm receives is the very tensor object the conv
+    returned and nothing modified it in place in between (its version counter is unchanged), and its γ
+    run along that conv's output channels. Anything else (a norm on the raw input, after an activation, a
+    concatenation or a view, one called several times with different feeders, one the forward never
+    reaches, a LayerNorm over features other than the conv's channels) is returned as skipped with the reason.
     ``example`` is an input tensor or its shape; the pass runs in eval mode without gradients, so
     running statistics are untouched.
     """
@@ -59,6 +67,7 @@ def find_conv_bn_pairs(
     names = {id(m): n for n, m in model.named_modules()}
     produced: dict[int, tuple[str, torch.Tensor, int]] = {}
     fed: dict[str, list[str | None]] = {}
+    ranks: dict[str, int] = {}
     handles = []
 
     def conv_hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -70,13 +79,16 @@ def find_conv_bn_pairs(
         rec = produced.get(id(t)) if isinstance(t, torch.Tensor) else None
         ok = rec is not None and rec[1] is t and rec[2] == t._version
         fed.setdefault(names[id(module)], []).append(rec[0] if ok else None)
+        if isinstance(t, torch.Tensor):
+            ranks[names[id(module)]] = t.dim()
 
-    bns = list(bn_layers(model))
+    layers = list(norm_layers(model))
     for _, m in model.named_modules():
         if isinstance(m, _ConvNd):
             handles.append(m.register_forward_hook(conv_hook))
-    for _, bn in bns:
-        handles.append(bn.register_forward_pre_hook(bn_hook))
+    for layer in layers:  # the norm itself (inside an inserted affine) sees the conv's output
+        names[id(layer.norm)] = layer.name
+        handles.append(layer.norm.register_forward_pre_hook(bn_hook))
     was_training = model.training
     model.eval()
     try:
@@ -91,27 +103,42 @@ def find_conv_bn_pairs(
     modules = dict(model.named_modules())
     pairs: list[ConvBNPair] = []
     skipped: list[SkippedBN] = []
-    for name, bn in bns:
+    for layer in layers:
+        name, kind = layer.name, layer.label
+        shape = features(layer.norm)
+        n = layer.weight.numel()
         feeders = fed.get(name)
         if not feeders:
-            skipped.append(SkippedBN(name, bn.num_features, "not reached by the forward pass"))
+            skipped.append(SkippedBN(name, n, "not reached by the forward pass", kind))
             continue
         if len(set(feeders)) > 1:
-            skipped.append(SkippedBN(name, bn.num_features, "called several times with different inputs"))
+            skipped.append(SkippedBN(name, n, "called several times with different inputs", kind))
             continue
         conv_name = feeders[0]
         if conv_name is None:
-            skipped.append(SkippedBN(name, bn.num_features, "its input does not come straight from a conv"))
+            skipped.append(SkippedBN(name, n, "its input does not come straight from a conv", kind))
             continue
         conv = modules[conv_name]
-        if conv.out_channels != bn.num_features:
+        if layer.kind == "layer" and not (len(shape) == 1 and ranks.get(name) == 2):
             skipped.append(
                 SkippedBN(
                     name,
-                    bn.num_features,
-                    f"{conv_name} has {conv.out_channels} output channels, the BN {bn.num_features}",
+                    n,
+                    f"{KIND_NAMES['layer']} γ are per feature of its last axes {list(shape)}, not per output "
+                    f"channel of {conv_name} (axis 1): they mark no kernel of it",
+                    kind,
                 )
             )
             continue
-        pairs.append(ConvBNPair(name, conv_name, type(conv).__name__, bn.num_features))
+        if conv.out_channels != n:
+            skipped.append(
+                SkippedBN(
+                    name,
+                    n,
+                    f"{conv_name} has {conv.out_channels} output channels, the {KIND_NAMES[layer.kind]} {n}",
+                    kind,
+                )
+            )
+            continue
+        pairs.append(ConvBNPair(name, conv_name, type(conv).__name__, n, kind))
     return pairs, skipped

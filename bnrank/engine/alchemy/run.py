@@ -23,7 +23,8 @@ from bnrank.engine.alchemy.modification import modify, skipped_warnings
 from bnrank.engine.alchemy.pairs import find_conv_bn_pairs
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import reinit_head
-from bnrank.engine.gamma import gamma_stats, has_batchnorm
+from bnrank.engine.gamma import gamma_stats
+from bnrank.engine.norms import ALL_NAMES, InsertedAffine, has_norm, without_affine
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig
 
 
@@ -115,24 +116,52 @@ def planned_steps(config: TrainConfig, options: AlchemyConfig) -> int:
     return ident + config.max_steps
 
 
-def require_batchnorm(model: nn.Module, what: str) -> None:
-    if not has_batchnorm(model):
+def require_norms(model: nn.Module, what: str) -> None:
+    """Refuse a network with no normalisation layer at all: it has no γ to read, train or clip."""
+    if not has_norm(model):
         raise AlchemyError(
-            f"{what} needs BatchNorm layers (their γ mark redundant kernels), but this network has none; "
-            "pick a network with BatchNorm (e.g. a MONAI network_def with norm 'batch')"
+            f"{what} needs normalisation layers ({ALL_NAMES}; their γ mark redundant kernels), but this network "
+            "has none; pick a network with normalisation (e.g. a MONAI network_def with norm 'batch' or 'instance')"
         )
 
 
-def _check_batchnorm(model: nn.Module, options: AlchemyConfig) -> None:
-    """Every step but plain fine-tuning reads or moves γ: refuse a BN-free network before any work."""
+require_batchnorm = require_norms
+"""The old name of :func:`require_norms` (from when only BatchNorm γ counted)."""
+
+
+def require_own_affines(model: nn.Module, what: str) -> None:
+    """Refuse γ steps on a network whose normalisations lack their own affine.
+
+    Norm-only ranking inserts identity affines after such layers for the evaluation; alchemy does not: the
+    weights it writes must load into the same architecture, and an inserted affine trained away from the
+    identity cannot be folded back into a normalisation that has none. So alchemy works on the network's own
+    γ only, and refuses (naming the layers) where there are none to work on.
+    """
+    require_norms(model, what)
+    missing = without_affine(model) + [
+        (name, f"{m.kind}, inserted") for name, m in model.named_modules() if isinstance(m, InsertedAffine)
+    ]
+    if missing:
+        kinds = sorted({kind for _, kind in missing})
+        shown = ", ".join(name for name, _ in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise AlchemyError(
+            f"{what} works on the network's own γ, but {len(missing)} of its normalisation layers "
+            f"({', '.join(kinds)}) have no affine of their own ({shown}); alchemy inserts none, since the weights "
+            "it writes must load into the same architecture. Norm-only ranking and the γ probe do work on this "
+            "network (with identity affines inserted for the evaluation), and so does plain fine-tuning"
+        )
+
+
+def _check_norms(model: nn.Module, options: AlchemyConfig) -> None:
+    """Every step but plain fine-tuning reads or moves γ: refuse a network without its own γ before any work."""
     steps = (
         ("identification", options.identifies),
         ("modification", options.modifies),
         ("maximization (R_γ)", options.maximizes),
     )
-    needs_bn = [what for what, on in steps if on]
-    if needs_bn:
-        require_batchnorm(model, " and ".join(needs_bn))
+    needs_gamma = [what for what, on in steps if on]
+    if needs_gamma:
+        require_own_affines(model, " and ".join(needs_gamma))
 
 
 def run_alchemy(
@@ -153,7 +182,7 @@ def run_alchemy(
     """
     options = options or AlchemyConfig()
     started = time.perf_counter()
-    _check_batchnorm(model, options)
+    _check_norms(model, options)
     phases = _phases or Phases(on_progress, planned_steps(config, options))
     thr = options.gamma_threshold
     gamma: dict[str, Any] = {"raw": gamma_stats(model, thr)}

@@ -20,13 +20,13 @@ from torch import nn
 from bnrank.engine.architectures.registry import Architecture, ProbeInfer, probe_head, register
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS, estimate_parameters
 from bnrank.engine.errors import NetworkDefError, NetworkTooLargeError
+from bnrank.engine.norms import ALL_NAMES, has_norm
 
 _NETS_MODULE = "monai.networks.nets."
 _CANDIDATES = ("UNet", "BasicUNet", "DynUNet", "SegResNet", "AttentionUnet", "VNet", "UNETR", "SwinUNETR")
 # Segmentation networks taking in/out channels; filtered so an older MONAI simply offers fewer.
 ALLOWED_CLASSES: tuple[str, ...] = tuple(name for name in _CANDIDATES if hasattr(nets, name))
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _IGNORED_KEYS = frozenset({"_desc_"})  # documentation only; harmless to drop
 _WRAP_ERRORS = (TypeError, ValueError, AssertionError, LookupError)
 
@@ -87,17 +87,13 @@ def parse_network_def(defn: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(module, _BATCH_NORMS) for module in model.modules())
-
-
 def build_network(
     class_name: str,
     def_kwargs: Mapping[str, Any],
     in_channels: int | None,
     out_channels: int | None,
     *,
-    require_bn: bool = True,
+    require_norm: bool = True,
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
     **options: Any,
 ) -> nn.Module:
@@ -106,7 +102,8 @@ def build_network(
     Precedence: `options` and explicit in/out channels override the def's values, which override the
     defaults (3 spatial dims; 1 in, 2 out channels when nobody says otherwise). The parameter count is
     estimated from the arguments and checked against `max_parameters` before the constructor runs, since
-    the constructor is what allocates.
+    the constructor is what allocates. A network with no normalisation layer at all is refused (norm-only
+    evaluation would have nothing to train) unless ``require_norm`` is False.
     """
     if class_name not in ALLOWED_CLASSES:
         raise NetworkDefError(f"{class_name!r} is not an allowed MONAI network class")
@@ -134,10 +131,11 @@ def build_network(
         model = cls(**kwargs)
     except _WRAP_ERRORS as exc:
         raise NetworkDefError(f"cannot build {class_name} from this network_def: {exc}") from exc
-    if require_bn and not _has_batch_norm(model):
+    if require_norm and not has_norm(model):
         raise NetworkDefError(
-            f"{class_name} as configured has no BatchNorm layers; BN-only evaluation needs them — "
-            "set norm to 'batch' (or pass require_bn=False to build it anyway)"
+            f"{class_name} as configured has no normalisation layers ({ALL_NAMES}); norm-only evaluation "
+            "trains the γ/β that follow a normalisation, so it has nothing to evaluate — set norm to 'batch', "
+            "'instance' or 'group' (or pass require_norm=False to build it anyway)"
         )
     return model
 
@@ -185,21 +183,25 @@ def _network_architecture(
         in_channels: int | None = None,
         out_channels: int | None = None,
         *,
-        require_bn: bool = True,
+        require_norm: bool = True,
+        require_bn: bool | None = None,
         **options: Any,
     ) -> nn.Module:
-        """Build with the def's settings; in/out channels and options override them."""
+        """Build with the def's settings; in/out channels and options override them.
+
+        ``require_bn`` is the old name of ``require_norm`` (it required BatchNorm before norm-only evaluation).
+        """
         return build_network(
             class_name,
             frozen,
             in_channels,
             out_channels,
-            require_bn=require_bn,
+            require_norm=require_norm if require_bn is None else require_bn,
             max_parameters=max_parameters,
             **options,
         )
 
-    probe: Callable[..., nn.Module] = functools.partial(build, require_bn=False)
+    probe: Callable[..., nn.Module] = functools.partial(build, require_norm=False)
     head = probe_head(probe)
     return Architecture(
         name=name, description=description, build=build, head=head, infer=ProbeInfer(probe, head)
@@ -213,8 +215,9 @@ def architecture_from_network_def(
 
     Malformed or disallowed defs fail here, and so does a def estimated above `max_parameters` (every
     build of the returned Architecture is checked again, since in/out channels can change the count);
-    a def that builds but lacks BatchNorm fails in `build` (unless `require_bn=False`), so a caller can
-    still inspect such a network on purpose.
+    a def that builds but has no normalisation layer at all fails in `build` (unless `require_norm=False`),
+    so a caller can still inspect such a network on purpose. BatchNorm, InstanceNorm, GroupNorm and LayerNorm
+    networks all build.
     """
     class_name, kwargs = parse_network_def(defn)
     return _network_architecture(

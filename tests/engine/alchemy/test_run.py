@@ -79,7 +79,7 @@ def test_modes_and_switches(tmp_path: Path) -> None:
     assert torch.equal(prepare_model(ckpt, task, "finetune", 0)[0].state_dict()[key], raw)
 
 
-def test_networks_without_batchnorm_are_refused() -> None:
+def test_networks_without_own_gamma_are_refused() -> None:
     task = blob_task()
 
     class Tiny(nn.Module):
@@ -92,13 +92,13 @@ def test_networks_without_batchnorm_are_refused() -> None:
             return self.head(torch.relu(self.body(x)))
 
     tiny = Architecture("tiny", "no BN", Tiny, ("head.",), lambda shapes: None)
-    with pytest.raises(AlchemyError, match="needs BatchNorm"):
+    with pytest.raises(AlchemyError, match="needs normalisation layers"):
         run_alchemy(Tiny(), tiny, task, small_config())
     arch = architecture_from_network_def({"_target_": "UNet", "channels": [4, 8], "strides": [2], "norm": "instance"})
-    model = arch.build(in_channels=1, out_channels=3, require_bn=False)
-    with pytest.raises(AlchemyError, match="maximization"):
+    model = arch.build(in_channels=1, out_channels=3)  # InstanceNorm without affine: no γ of its own
+    with pytest.raises(AlchemyError, match=r"maximization .* no affine of their own"):
         run_alchemy(model, arch, task, small_config(), AlchemyConfig(mode="finetune", maximization=True))
-    # plain fine-tuning needs no BN, and still works
+    # plain fine-tuning needs no γ, and still works
     result = run_alchemy(Tiny(), tiny, task, small_config(max_steps=2, val_every=2), AlchemyConfig(mode="finetune"))
     assert result.steps == 2
 
