@@ -50,6 +50,7 @@ from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
 from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
+from service.ui.routes import mount as mount_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -166,5 +167,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts, leaderboard):
         app.include_router(module.router)  # each router carries its full /v1/... prefix (metrics labels)
+    mount_dashboard(app)  # /ui: HTML pages over the same core functions, left out of the OpenAPI document
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -124,6 +125,14 @@ class Settings(BaseSettings):
         description="when set, metrics are served on this port (at metrics_host) instead of the API's /metrics",
     )
     metrics_host: str = Field(default="127.0.0.1", description="address of the separate metrics port")
+    session_secret: str = Field(
+        default="",
+        description="signs the dashboard's session cookies (/ui); default: a random secret generated once and kept "
+        "in home/session_secret, so sessions survive restarts (set it when API processes do not share home)",
+    )
+    session_max_age_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="a dashboard sign-in lasts this long (the key's revocation ends it)"
+    )
     log_level: str = Field(default="INFO", description="log level of the API and the worker")
     log_format: Literal["text", "json"] = Field(
         default="text", description="text for a terminal; json (one object per line, with job ids) for collectors"
@@ -213,6 +222,32 @@ class Settings(BaseSettings):
         if self.embedded_broker:
             for key in ("data_folder_in", "control_folder"):
                 Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)
+
+    def session_key(self) -> str:
+        """The secret that signs dashboard sessions: ``session_secret``, else one generated once under ``home``.
+
+        Generated with ``secrets`` and published by a hard link of a complete 0600 file, so a process starting
+        at the same time either wins or reads the winner's whole secret, never a half-written one.
+        """
+        if self.session_secret:
+            return self.session_secret
+        path = self.home / "session_secret"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".session_secret.{secrets.token_hex(6)}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48) + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass  # another process published one first: use it
+            finally:
+                draft.unlink()
+        text = path.read_text().strip()
+        if len(text) < 32:
+            raise ValueError(f"{path} holds no usable session secret; delete it or set BNRANK_SESSION_SECRET")
+        return text
 
     def to_env(self) -> dict[str, str]:
         """``BNRANK_*`` variables that reproduce these settings in a child process."""

@@ -10,7 +10,19 @@ import json
 import subprocess
 import sys
 
-CORE = ("jobs", "jobflow", "results", "params", "checkpoints", "datasets", "recovery", "celery_app", "launcher")
+CORE = (
+    "jobs",
+    "jobflow",
+    "results",
+    "params",
+    "checkpoints",
+    "datasets",
+    "recovery",
+    "celery_app",
+    "launcher",
+    "leaderboard",
+    "histograms",
+)
 
 
 def _loaded(module: str) -> set[str]:
