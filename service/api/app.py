@@ -31,7 +31,7 @@ from service.api.background import housekeeping
 from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
-from service.api.ratelimit import RateLimiter, retry_header
+from service.api.ratelimit import make_limiter, retry_header
 from service.api.routes import (
     alchemy,
     artifacts,
@@ -134,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with housekeeping(app.state):
             yield
+        await app.state.auth_limiter.close()
+        await app.state.submission_limiter.close()
         broker.close()
         db.dispose()
 
@@ -153,8 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.finished_rankings = FinishedCache()
     app.state.live_rankings = LiveCache(settings.live_cache_s)
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
-    app.state.auth_limiter = RateLimiter(settings.auth_failures_per_minute)
-    app.state.submission_limiter = RateLimiter(settings.submissions_per_minute)
+    app.state.auth_limiter = make_limiter(settings, "auth", settings.auth_failures_per_minute)
+    app.state.submission_limiter = make_limiter(settings, "submit", settings.submissions_per_minute)
 
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, _refused)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.api.ratelimit import RateLimiter, retry_header
+from service.api.ratelimit import Limiter, retry_header
 from service.api.singleflight import single_flight
 from service.core.errors import Limited
 from service.core.models import ApiKey, utcnow
@@ -96,11 +96,11 @@ def _too_many(seconds: float) -> Limited:
     return Limited(f"too many failed authentications; try again in {retry_header(seconds)} s", seconds)
 
 
-def _failed(limiter: RateLimiter, address: str, digest: str | None, detail: str) -> HTTPException | Limited:
+async def _failed(limiter: Limiter, address: str, digest: str | None, detail: str) -> HTTPException | Limited:
     """Count a failed authentication against the address (and the key presented); the error to raise."""
-    waits = [limiter.spend(f"addr:{address}")]
+    waits = [await limiter.take(f"addr:{address}")]
     if digest is not None:
-        waits.append(limiter.spend(f"key:{digest}"))
+        waits.append(await limiter.take(f"key:{digest}"))
     late = [w for w in waits if w is not None]
     return _too_many(max(late)) if late else _unauthorized(detail)
 
@@ -110,7 +110,7 @@ async def current_owner(request: Request) -> str:
 
     Async so that the common case (a key seen in the last seconds) costs no thread-pool round trip.
     """
-    limiter: RateLimiter = request.app.state.auth_limiter
+    limiter: Limiter = request.app.state.auth_limiter
     address = request.client.host if request.client else "unknown"
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
@@ -121,12 +121,12 @@ async def current_owner(request: Request) -> str:
     if owner is not None:
         return owner
     # Only a request that would need a lookup is held back: a valid, recently seen key keeps working.
-    waits = [limiter.retry_after(f"addr:{address}"), limiter.retry_after(f"key:{digest}") if digest else None]
+    waits = [await limiter.check(f"addr:{address}"), await limiter.check(f"key:{digest}") if digest else None]
     late = [w for w in waits if w is not None]
     if late:
         raise _too_many(max(late))
     if scheme.lower() != "bearer" or digest is None:
-        raise _failed(
+        raise await _failed(
             limiter,
             address,
             None,
@@ -134,7 +134,7 @@ async def current_owner(request: Request) -> str:
         )
     owner = await single_flight(cache.loading, digest, lambda: run_in_threadpool(_owner_of, request, digest))
     if owner is None:
-        raise _failed(limiter, address, digest, "invalid or revoked API key")
+        raise await _failed(limiter, address, digest, "invalid or revoked API key")
     cache.put(digest, owner)
     return owner
 
@@ -144,8 +144,8 @@ Owner = Annotated[str, Depends(current_owner)]
 
 async def submitting_owner(request: Request, owner: Owner) -> str:
     """The owner of a job-submitting request, or 429 past their submission rate (per owner)."""
-    limiter: RateLimiter = request.app.state.submission_limiter
-    wait = limiter.spend(owner)
+    limiter: Limiter = request.app.state.submission_limiter
+    wait = await limiter.take(owner)
     if wait is not None:
         raise Limited(f"too many jobs submitted; try again in {retry_header(wait)} s", wait)
     return owner

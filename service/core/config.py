@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         default=120, ge=0, description="jobs one owner may submit in a minute, then 429; 0 turns the limit off"
     )
+    rate_limit_store: Literal["auto", "process", "redis"] = Field(
+        default="auto",
+        description="where rate-limit counters live: redis (the broker's Redis, one limit across every API "
+        "process), process (per API process), auto (redis when the broker is Redis, else process)",
+    )
     metrics_key: str = Field(
         default="", description="when set, GET /metrics requires 'Authorization: Bearer <metrics_key>'"
     )
@@ -173,6 +178,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"lease_s ({self.lease_s}) must be at least 3 × progress_interval_s ({self.progress_interval_s}):"
                 " a live task renews its heartbeat only that often"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_rate_limit_store(self) -> Settings:
+        if self.rate_limit_store == "redis" and not self.broker_url.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"rate_limit_store 'redis' keeps the counters in the broker's Redis, but the broker is "
+                f"{self.broker_url.split('://')[0]}://; use process or auto"
             )
         return self
 
