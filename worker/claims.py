@@ -100,6 +100,8 @@ class Work:
     seconds: float = 0.0
     candidate: Candidate | None = None
     problem: str | None = None
+    halving_round: int | None = None
+    """A ranking entry's successive-halving round to run (None: no halving, or the first round)."""
 
 
 def job_params(job: Job) -> JobParams | None:

@@ -7,14 +7,17 @@ import logging
 from sqlalchemy import delete, update
 
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate
+from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate, evaluate_round, halving_steps
+from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
+from service.core.jobs import Message, send_tasks
 from service.core.models import (
     GammaStat,
     Job,
     RankingEntry,
     utcnow,
 )
+from service.core.params import RankingParams
 from service.core.results import entry_values
 from worker.claims import Work, cancel_row, claim, gamma_of, read_work
 from worker.context import WorkerContext
@@ -35,6 +38,7 @@ def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> Work | None:
         if not attempt:
             return None
         work = read_work(ctx, s, job, entry_id, entry.name, entry.checkpoint_id, attempt)
+        work.halving_round = entry.halving_round
         if entry.is_control and work.dataset_uri is not None and work.params is not None:
             work.problem = None
             work.candidate = Candidate(
@@ -56,16 +60,35 @@ def _evaluate(ctx: WorkerContext, work: Work, reporter: ProgressReporter) -> Ran
     except (BNRankError, ValueError) as exc:
         return RankEntry(checkpoint=work.name, status="failed", error=str(exc))
     reporter.update(0, config.max_steps, f"{work.name}: starting")
-    return evaluate_candidate(work.candidate, data, config, on_progress=reporter.update)
+    rank = work.params.rank_config() if isinstance(work.params, RankingParams) else None
+    if rank is None or rank.halving_rounds == 1:
+        return evaluate_candidate(work.candidate, data, config, on_progress=reporter.update)
+    # Successive halving: this task trains the candidate from step 0 to its round's end (service/core/jobflow.py
+    # sends the survivors on); progress counts against the last round's steps, so it stays below 1 until then.
+    return evaluate_round(work.candidate, data, config, rank, work.halving_round or 1, on_progress=reporter.update)
+
+
+def _progress_when_done(work: Work, outcome: RankEntry) -> float:
+    """1, except after a halving round that is not the last: the share of the full budget trained so far (the
+    job flow sets 1 for the candidates that stop there)."""
+    params = work.params
+    if outcome.halving_round is None or not isinstance(params, RankingParams):
+        return 1.0
+    config, rank = params.train_config(), params.rank_config()
+    ends = halving_steps(config.max_steps, rank.halving_rounds, rank.halving_eta)
+    return 1.0 if outcome.halving_round >= len(ends) else ends[outcome.halving_round - 1] / ends[-1]
 
 
 def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> None:
-    """Write the entry's result over its row (never a new row), then try to close the ranking."""
+    """Write the entry's result over its row (never a new row), then try to close the ranking (or, under
+    successive halving, start its next round: those messages are sent once this transaction has committed)."""
+    outbox: list[Message] = []
     with ctx.db.session() as s:
         if outcome is None:  # cancelled
             cancel_row(s, RankingEntry, work.row_id, work.attempt)
         else:
-            values = {**entry_values(outcome), "progress": 1.0, "finished_at": utcnow()}
+            progress = _progress_when_done(work, outcome)
+            values = {**entry_values(outcome), "progress": progress, "finished_at": utcnow()}
             written = s.execute(
                 update(RankingEntry)
                 .where(
@@ -79,7 +102,18 @@ def save_entry(ctx: WorkerContext, work: Work, outcome: RankEntry | None) -> Non
                 s.execute(delete(GammaStat).where(GammaStat.entry_id == work.row_id))
                 s.add_all(gamma_of(ctx, work, outcome.gamma, entry_id=work.row_id))
         s.flush()
-        finalise(s, work.job_id)
+        finalise(s, work.job_id, outbox)
+    if outbox:
+        _send(ctx, outbox)
+
+
+def _send(ctx: WorkerContext, messages: list[Message]) -> None:
+    """Send the next halving round; if the broker refuses, the rows wait queued and the recovery sweep re-sends
+    them once ``requeue_after_s`` has passed (the broker holds none of their task ids)."""
+    try:
+        send_tasks(make_celery(ctx.settings), ctx.settings.queue, messages)
+    except Exception as exc:  # kombu raises a zoo of connection errors
+        log.warning("next halving round not sent (the recovery sweep will): %s", exc)
 
 
 def run_rank_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> str:

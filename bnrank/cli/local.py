@@ -124,14 +124,16 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
     if logme is not None:
         header += f"  {'LogME':>6}"
     # γ<0.05: the absolute share the thesis reads; γ<.1med: the share under a tenth of its own layer's median
-    # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10).
-    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
+    # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10); |Δγ|: the mean
+    # change of γ during BN-only training (RankEntry.gamma_change).
+    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'|Δγ|':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
     print(header)
     print("-" * len(header))
     for e in result.entries:
         cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
         rank = str(e.rank) if e.rank else "-"
         gamma = f"{_share(_after_bn(e, 'share_below'))}  {_share(_after_bn(e, 'share_below_relative'))}"
+        gamma += f"  {e.gamma_change:7.4f}" if e.gamma_change is not None else f"  {'-':>7}"
         tie = str(e.tie_group) if e.tie_group is not None else "-"
         if logme is not None:
             cells += f"  {_fmt(logme.get(e.checkpoint))}"

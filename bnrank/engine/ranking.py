@@ -164,8 +164,22 @@ class RankEntry:
         self.trained_parameters = info.trained_parameters
         self.inserted_affines = list(info.inserted_affines)
 
+    @property
+    def gamma_change(self) -> float | None:
+        """Mean |Δγ| over every channel during BN-only training (after_bn's ``change``): it moves at ranking
+        budgets, where the share of γ under an absolute threshold stays at 0 (issue 10, item 10)."""
+        return gamma_change((self.gamma.get("after_bn") or {}).get("summary") or {})
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "gamma_change": self.gamma_change}
+
+
+def gamma_change(summary: Mapping[str, Any]) -> float | None:
+    """Mean |Δγ| during BN-only training from an after_bn γ summary; None where it holds no change (e.g. a stored
+    summary from before the change was measured). The one reading the CLI, the JSON and the API share."""
+    change = summary.get("change") or {}
+    value = change.get("mean_abs_delta")
+    return float(value) if value is not None else None
 
 
 @dataclass

@@ -214,6 +214,14 @@ class EntryOut(BaseModel):
     )
     p_best: float | None = Field(default=None, description="share of bootstrap resamples in which this entry leads")
     tied_with: list[str] = Field(default_factory=list, description="names of the entries this one is tied with")
+    halving_round: int | None = Field(
+        default=None,
+        description="successive halving: the round this entry is run for, once finished the round it stopped in "
+        "(later rounds rank first); None without halving",
+    )
+    gamma_change: float | None = Field(
+        default=None, description="mean |Δγ| over every channel during BN-only training (γ summary after_bn)"
+    )
 
 
 class RankingOut(BaseModel):
@@ -223,6 +231,11 @@ class RankingOut(BaseModel):
     ties: dict[str, Any] | None = Field(
         default=None,
         description="tie guidance once finished: top_group (tied with rank 1), groups, p_top_is_best, method",
+    )
+    halving: dict[str, Any] | None = Field(
+        default=None,
+        description="successive halving once finished: each round's steps and candidates, the candidate steps "
+        "spent (every round re-trains from step 0) and what a run without halving would have spent",
     )
 
 

@@ -220,6 +220,8 @@ class RankingEntry(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text)
     load_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    halving_round: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Successive halving: the round this entry is run for, then the round it stopped in; NULL without halving."""
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -118,7 +118,8 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
                 exists().where(of_job),
                 ~exists().where(of_job, rows.status.not_in(TERMINAL_ENTRY_STATUSES)),
             )
-            report.closed += [job_id for job_id in s.scalars(unclosed).all() if finalise(s, job_id)]
+            # (a halving ranking between rounds is not closed: its next round's messages join the ones sent below)
+            report.closed += [job_id for job_id in s.scalars(unclosed).all() if finalise(s, job_id, messages)]
     # Committed before sending: a task that starts at once must find its row with this task id.
     if messages:
         send_tasks(celery, settings.queue, messages)

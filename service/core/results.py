@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.ranking import RankEntry
+from bnrank.engine.ranking import RankEntry, gamma_change
 from service.core.errors import NotFound
 from service.core.models import AlchemyResult, GammaStat, Job, RankingEntry
 
@@ -63,6 +63,8 @@ def entry_values(outcome: RankEntry) -> dict[str, Any]:
     }
     if outcome.architecture:
         values["architecture"] = outcome.architecture
+    if outcome.halving_round is not None:  # a failure before training keeps the round the row was run for
+        values["halving_round"] = outcome.halving_round
     return values
 
 
@@ -75,6 +77,7 @@ def rank_entry(row: RankingEntry) -> RankEntry:
         curve=list(row.curve or []),
         steps=row.steps,
         is_control=row.is_control,
+        halving_round=row.halving_round,
     )
 
 
@@ -101,6 +104,8 @@ def entry_view(row: RankingEntry, gamma: GammaByPhase, ties: Mapping[str, Any] |
         "tie_group": ties.get("tie_group"),
         "p_best": ties.get("p_best"),
         "tied_with": list(ties.get("tied_with") or []),
+        "halving_round": row.halving_round,
+        "gamma_change": gamma_change(gamma.get("after_bn") or {}),
     }
 
 
@@ -142,6 +147,7 @@ def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
         tie_group=view.get("tie_group"),
         p_best=view.get("p_best"),
         tied_with=list(view.get("tied_with") or []),
+        halving_round=view.get("halving_round"),
     )
 
 

@@ -77,4 +77,5 @@ def _ranking(session: Session, owner: str, job_id: str) -> RankingOut:
         entries=[EntryOut.model_validate(v) for v in views],
         stability=(job.result or {}).get("stability"),
         ties=ties,
+        halving=(job.result or {}).get("halving"),
     )
