@@ -9,13 +9,22 @@ storage of 10¹² elements, and a tensor can claim a huge shape over one stored 
 size is bounded by `max_bytes` before the allocation it would cause: the zip's central directory before
 `torch.load`, a legacy file's declared storages by a scan that builds nothing, and the tensors' total size
 before anything is computed on them. The service passes its upload limit; the default suits a CLI user.
+
+Besides plain state dicts (``torch.save``, ``.safetensors``) the formats people share are recognised from
+their contents (`read_state_dict` dispatches to `bnrank.engine.formats`): an nnU-Net v2 model folder, its
+zip or a bare ``checkpoint_final.pth``; a MONAI bundle folder or zip; a TorchScript archive. Each is read
+without running code from it, and the ones that describe their own network (nnU-Net plans, a bundle's
+``network_def``) are built from that description, through allow-lists.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -23,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
@@ -40,11 +50,21 @@ from bnrank.engine.architectures.registry import probe_shapes
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.errors import (
     ArchitectureMismatchError,
+    CheckpointError,
     CheckpointTooLargeError,
     CorruptCheckpointError,
     UnknownArchitectureError,
     UnsafeCheckpointError,
 )
+from bnrank.engine.formats import bundle as bundle_format
+from bnrank.engine.formats import nnunet as nnunet_format
+from bnrank.engine.formats import torchscript as torchscript_format
+from bnrank.engine.formats.zips import ModelTree, is_zip, open_folder, open_zip
+
+try:  # numpy >= 2 moved it; pickles written under numpy 1 still name numpy.core
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _np_scalar  # type: ignore[no-redef]
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "network_weights", "module")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -60,6 +80,26 @@ DEFAULT_MAX_ZIP_RATIO = 10.0
 ZIP_RATIO_FLOOR = 16 * MiB
 # One entry per storage plus a few bookkeeping records; real networks have hundreds to a few thousand.
 DEFAULT_MAX_ZIP_ENTRIES = 65_536
+
+# What `torch.load(weights_only=True)` may build beyond tensors and containers: numpy scalars, which training
+# logs hold (nnU-Net v2's checkpoint_final.pth keeps its per-epoch losses and Dice as np.float64). A scalar is
+# rebuilt from a dtype and its raw bytes, and only numeric dtypes are listed, so nothing here can run code or
+# build an arbitrary object. Granted per call (`torch.serialization.safe_globals`), never registered globally.
+NUMPY_SAFE_GLOBALS: list[Any] = [
+    np.dtype,
+    _np_scalar,
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    (_np_scalar, "numpy._core.multiarray.scalar"),
+    *(
+        getattr(np.dtypes, name)
+        for name in (
+            "Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "Int16DType", "Int8DType",
+            "UInt64DType", "UInt32DType", "UInt16DType", "UInt8DType", "BoolDType",
+        )
+        if hasattr(np.dtypes, name)
+    ),
+]
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -77,6 +117,9 @@ class LoadReport:
     shape_mismatched: list[dict[str, Any]] = field(default_factory=list)
     head_reinitialised: list[str] = field(default_factory=list)
     matched_fraction: float = 0.0
+    source: dict[str, Any] = field(default_factory=dict)
+    """What the format told about the model: nnU-Net's configuration, chosen fold and data defaults (spacing,
+    patch size, normalisation), a bundle's name, config and network_def, a TorchScript archive's root."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,16 +381,23 @@ def _read_torch(path: Path, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES) -> An
     else:
         check_legacy_torch(path, max_bytes=max_bytes)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            named = _UNSAFE_GLOBAL.search(text)
+            what = f" (it names {named.group(1)})" if named else ""
             raise UnsafeCheckpointError(
-                f"{path.name}: refused, the file needs code execution to load (it is not plain tensors). "
+                f"{path.name}: refused, the file needs code execution to load{what}; it is not plain tensors. "
                 "Save weights with safetensors or torch.save(model.state_dict()) and upload that."
             ) from exc
         raise CorruptCheckpointError(f"{path.name}: not a readable PyTorch checkpoint ({text[:200]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
+        if "TorchScript" in str(exc):  # an archive the zip sniffing missed (it never reaches torch.jit.load)
+            raise CorruptCheckpointError(
+                f"{path.name}: a TorchScript archive without the usual layout (<root>/code/, <root>/data.pkl)"
+            ) from exc
         if "can't allocate memory" in str(exc):  # torch's allocator failing is no verdict on the file
             raise MemoryError(str(exc).splitlines()[0][:200]) from exc
         raise CorruptCheckpointError(
@@ -381,22 +431,110 @@ def unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
     return state, container, stripped
 
 
-def read_state_dict(
-    path: str | Path, *, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors of a checkpoint file plus how they were found (format, container, stripped prefixes).
+def _nested(tree: ModelTree, member: str, max_bytes: int) -> Any:
+    """A checkpoint inside a model folder or zip, read as a standalone file would be (same checks)."""
+    with tree.as_file(member) as path:
+        try:
+            if sniff_format(path) == "safetensors":
+                return _read_safetensors(path)
+            return _read_torch(path, max_bytes)
+        except CheckpointError as exc:
+            message = str(exc).replace(path.name, f"{tree.label}: {member}", 1)
+            raise type(exc)(message) from exc
 
-    `max_bytes` bounds what reading may allocate: the decompressed archive, and the tensors' total size.
-    """
-    path = Path(path)
+
+def _nnunet(raw: Any, plans: Any, dataset: Any, configuration: str | None, label: str) -> dict[str, Any]:
+    """Meta of an nnU-Net checkpoint: the `nnunet` architecture's build options from the plans."""
+    init_args = raw.get("init_args") if isinstance(raw, Mapping) else None
+    if isinstance(init_args, Mapping):
+        plans = plans if plans is not None else init_args.get("plans")
+        dataset = dataset if dataset is not None else init_args.get("dataset_json")
+        if isinstance(init_args.get("configuration"), str):
+            configuration = init_args["configuration"]
+    if not isinstance(plans, Mapping):
+        raise CorruptCheckpointError(f"{label}: an nnU-Net checkpoint without plans")
+    try:
+        build, source = nnunet_format.describe(plans, dataset if isinstance(dataset, Mapping) else None, configuration)
+    except CheckpointError as exc:
+        raise type(exc)(f"{label}: {exc}") from exc
+    if isinstance(raw, Mapping):
+        source["trainer_name"] = raw.get("trainer_name")
+        epoch = raw.get("current_epoch")
+        source["epoch"] = int(epoch) if isinstance(epoch, (int, np.integer)) else None
+    return {"format": "nnunet", "architecture": "nnunet", "build_kwargs": build, "source": source}
+
+
+def _read_tree(tree: ModelTree, max_bytes: int, *, zipped: bool) -> tuple[Any, dict[str, Any]] | None:
+    """A model folder's or zip's contents by format; None for a zip that is a plain torch.save archive."""
+    names = tree.names()
+    root = torchscript_format.root_of(names)
+    if root is not None:
+        return torchscript_format.read_torchscript(tree, root), {"format": "torchscript", "source": {"root": root}}
+    layout = nnunet_format.find_layout(tree)
+    if layout is not None:
+        plans = nnunet_format.read_json(tree, layout.plans)
+        dataset = nnunet_format.read_json(tree, layout.dataset)
+        if layout.configuration is not None:  # refuse bad plans before reading the weights
+            _nnunet({}, plans, dataset, layout.configuration, tree.label)
+        raw = _nested(tree, layout.checkpoint, max_bytes)
+        meta = _nnunet(raw, plans, dataset, layout.configuration, tree.label)
+        meta["source"].update(checkpoint=layout.checkpoint, other_checkpoints=layout.other_checkpoints)
+        return raw, meta
+    bundle = bundle_format.find_layout(tree)
+    if bundle is not None:
+        network_def, source = bundle_format.describe(tree, bundle)
+        raw = _nested(tree, bundle.weights, max_bytes)
+        return raw, {"format": "monai_bundle", "network_def": network_def, "source": source}
+    if zipped and any(n.endswith("data.pkl") for n in names):
+        return None
+    sample = ", ".join(names[:5]) or "nothing"
+    kind = "zip archive" if zipped else "folder"
+    raise CorruptCheckpointError(
+        f"{tree.label}: a {kind} in none of the formats BNRank reads (an nnU-Net v2 model: plans.json, "
+        "dataset.json, fold_N/checkpoint_final.pth; a MONAI bundle: configs/metadata.json, configs/inference.json, "
+        f"models/model.pt; a TorchScript archive: code/ and data.pkl; a torch.save checkpoint); it holds {sample}"
+    )
+
+
+def _read_raw(path: Path, max_bytes: int) -> tuple[Any, dict[str, Any]]:
+    """The loaded object of any supported format, plus what the format says about it."""
+    if path.is_dir():
+        with open_folder(path, max_bytes=max_bytes) as tree:
+            found = _read_tree(tree, max_bytes, zipped=False)
+        assert found is not None
+        return found
     if not path.is_file():
         raise CorruptCheckpointError(f"{path.name}: no such file")
     fmt = sniff_format(path)
-    if fmt == "safetensors" and path.stat().st_size > max_bytes:
-        raise CheckpointTooLargeError(
-            f"{path.name}: the file is {_size(path.stat().st_size)}, above the {_size(max_bytes)} limit"
-        )
-    raw = _read_safetensors(path) if fmt == "safetensors" else _read_torch(path, max_bytes)
+    if fmt == "safetensors":
+        if path.stat().st_size > max_bytes:
+            raise CheckpointTooLargeError(
+                f"{path.name}: the file is {_size(path.stat().st_size)}, above the {_size(max_bytes)} limit"
+            )
+        return _read_safetensors(path), {"format": fmt}
+    if is_zip(path):
+        with open_zip(path, max_bytes=max_bytes) as tree:
+            found = _read_tree(tree, max_bytes, zipped=True)
+        if found is not None:
+            return found
+    raw = _read_torch(path, max_bytes)
+    if nnunet_format.is_nnunet_checkpoint(raw):
+        return raw, _nnunet(raw, None, None, None, path.name)
+    return raw, {"format": fmt}
+
+
+def read_state_dict(
+    path: str | Path, *, max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a checkpoint (file, model folder or zip) plus how they were found.
+
+    The meta says the format, container and stripped prefixes, and for formats that describe their own
+    network, how to build it: ``architecture`` + ``build_kwargs`` (nnU-Net) or ``network_def`` (a bundle),
+    with ``source`` for the load report. `max_bytes` bounds what reading may allocate: the decompressed
+    archive, and the tensors' total size.
+    """
+    path = Path(path)
+    raw, found = _read_raw(path, max_bytes)
     try:
         state, container, stripped = unwrap(raw)
     except CorruptCheckpointError as exc:
@@ -414,10 +552,38 @@ def read_state_dict(
             f"{path.name}: {len(bad)} tensor(s) contain NaN or Inf, e.g. {', '.join(bad[:3])}; "
             "these weights cannot be evaluated"
         )
-    return state, {"format": fmt, "container": container, "stripped_prefixes": stripped}
+    meta = {
+        "format": found["format"],
+        "container": container,
+        "stripped_prefixes": stripped,
+        "architecture": found.get("architecture"),
+        "build_kwargs": found.get("build_kwargs"),
+        "network_def": found.get("network_def"),
+        "source": found.get("source", {}),
+    }
+    return state, meta
 
 
 # --------------------------------------------------------------------------------------- architectures
+
+
+def closest_architectures(shapes: Mapping[str, tuple[int, ...]], n: int = 3) -> list[tuple[str, float]]:
+    """Registered architectures ranked by how many of the checkpoint's key names their default build shares.
+
+    Only names are compared (a narrower or wider build of the right family still shares them all), so the
+    list tells a user which family their file is nearest to, and how near.
+    """
+    given = {k for k in shapes if not k.endswith("num_batches_tracked")}
+    scored: list[tuple[str, float]] = []
+    for arch in ARCHITECTURES.values():
+        try:
+            reference = {k for k in probe_shapes(arch.build) if not k.endswith("num_batches_tracked")}
+        except Exception:  # an architecture that needs options to build (nnunet: its plans) is not compared
+            continue
+        union = given | reference
+        scored.append((arch.name, len(given & reference) / len(union) if union else 0.0))
+    scored.sort(key=lambda item: -item[1])
+    return scored[:n]
 
 
 def recognise(shapes: Mapping[str, tuple[int, ...]]) -> tuple[Architecture, dict[str, Any]]:
@@ -427,10 +593,27 @@ def recognise(shapes: Mapping[str, tuple[int, ...]]) -> tuple[Architecture, dict
         if kwargs is not None:
             return arch, kwargs
     sample = ", ".join(list(shapes)[:4])
+    closest = ", ".join(f"{name} ({share:.0%} of key names shared)" for name, share in closest_architectures(shapes))
     raise UnknownArchitectureError(
-        f"the checkpoint's keys ({sample}, ...) match no registered architecture "
-        f"({', '.join(ARCHITECTURES)}); pass the architecture explicitly or a MONAI network definition"
+        f"the checkpoint's keys ({sample}, ...) match no registered architecture; closest: {closest}. "
+        "Pass the architecture explicitly or a MONAI network definition"
     )
+
+
+# Architectures built from a description inside a file (a MONAI bundle's network_def), by name. A ranking
+# builds a candidate and later, by name, its random-init control; the name carries a digest of the
+# description, so two bundles of one class in different configurations never share an entry.
+_DESCRIBED: dict[str, Architecture] = {}
+
+
+def described_architecture(
+    network_def: Mapping[str, Any], *, max_parameters: int = DEFAULT_MAX_PARAMETERS
+) -> Architecture:
+    """The architecture of a bundle's network_def, named `monai:<Class>@<digest>` and remembered by that name."""
+    arch = architecture_from_network_def(dict(network_def), max_parameters=max_parameters)
+    digest = hashlib.sha256(json.dumps(network_def, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    named = dataclasses.replace(arch, name=f"{arch.name}@{digest}")
+    return _DESCRIBED.setdefault(named.name, named)
 
 
 def resolve_architecture(
@@ -445,8 +628,50 @@ def resolve_architecture(
         return architecture_from_network_def(dict(network_def), max_parameters=max_parameters), {}
     if architecture is None:
         return recognise(shapes)
+    if isinstance(architecture, str) and architecture in _DESCRIBED:
+        return _DESCRIBED[architecture], {}
     arch = architecture if isinstance(architecture, Architecture) else get_architecture(architecture)
     return arch, arch.infer(shapes) or {}
+
+
+def _described_channels(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """In/out channels of an nnU-Net network read off its weights: the first conv, and the seg layers."""
+    found: dict[str, int] = {}
+    first = next((v for v in state.values() if v.dim() == 5), None)
+    if first is not None:
+        found["in_channels"] = int(first.shape[1])
+    head = state.get("decoder.seg_layers.0.weight")
+    if head is not None and head.dim() == 5:
+        found["out_channels"] = int(head.shape[0])
+    return found
+
+
+def _architecture_for(
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    architecture: str | Architecture | None,
+    network_def: Mapping[str, Any] | None,
+    max_parameters: int,
+) -> tuple[Architecture, dict[str, Any]]:
+    """The architecture and build options: from the file's own description where it has one, else resolved."""
+    described = meta.get("architecture")
+    if described is not None:
+        declared = architecture.name if isinstance(architecture, Architecture) else architecture
+        if network_def is not None or declared not in (None, described):
+            other = "a network_def" if network_def is not None else f"architecture {declared!r}"
+            raise ArchitectureMismatchError(
+                f"{path.name}: an {meta['format']} model builds its own network ({described}) from its plans; "
+                f"{other} was declared for it. Upload it without one."
+            )
+        kwargs = {**meta["build_kwargs"], **_described_channels(state)}
+        return get_architecture(described), kwargs
+    if network_def is None and architecture is None and meta.get("network_def") is not None:
+        bundle_def = meta["network_def"]
+        kwargs = {k: bundle_def[k] for k in ("in_channels", "out_channels") if isinstance(bundle_def.get(k), int)}
+        return described_architecture(bundle_def, max_parameters=max_parameters), kwargs
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return resolve_architecture(shapes, architecture, network_def, max_parameters=max_parameters)
 
 
 def _param_numel(model: nn.Module, keys: list[str]) -> int:
@@ -523,15 +748,14 @@ def load_checkpoint(
     anything is allocated).
     """
     state, meta = read_state_dict(path, max_bytes=max_bytes)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    arch, kwargs = resolve_architecture(shapes, architecture, network_def, max_parameters=max_parameters)
+    arch, kwargs = _architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
     kwargs = dict(kwargs)
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     if out_channels is not None:
         kwargs["out_channels"] = out_channels
     kwargs.setdefault("out_channels", 2)
-    if network_def is None:  # a network_def is sized arithmetically inside its builder
+    if network_def is None and meta.get("network_def") is None:  # a network_def is sized inside its builder
         check_parameter_count(arch, kwargs, max_parameters)
     model = arch.build(**kwargs)
     report = LoadReport(
@@ -540,6 +764,7 @@ def load_checkpoint(
         format=meta["format"],
         container=meta["container"],
         stripped_prefixes=meta["stripped_prefixes"],
+        source=dict(meta.get("source") or {}),
     )
     fit_state_dict(model, arch, state, report, min_match=min_match)
     return model, report

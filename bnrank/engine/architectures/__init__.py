@@ -3,7 +3,7 @@
 Importing this package registers every built-in architecture (the modules register themselves).
 """
 
-from bnrank.engine.architectures import medicalnet, monai_nets, unet3d
+from bnrank.engine.architectures import medicalnet, monai_nets, nnunet, unet3d
 from bnrank.engine.architectures.monai_nets import ALLOWED_CLASSES, architecture_from_network_def
 from bnrank.engine.architectures.registry import (
     ARCHITECTURES,
@@ -24,6 +24,7 @@ __all__ = [
     "head_keys",
     "medicalnet",
     "monai_nets",
+    "nnunet",
     "probe_head",
     "unet3d",
 ]
