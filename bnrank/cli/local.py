@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scipy.stats import kendalltau
+from torch import nn
 
 from bnrank.cli.options import add_budget, add_flags, build, local_options, sides, values
 from bnrank.engine.checkpoints import load_checkpoint
@@ -23,6 +24,7 @@ from bnrank.engine.demo import write_demo
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
 from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
+from bnrank.engine.norms import without_affine
 from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
 from bnrank.engine.ranking import (
     RANKING_DEFAULTS,
@@ -113,6 +115,15 @@ def _after_bn(entry: RankEntry, key: str) -> float | None:
     return phase.get("summary", {}).get(key)
 
 
+def _norms(entry: RankEntry) -> str:
+    """The normalisation kinds norm-only evaluation trained, for the table's norm column."""
+    return ",".join(entry.norm_kinds) or "-"
+
+
+def _trained(entry: RankEntry) -> str:
+    return f"{entry.trained_parameters:>9,}" if entry.trained_parameters is not None else f"{'-':>9}"
+
+
 def _share(x: float | None) -> str:
     return f"{x:7.1%}" if x is not None else f"{'-':>7}"
 
@@ -123,10 +134,15 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
     header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
     if logme is not None:
         header += f"  {'LogME':>6}"
+    # trained: parameters norm-only evaluation trained (γ/β + head); norm: the normalisation kinds they belong to
+    # ("+affine-inserted" where an identity affine was added after a norm without one), so a mixed pool reads.
+    norm_w = max([4, *(len(_norms(e)) for e in result.entries)])
+    trained_header = f"{'trained':>9}  {'norm':<{norm_w}}"
     # γ<0.05: the absolute share the thesis reads; γ<.1med: the share under a tenth of its own layer's median
     # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10); |Δγ|: the mean
     # change of γ during BN-only training (RankEntry.gamma_change).
-    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'|Δγ|':>7}  {'steps':>5}  {'sec':>6}  checkpoint"
+    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'|Δγ|':>7}  {'steps':>5}  {'sec':>6}  "
+    header += f"{trained_header}  checkpoint"
     print(header)
     print("-" * len(header))
     for e in result.entries:
@@ -137,7 +153,9 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
         tie = str(e.tie_group) if e.tie_group is not None else "-"
         if logme is not None:
             cells += f"  {_fmt(logme.get(e.checkpoint))}"
-        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {tie:>3}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {e.checkpoint}"
+        trained = f"{_trained(e)}  {_norms(e):<{norm_w}}"
+        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {tie:>3}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {trained}  "
+        line += e.checkpoint
         if e.status != "ok":
             line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
         print(line)
@@ -249,6 +267,18 @@ def _logme_agreement(entries: list[RankEntry], logme: dict[str, float | None]) -
 # ----------------------------------------------------------------------------------------- inspect
 
 
+def _no_gamma(model: nn.Module) -> str:
+    """Why a checkpoint has no γ as loaded: no normalisation at all, or normalisations without affine."""
+    bare = without_affine(model)
+    if not bare:
+        return "no normalisation layers (norm-only evaluation refuses this network)"
+    kinds = ", ".join(sorted({kind for _, kind in bare}))
+    return (
+        f"none of its own: {len(bare)} {kinds} norm layer(s) without affine; norm-only evaluation inserts identity "
+        "affines after them"
+    )
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model, report = load_checkpoint(
         args.checkpoint, architecture=args.architecture, network_def=read_network_def(args.network_def)
@@ -272,12 +302,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     s = stats["summary"]
     if s.get("count"):
         print(
-            f"γ (raw):       {s['count']} channels in {stats['n_layers']} BN layers; |γ| mean {s['mean']:.3f}, "
+            f"γ (raw):       {s['count']} channels in {stats['n_layers']} norm layers ({', '.join(s['kinds'])}); "
+            f"|γ| mean {s['mean']:.3f}, "
             f"std {s['std']:.3f}, median {s['quantiles']['0.5']:.3f}; "
             f"{s['share_below']:.1%} under {s['threshold']}"
         )
     else:
-        print("γ (raw):       no BatchNorm layers")
+        print(f"γ (raw):       {_no_gamma(model)}")
     return 0
 
 

@@ -119,6 +119,11 @@ def _change(before: torch.Tensor, after: torch.Tensor) -> dict:
     }
 
 
+def _json_edges() -> list[float | None]:
+    """HIST_EDGES as stored and served: the open end (inf, which JSON cannot hold) as None."""
+    return [e if e != float("inf") else None for e in HIST_EDGES]
+
+
 def histogram(values: torch.Tensor) -> list[int]:
     """Counts of |γ| in the fixed bins of HIST_EDGES (last bin: ≥ 2.0)."""
     v = values.detach().double().abs()
@@ -142,7 +147,7 @@ def gamma_stats(
         return {
             "n_layers": 0,
             "summary": {"count": 0, "kinds": []},
-            "histogram": {"edges": HIST_EDGES, "counts": []},
+            "histogram": {"edges": _json_edges(), "counts": []},
             "layers": [],
         }
     everything = torch.cat([g for _, g in layers])
@@ -151,7 +156,7 @@ def gamma_stats(
         "n_layers": len(layers),
         "summary": {**_summary(everything, threshold, torch.cat(small)), "kinds": kinds_of(found)},
         "histogram": {
-            "edges": [e if e != float("inf") else None for e in HIST_EDGES],
+            "edges": _json_edges(),
             "counts": histogram(everything),
         },
         "layers": [

@@ -209,6 +209,19 @@ class EntryOut(BaseModel):
     progress: float
     curve: list[dict[str, float]]
     error: str | None
+    norm_kinds: list[str] = Field(
+        default_factory=list,
+        description="normalisation kinds whose γ/β norm-only evaluation trained: batch, instance, group, layer; "
+        "'+affine-inserted' where the layers have no affine and an identity one was inserted for the evaluation",
+    )
+    norm_parameters: int | None = Field(default=None, description="γ and β trained (inserted affines included)")
+    trained_parameters: int | None = Field(
+        default=None, description="every parameter norm-only evaluation trained: γ/β plus the re-initialised head"
+    )
+    inserted_affines: list[str] = Field(
+        default_factory=list,
+        description="layers without affine after which an identity affine was inserted (not in the checkpoint)",
+    )
     tie_group: int | None = Field(
         default=None, description="entries with the same group cannot be told apart at this budget (1 = the top)"
     )

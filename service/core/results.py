@@ -59,13 +59,41 @@ def entry_values(outcome: RankEntry) -> dict[str, Any]:
         "steps": outcome.steps,
         "seconds": outcome.seconds,
         "error": outcome.error if outcome.status != "ok" else None,
-        "load_report": outcome.load_report,
+        "load_report": stored_load_report(outcome),
     }
     if outcome.architecture:
         values["architecture"] = outcome.architecture
     if outcome.halving_round is not None:  # a failure before training keeps the round the row was run for
         values["halving_round"] = outcome.halving_round
     return values
+
+
+NORM_ONLY_KEY = "norm_only"
+"""Where a row keeps what norm-only evaluation trained: inside its ``load_report`` JSON (no column of its own)."""
+
+
+def stored_load_report(outcome: RankEntry) -> dict[str, Any] | None:
+    """The row's ``load_report``: the engine's, plus (under NORM_ONLY_KEY) the norm kinds and parameters trained."""
+    if outcome.trained_parameters is None:
+        return outcome.load_report
+    trained = {
+        "kinds": list(outcome.norm_kinds),
+        "norm_parameters": outcome.norm_parameters,
+        "trained_parameters": outcome.trained_parameters,
+        "inserted_affines": list(outcome.inserted_affines),
+    }
+    return {**(outcome.load_report or {}), NORM_ONLY_KEY: trained}
+
+
+def norm_view(row: RankingEntry) -> dict[str, Any]:
+    """The EntryOut fields of what norm-only evaluation trained (empty until the entry has run)."""
+    trained = (row.load_report or {}).get(NORM_ONLY_KEY) or {}
+    return {
+        "norm_kinds": list(trained.get("kinds") or []),
+        "norm_parameters": trained.get("norm_parameters"),
+        "trained_parameters": trained.get("trained_parameters"),
+        "inserted_affines": list(trained.get("inserted_affines") or []),
+    }
 
 
 def rank_entry(row: RankingEntry) -> RankEntry:
@@ -101,6 +129,7 @@ def entry_view(row: RankingEntry, gamma: GammaByPhase, ties: Mapping[str, Any] |
         "progress": row.progress,
         "curve": list(row.curve or []),
         "error": row.error,
+        **norm_view(row),
         "tie_group": ties.get("tie_group"),
         "p_best": ties.get("p_best"),
         "tied_with": list(ties.get("tied_with") or []),
@@ -144,6 +173,10 @@ def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
         error=view["error"] or (None if view["status"] == "ok" else view["status"]),
         is_control=view["is_control"],
         architecture=view["architecture"],
+        norm_kinds=list(view.get("norm_kinds") or []),
+        norm_parameters=view.get("norm_parameters"),
+        trained_parameters=view.get("trained_parameters"),
+        inserted_affines=list(view.get("inserted_affines") or []),
         tie_group=view.get("tie_group"),
         p_best=view.get("p_best"),
         tied_with=list(view.get("tied_with") or []),

@@ -233,8 +233,11 @@ def test_pytorch_files_in_containers_are_accepted(alice: httpx.Client, tmp_path:
     alice.delete(f"/v1/checkpoints/{body['id']}")
 
 
-def test_a_network_without_batchnorm_is_refused_at_upload(alice: httpx.Client, tmp_path: Path, stack: Stack) -> None:
-    """BN-only ranking, alchemy and the probe all need BatchNorm γ: such weights never get a row."""
+def test_a_network_without_normalisation_is_refused_at_upload(
+    alice: httpx.Client, tmp_path: Path, stack: Stack
+) -> None:
+    """Norm-only ranking trains the γ/β after a normalisation: an InstanceNorm network (no BatchNorm) is accepted,
+    one without any normalisation never gets a row, and the 422 says why."""
     import json
 
     from bnrank.engine.architectures import architecture_from_network_def
@@ -249,11 +252,17 @@ def test_a_network_without_batchnorm_is_refused_at_upload(alice: httpx.Client, t
         "strides": [2, 2],
         "norm": "instance",
     }
-    model = architecture_from_network_def(network_def).build(require_bn=False)
-    path = save_weights(model, tmp_path / "instance_norm.safetensors")
+    instance = save_weights(architecture_from_network_def(network_def).build(), tmp_path / "instance_norm.safetensors")
+    accepted = upload(alice, instance, network_def=json.dumps(network_def))
+    assert accepted.status_code == 201, accepted.text
+    assert alice.delete(f"/v1/checkpoints/{accepted.json()['id']}").status_code == 204
+
+    bare = {**network_def, "norm": None}
+    model = architecture_from_network_def(bare).build(require_norm=False)
+    path = save_weights(model, tmp_path / "no_norm.safetensors")
     before = _rows(stack, owner="alice")
-    response = upload(alice, path, network_def=json.dumps(network_def))
+    response = upload(alice, path, network_def=json.dumps(bare))
     assert response.status_code == 422, response.text
-    assert "no BatchNorm" in response.json()["detail"]
+    assert "has no normalisation layers (BatchNorm, InstanceNorm, GroupNorm or LayerNorm)" in response.json()["detail"]
     assert _rows(stack, owner="alice") == before
     assert _tmp_files(stack) == []

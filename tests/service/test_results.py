@@ -62,3 +62,30 @@ def test_every_gamma_phase_has_one_name_the_api_knows() -> None:
     served = set(typing.get_args(GammaOut.model_fields["phase"].annotation))
     assert set(_evaluated().gamma) <= served  # the engine's ranking phases are stored and served as named
     assert set(ALCHEMY_GAMMA_PHASES.values()) <= served
+
+
+def test_what_norm_only_trained_goes_engine_to_row_to_body_and_back() -> None:
+    """Kinds, parameter counts and inserted affines ride in the row's load_report JSON (no column of their own)."""
+    outcome = _evaluated()
+    outcome.norm_kinds, outcome.inserted_affines = ["instance+affine-inserted"], ["model.0.adn.N"]
+    outcome.norm_parameters, outcome.trained_parameters = 48, 75
+    row = RankingEntry(id="re_3", name="in", position=0, rank=1, is_control=False, progress=1.0)
+    for column, value in entry_values(outcome).items():
+        setattr(row, column, value)
+    assert row.load_report["format"] == "safetensors"  # the engine's report is kept beside it
+    body = EntryOut.model_validate(entry_view(row, {}))
+    assert (body.norm_kinds, body.norm_parameters, body.trained_parameters) == (["instance+affine-inserted"], 48, 75)
+    assert body.inserted_affines == ["model.0.adn.N"]
+    back = entry_from_view(body.model_dump())
+    assert (back.norm_kinds, back.trained_parameters, back.inserted_affines) == (
+        ["instance+affine-inserted"],
+        75,
+        ["model.0.adn.N"],
+    )
+    control = RankEntry(checkpoint="control", is_control=True, norm_kinds=["batch"], trained_parameters=9)
+    control.norm_parameters = 6
+    assert entry_values(control)["load_report"] == {
+        "norm_only": {"kinds": ["batch"], "norm_parameters": 6, "trained_parameters": 9, "inserted_affines": []}
+    }
+    unrun = RankingEntry(id="re_4", name="queued", position=1, is_control=False, progress=0.0, steps=0, seconds=0.0)
+    assert EntryOut.model_validate({**entry_view(unrun, {}), "status": "queued"}).norm_kinds == []
