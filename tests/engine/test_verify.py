@@ -12,7 +12,15 @@ from bnrank.cli import main
 from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.ranking import Candidate, RankEntry, rank_candidates
-from bnrank.engine.verify import control_candidates, finetune_candidate, format_verify, verify_config, verify_ranking
+from bnrank.engine.verify import (
+    VERIFY_LR,
+    VERIFY_STEPS,
+    control_candidates,
+    finetune_candidate,
+    format_verify,
+    verify_config,
+    verify_ranking,
+)
 
 from .tiny import WIDTH, blob_task, small_config
 from .volumes import write_nnunet_dataset
@@ -41,6 +49,25 @@ def test_finetune_trains_every_parameter(tmp_path: Path) -> None:
     cand = _candidates(tmp_path, 1)[0]
     result = finetune_candidate(cand, task, small_config(max_steps=2, val_every=2))
     assert result.steps == 2 and 0.0 <= result.score <= 1.0
+
+
+def test_finetune_decays_on_a_cosine_unless_asked_not_to(tmp_path: Path) -> None:
+    task = blob_task()
+    cand = _candidates(tmp_path, 1)[0]
+    config = verify_config(small_config(max_steps=3, val_every=1, score_window=1), steps=3, lr=3e-2)
+    decayed = finetune_candidate(cand, task, config)
+    constant = finetune_candidate(cand, task, config, cosine=False)
+    assert decayed.steps == constant.steps == 3
+    assert decayed.final_loss != constant.final_loss  # same first step, then smaller steps
+    # verify validates only where its score is taken: the last validation (score_window 1), not every step
+    assert [p["step"] for p in decayed.curve if "score" in p] == [3]
+
+
+def test_verify_budget_is_the_benchmarks_converged_one() -> None:
+    """--verify fine-tunes as the benchmark's converged ground truth does (where seeds agree with each other)."""
+    prereg = json.loads((Path(__file__).resolve().parents[2] / "bench" / "preregistration.json").read_text())
+    gt = prereg["ground_truth"]
+    assert (VERIFY_STEPS, VERIFY_LR, gt["schedule"]) == (gt["budgets"][-1], gt["lr"], "cosine")
 
 
 def test_verify_checks_top_k_and_bottom(tmp_path: Path) -> None:
