@@ -64,6 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     info(f"database: {_safe_url(settings.database_url)}")
     info(f"broker:   {_safe_url(settings.broker_url)} (queue {settings.queue})")
     info(f"blobs:    {settings.blobs}; data roots: {', '.join(str(r) for r in settings.data_roots)}")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    info(f"api:      {base}/v1 (OpenAPI docs: {base}/docs)")
+    info(f"dashboard: {base}/ui/ (sign in with an API key: `bnrank keys create --owner you`)")
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
     # installed before it started; this one turns it into a normal exit, so the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -241,10 +244,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ranking = client.get(f"/v1/rankings/{job['id']}")
         print_ranking(ranking)
         info(f"{final['status']} in {time.perf_counter() - started:.0f}s since the service started")
+        dashboard = f"{serve.url}/ui/rankings/{job['id']}"
         if args.keep_serving:
-            info(f"\nservice: {serve.url}  (OpenAPI docs: {serve.url}/docs)\nAPI key: {key}\nCtrl-C to stop.")
+            info(f"\nservice: {serve.url}  (OpenAPI docs: {serve.url}/docs)\nAPI key: {key}")
+            info(f"dashboard: {dashboard}  (sign in with the API key above)\nCtrl-C to stop.")
             with contextlib.suppress(KeyboardInterrupt):
                 serve.process.wait()
+        else:
+            info(
+                f"dashboard: {dashboard} (the service stops with the demo: `bnrank demo --keep-serving` "
+                "keeps it up and prints the API key to sign in with)"
+            )
         return 0 if final["status"] == "succeeded" else 1
     finally:
         serve.stop()

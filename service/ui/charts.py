@@ -14,6 +14,7 @@ of text went through ``markupsafe.escape``: candidate names are user input. Colo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,9 +72,13 @@ def _axes(box: Box, xlo: float, xhi: float, ylo: float, yhi: float, xticks: Sequ
         parts.append(
             f'<text class="tick" x="{_num(x)}" y="{box.height - 8}" text-anchor="middle">{format(t, xfmt)}</text>'
         )
+    span = abs(yhi - ylo) or 1.0
+    digits = max(2, 1 - math.floor(math.log10(span / 2)))  # enough decimals that the three ticks differ
     for t in (ylo, (ylo + yhi) / 2, yhi):
         y = box.y(t, ylo, yhi)
-        parts.append(f'<text class="tick" x="{box.left - 4}" y="{_num(y + 3)}" text-anchor="end">{t:.2f}</text>')
+        parts.append(
+            f'<text class="tick" x="{box.left - 4}" y="{_num(y + 3)}" text-anchor="end">{t:.{digits}f}</text>'
+        )
     return "".join(parts)
 
 

@@ -141,5 +141,8 @@ def test_serve_with_no_settings_ranks_end_to_end(
         returncode = serve.wait(timeout=60)
         log.close()
     assert returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    # It said where the dashboard is, and the dashboard's session secret was generated beside the database.
+    assert f"dashboard: {url}/ui/" in (tmp_path / "serve.log").read_text()
+    assert (lab / ".bnrank" / "session_secret").stat().st_mode & 0o777 == 0o600
     # The worker `bnrank serve` started is stopped with it.
     assert not [pid for pid in workers if _alive(pid)]
