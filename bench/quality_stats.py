@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import ConstantInputWarning, kendalltau, weightedtau
+from scipy.stats import ConstantInputWarning, kendalltau, spearmanr, weightedtau
 
 
 def wtau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -224,3 +224,41 @@ def engine_options(setting: Mapping[str, object]) -> tuple[dict[str, object], di
     first = setting.get("halving")
     rounds = 1 if not first else int(math.log2(int(setting["steps"]) // int(first))) + 1  # type: ignore[call-overload]
     return train, {"halving_rounds": rounds, "halving_eta": 2}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman ρ; NaN when either side is constant (e.g. a γ share that reads 0 for every candidate)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _concordant(proxy: np.ndarray, truth: np.ndarray, idx: Sequence[int]) -> bool:
+    return all((proxy[i] - proxy[j]) * (truth[i] - truth[j]) > 0 for n, i in enumerate(idx) for j in idx[n + 1 :])
+
+
+def verify_trials(proxy: Sequence[float], truth: Sequence[float], seeds: np.ndarray, k: int) -> dict[str, int]:
+    """What ``bnrank rank --verify k`` would have said on a benchmark task, once per ground-truth seed.
+
+    Verify fine-tunes the proxy's top ``k`` and its bottom candidate with one seed and says the order "agrees"
+    when every pair of them keeps the proxy's order, and "same top-1" when the proxy's first is the best of
+    them. Each seed's row of ``seeds`` ([seeds, candidates], at verify's budget) stands for one such run;
+    ``truth`` (the converged mean over seeds) says whether the proxy's order of those candidates is in fact
+    right. A false alarm is a "no" where the truth agrees; a miss a "yes" where it does not.
+    """
+    p, t = np.asarray(proxy, float), np.asarray(truth, float)
+    order = [int(i) for i in np.argsort(-p, kind="stable")]
+    idx = order[:k] + ([order[-1]] if len(order) > k else [])
+    right = _concordant(p, t, idx)
+    top_right = idx[int(np.argmax(t[idx]))] == order[0]
+    out = dict.fromkeys(("runs", "right", "false_alarms", "misses", "top1_right", "top1_false_alarms"), 0)
+    for row in np.asarray(seeds, float):
+        says = _concordant(p, row, idx)
+        out["runs"] += 1
+        out["right"] += right
+        out["false_alarms"] += right and not says
+        out["misses"] += (not right) and says
+        out["top1_right"] += top_right
+        out["top1_false_alarms"] += top_right and idx[int(np.argmax(row[idx]))] != order[0]
+    return out

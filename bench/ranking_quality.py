@@ -794,6 +794,118 @@ def report_sweep(task: str) -> list[str]:
     return lines
 
 
+GAMMA_FEATURES = (
+    ("|Δγ| (mean change)", lambda s: (s.get("change") or {}).get("mean_abs_delta")),
+    ("γ<.1med (relative share)", lambda s: s.get("share_below_relative")),
+    ("γ<0.05 (absolute share)", lambda s: s.get("share_below")),
+)
+VERIFY_KS = (1, 2, 3)
+
+
+def gamma_run(task: str, prereg: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The raw BN-only run of the pre-registered lr and options whose γ statistics the γ table reads, and at
+    which step they were taken: the pre-registered run itself, or on the tuning task its 200-step sweep run
+    (the sweep stored γ at the end of each run only, not at 20 steps)."""
+    s = prereg["setting"]
+    tag = "".join(f"_{k}-{v}" for k, v in sorted((s.get("extra") or {}).items()))
+    for steps in (s["steps"], SWEEP_MAX):
+        path = RESULTS / "proxies" / task / f"bnonly_lr{s['lr']:g}_{steps}{tag}.json"
+        if path.is_file():
+            return load(path), f"after {steps} steps"
+    return None, ""
+
+
+def report_gamma(prereg: dict[str, Any] | None, tasks: Sequence[str], evaluation: Sequence[str]) -> list[str]:
+    """Issue 10, item 10: does a γ figure of BN-only training carry information about the fine-tuning outcome?
+
+    Spearman ρ and weighted τ of each figure against the converged ground-truth mean, per task. The sign is
+    kept: a negative value means candidates whose γ moved more (or switched off more) fine-tune worse.
+    """
+    if prereg is None:
+        return []
+    lines = [
+        "γ AFTER BN-ONLY TRAINING vs THE CONVERGED GT MEAN (pre-registered lr and options; Spearman ρ / τw, signed)",
+        f"{'task':<12} {'γ read':<16} "
+        + " ".join(f"{name:>26}" for name, _ in GAMMA_FEATURES)
+        + f" {'BN-only score':>16}",
+    ]
+    sums: dict[str, list[float]] = {}
+    for task in tasks:
+        gt = read_gt(task)
+        run, when = gamma_run(task, prereg)
+        if gt is None or run is None:
+            lines.append(f"{task:<12} no ground truth or no BN-only run with γ statistics")
+            continue
+        cands, mean = gt["candidates"], qs.gt_mean(gt["gt"][gt["budgets"][-1]])
+        summaries = [run["entries"][c]["gamma"]["after_bn"]["summary"] for c in cands]
+        cells = []
+        for name, read in GAMMA_FEATURES:
+            values = [read(x) for x in summaries]
+            if any(v is None for v in values):
+                cells.append(f"{'not stored':>26}")
+                continue
+            rho, tau = qs.spearman(values, mean), qs.wtau(values, mean)
+            if task in evaluation:
+                sums.setdefault(name, []).append(rho)
+            cells.append(f"{f2(rho, '+.2f')} / {f2(tau, '+.2f')}".rjust(26))
+        settings = proxy_settings(task, cands)
+        score = settings.get(prereg["setting_id"])
+        ref = f"{f2(qs.spearman(score['scores'], mean), '+.2f')} / {f2(qs.wtau(score['scores'], mean), '+.2f')}"
+        lines.append(f"{task:<12} {when:<16} " + " ".join(cells) + f" {ref if score else 'n/a':>16}")
+    if sums:
+        lines.append(
+            "mean ρ over the evaluation tasks (out of sample): "
+            + "; ".join(
+                f"{name} {f2(float(np.nanmean(v)), '+.2f') if any(math.isfinite(x) for x in v) else 'n/a'}"
+                for name, v in sums.items()
+            )
+            + " (n/a: the figure is the same for every candidate)"
+        )
+    return lines
+
+
+def report_verify(prereg: dict[str, Any] | None, tasks: Sequence[str]) -> list[str]:
+    """Issue 10, item 8: how often `--verify K` (one seed, at a budget) would cry wolf on the benchmark."""
+    if prereg is None:
+        return []
+    lines = [
+        "--verify ON THE BENCHMARK (pre-registered ranking; each GT seed at a budget stands for one verify run; "
+        "truth: the converged GT mean)",
+        f"{'K':>2} {'budget':>6} {'LOSO τw at budget':>18} {'false alarms':>13} {'misses':>8} "
+        f"{'top-1 false alarms':>19}",
+    ]
+    gts, proxies = {}, {}
+    for t in tasks:
+        g = read_gt(t)
+        setting = proxy_settings(t, g["candidates"]).get(prereg["setting_id"]) if g is not None else None
+        if setting is not None:
+            gts[t], proxies[t] = g, setting["scores"]
+    if not gts:
+        return [*lines, "  no evaluation task has ground truth and the pre-registered proxy yet"]
+    budgets = next(iter(gts.values()))["budgets"]
+    for k in VERIFY_KS:
+        for b in budgets:
+            total = dict.fromkeys(("runs", "right", "false_alarms", "misses", "top1_right", "top1_false_alarms"), 0)
+            loso = []
+            for t, g in gts.items():
+                seeds = qs.seed_scores(g["gt"][b])
+                loso.append(float(np.mean(qs.loso(seeds))))
+                for key, v in qs.verify_trials(proxies[t], qs.gt_mean(g["gt"][budgets[-1]]), seeds, k).items():
+                    total[key] += v
+            wrong = total["runs"] - total["right"]
+            lines.append(
+                f"{k:>2} {b:>6} {f2(min(loso))}-{f2(max(loso))}".ljust(28)
+                + f" {total['false_alarms']:>6}/{total['right']:<6} {total['misses']:>3}/{wrong:<4}"
+                + f" {total['top1_false_alarms']:>9}/{total['top1_right']:<9}"
+            )
+    lines.append(
+        f"  over {', '.join(gts)} × {len(next(iter(gts.values()))['seeds'])} seeds; a false alarm: verify says the "
+        "order does not hold where the converged truth says it does (top-1: the same for the first place); "
+        f"--verify now fine-tunes {budgets[-1]} steps, cosine, as this ground truth (bnrank/engine/verify.py)"
+    )
+    return lines
+
+
 def task_names() -> tuple[str, tuple[str, ...]]:
     """The tuning task and the evaluation tasks, from tasks.json (no torch import: the report stays fast)."""
     path = RESULTS / "tasks.json"
@@ -818,6 +930,8 @@ def report(boot: int = 1000, sweep: bool = False) -> str:
         out += [*report_task(task, prereg, boot, summary if task != tuning else None), ""]
         if sweep or task == tuning:
             out += [*report_sweep(task), ""]
+    out += [*report_gamma(prereg, (tuning, *evaluation), evaluation), ""]
+    out += [*report_verify(prereg, evaluation), ""]
     return "\n".join(out + report_targets(summary, evaluation))
 
 

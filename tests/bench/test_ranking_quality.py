@@ -164,3 +164,27 @@ def test_engine_options_read_the_score_window_and_halving():
     assert rank == {"halving_rounds": 3, "halving_eta": 2}
     with pytest.raises(ValueError, match="logme"):
         qs.engine_options({"method": "logme", "batches": 4})
+
+
+def test_verify_trials_count_false_alarms_and_misses():
+    proxy = [0.9, 0.8, 0.5, 0.1]  # the proxy's order: 0, 1, 2, 3; verify with k=1 checks 0 and 3
+    truth = [0.95, 0.9, 0.7, 0.2]  # right about 0 above 3
+    seeds = np.array([[0.9, 0.8, 0.7, 0.3], [0.2, 0.8, 0.7, 0.3], [0.9, 0.1, 0.7, 0.3]])
+    out = qs.verify_trials(proxy, truth, seeds, k=1)
+    assert out == {
+        "runs": 3,
+        "right": 3,
+        "false_alarms": 1,  # the second seed puts 3 above 0
+        "misses": 0,
+        "top1_right": 3,
+        "top1_false_alarms": 1,
+    }
+    # k=2 adds candidate 1: the third seed now breaks the order too; a wrong truth turns "yes" into misses
+    assert qs.verify_trials(proxy, truth, seeds, k=2)["false_alarms"] == 2
+    wrong = qs.verify_trials(proxy, [0.1, 0.9, 0.7, 0.2], seeds, k=1)
+    assert (wrong["right"], wrong["false_alarms"], wrong["misses"]) == (0, 0, 2)
+
+
+def test_spearman_is_nan_for_a_constant_figure():
+    assert math.isnan(qs.spearman([0.0, 0.0, 0.0], [0.1, 0.5, 0.9]))
+    assert qs.spearman([1, 2, 3], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
