@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from bnrank.engine import errors
-from bnrank.engine.architectures import get_architecture, head_keys
+from bnrank.engine.architectures import head_keys
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
-from bnrank.engine.checkpoints import DEFAULT_MAX_CHECKPOINT_BYTES, load_checkpoint
+from bnrank.engine.checkpoints import DEFAULT_MAX_CHECKPOINT_BYTES, load_checkpoint, resolve_architecture
 from bnrank.engine.errors import BNRankError, CheckpointError, InspectionLimitError
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
 
@@ -61,6 +61,8 @@ class CheckpointSummary:
 
     `in_channels` / `out_channels` are the checkpoint's own input channels and class count where the
     file or network_def tells them, None where it cannot be told (say an encoder-only file has no head).
+    `network_def` is the definition the network was built from: the one declared, or a MONAI bundle's own
+    (a caller stores it, so later builds of the candidate and its control need not read the bundle again).
     """
 
     format: str
@@ -72,6 +74,7 @@ class CheckpointSummary:
     n_bn_channels: int
     load_report: dict[str, Any]
     gamma: dict[str, Any]
+    network_def: dict[str, Any] | None = None
 
 
 def _first_conv_in_channels(model: Any) -> int | None:
@@ -103,6 +106,8 @@ def summarise_checkpoint(
     )
     gamma = gamma_stats(model, threshold=threshold)
     kwargs = dict(report.build_kwargs)
+    if network_def is None and isinstance(report.source.get("network_def"), dict):
+        network_def = report.source["network_def"]  # a bundle's own, as load_checkpoint built it
     in_channels = kwargs.get("in_channels")
     if in_channels is None and network_def is not None:
         in_channels = network_def.get("in_channels")
@@ -112,7 +117,7 @@ def summarise_checkpoint(
     if network_def is not None and isinstance(network_def.get("out_channels"), int):
         out_channels = network_def["out_channels"]
     elif network_def is None:
-        heads = set(head_keys(model, get_architecture(report.architecture)))
+        heads = set(head_keys(model, resolve_architecture({}, report.architecture)[0]))
         if heads & set(report.matched):  # the file's head fits a model built with this class count
             out_channels = int(kwargs["out_channels"])
     return CheckpointSummary(
@@ -125,6 +130,7 @@ def summarise_checkpoint(
         n_bn_channels=int(gamma["summary"].get("count", 0)),
         load_report=report.to_dict(),
         gamma=gamma,
+        network_def=dict(network_def) if network_def is not None else None,
     )
 
 

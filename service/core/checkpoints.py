@@ -1,9 +1,11 @@
 """Checkpoints as records: checking an upload before any row refers to it, recording it, listing, deleting.
 
 All reading goes through the engine (`load_checkpoint` → `read_state_dict`), which only ever calls
-``torch.load(weights_only=True)``: a pickle that would run code is refused unopened. The same call fits the
-weights to the declared or recognised architecture, which is what produces the load report and the model
-whose raw γ statistics are stored.
+``torch.load(weights_only=True)``: a pickle that would run code is refused unopened. The upload is one
+file, its format told from its contents: a state dict, an nnU-Net v2 model (zipped folder or
+checkpoint_final.pth), a zipped MONAI bundle or a TorchScript archive (see bnrank/engine/formats). The same
+call fits the weights to the declared, described or recognised architecture, which is what produces the
+load report and the model whose raw γ statistics are stored.
 
 The upload is inspected in a child process (`inspect_checkpoint_isolated`) under a memory limit matched to
 the upload limit (`memory_limit_for`) and a time limit: a zip that inflates to gigabytes, a network_def
@@ -76,6 +78,9 @@ class CheckpointInfo:
     n_bn_channels: int
     load_report: dict[str, Any]
     gamma: dict[str, Any]
+    network_def: dict[str, Any] | None = None
+    """The declared network_def, or a MONAI bundle's own: stored so workers build the candidate and its
+    control from it (an nnU-Net model's plans travel in `build_kwargs` instead)."""
 
 
 def inspect_checkpoint(
@@ -111,6 +116,7 @@ def inspect_checkpoint(
         n_bn_channels=summary.n_bn_channels,
         load_report=summary.load_report,
         gamma=summary.gamma,
+        network_def=summary.network_def,
     )
 
 
@@ -140,7 +146,7 @@ def _new_record(
         format=info.format,
         architecture=info.architecture,
         build_kwargs=kwargs,
-        network_def=declared.network_def,
+        network_def=declared.network_def if declared.network_def is not None else info.network_def,
         in_channels=kwargs.get("in_channels"),
         out_channels=kwargs.get("out_channels"),
         n_parameters=info.n_parameters,
