@@ -24,7 +24,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from bnrank.engine.architectures.registry import Architecture, register
-from bnrank.engine.errors import BNRankError
+from bnrank.engine.errors import BNRankError, TrainingError
 
 try:  # dynamic-network-architectures 0.4 keeps it apart; 0.4.1+ (what current nnU-Net installs) in unet.py
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet  # type: ignore[attr-defined]
@@ -213,7 +213,36 @@ def build_nnunet(
     initialize = getattr(model, "initialize", None)
     if callable(initialize):
         model.apply(initialize)
+    model.register_forward_pre_hook(_input_check(input_multiple(kwargs["strides"])))
     return model
+
+
+def input_multiple(strides: Any) -> tuple[int, int, int]:
+    """Per axis, what an input's size must be a multiple of: the product of the encoder's strides."""
+    out = [1, 1, 1]
+    for stride in strides:
+        values = stride if isinstance(stride, (list, tuple)) else [stride] * 3
+        out = [o * int(v) for o, v in zip(out, values, strict=True)]
+    return (out[0], out[1], out[2])
+
+
+def _input_check(multiple: tuple[int, int, int]) -> Any:
+    """A forward pre-hook refusing inputs the decoder cannot put back together.
+
+    nnU-Net always feeds patches that are multiples of its strides; a smaller or odd patch would otherwise
+    fail deep inside a skip concatenation with a shape error naming no option. A hook leaves the state
+    dict (and so checkpoint matching) untouched.
+    """
+
+    def check(module: nn.Module, args: tuple[Any, ...]) -> None:
+        shape = tuple(args[0].shape[-3:]) if args and hasattr(args[0], "shape") else ()
+        if len(shape) == 3 and any(size % m for size, m in zip(shape, multiple, strict=True)):
+            raise TrainingError(
+                f"nnunet: input of size {shape} is not a multiple of {multiple} (the product of the plans' "
+                "strides); use a patch size that is, e.g. the plans' own patch_size"
+            )
+
+    return check
 
 
 def _never_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> None:

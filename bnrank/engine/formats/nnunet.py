@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnrank.engine.architectures.nnunet import constructor_kwargs
+from bnrank.engine.architectures.nnunet import constructor_kwargs, input_multiple
 from bnrank.engine.errors import CorruptCheckpointError
 from bnrank.engine.formats.zips import ModelTree
 
@@ -188,11 +188,12 @@ def describe(
     """
     name, config = configuration_of(plans, configuration)
     entry = architecture_entry(plans, config)
-    constructor_kwargs(entry["network_class_name"], entry["arch_kwargs"], entry["kw_requires_import"])
+    checked = constructor_kwargs(entry["network_class_name"], entry["arch_kwargs"], entry["kw_requires_import"])
     build = _plain(entry)
     defaults = {
         "spacing": config.get("spacing"),
         "patch_size": config.get("patch_size"),
+        "input_multiple_of": list(input_multiple(checked["strides"])),
         "normalization_schemes": config.get("normalization_schemes"),
         "use_mask_for_norm": config.get("use_mask_for_norm"),
         "transpose_forward": plans.get("transpose_forward"),
@@ -208,12 +209,3 @@ def describe(
     }
     return build, source
 
-
-def divisor(build_kwargs: Mapping[str, Any]) -> list[int]:
-    """Per axis, what an input's size must be a multiple of: the product of the strides."""
-    strides = build_kwargs.get("arch_kwargs", {}).get("strides") or []
-    out = [1, 1, 1]
-    for stride in strides:
-        values = stride if isinstance(stride, list) else [stride] * 3
-        out = [o * int(s) for o, s in zip(out, values, strict=False)]
-    return out

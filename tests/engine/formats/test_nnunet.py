@@ -11,7 +11,12 @@ import torch
 
 from bnrank.engine.architectures.nnunet import NNUNetPlansError
 from bnrank.engine.checkpoints import load_checkpoint, read_state_dict
-from bnrank.engine.errors import ArchitectureMismatchError, CorruptCheckpointError, UnsafeCheckpointError
+from bnrank.engine.errors import (
+    ArchitectureMismatchError,
+    CorruptCheckpointError,
+    TrainingError,
+    UnsafeCheckpointError,
+)
 
 from . import makers as mk
 
@@ -51,6 +56,15 @@ def test_head_is_replaced_for_another_label_set(tmp_path: Path) -> None:
     model, report = load_checkpoint(folder, out_channels=2)
     assert report.head_reinitialised and all(k.startswith("decoder.seg_layers.") for k in report.head_reinitialised)
     assert model(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+def test_input_that_is_no_multiple_of_the_strides_is_refused_by_name(tmp_path: Path) -> None:
+    folder, _ = mk.write_nnunet_folder(tmp_path)
+    model, report = load_checkpoint(folder)
+    assert report.source["defaults"]["input_multiple_of"] == [4, 4, 4]
+    assert model(torch.zeros(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+    with pytest.raises(TrainingError, match=r"input of size \(18, 18, 18\) is not a multiple of \(4, 4, 4\)"):
+        model(torch.zeros(1, 1, 18, 18, 18))
 
 
 def test_checkpoint_log_holds_numpy_scalars_and_is_read_safely(tmp_path: Path) -> None:
