@@ -175,7 +175,7 @@ def _materialise(tree: ModelTree, root: str, refs: dict[str, _TensorRef]) -> dic
         total += nbytes
         if total > tree.max_bytes:
             raise CorruptCheckpointError(f"{tree.label}: the tensors add up to more than the size limit")
-        raw = bytearray(tree.read(member))
+        raw = tree.read_array(member)
         storages[storage.key] = (
             torch.frombuffer(raw, dtype=storage.dtype) if raw else torch.empty(0, dtype=storage.dtype)
         )
@@ -188,7 +188,9 @@ def _materialise(tree: ModelTree, root: str, refs: dict[str, _TensorRef]) -> dic
             last = ref.offset + sum((s - 1) * st for s, st in zip(ref.size, ref.stride, strict=True))
             if last >= base.numel():
                 raise CorruptCheckpointError(f"{tree.label}: tensor {key} reaches past its storage")
-        state[key] = torch.as_strided(base, ref.size, ref.stride, ref.offset).clone()
+        view = torch.as_strided(base, ref.size, ref.stride, ref.offset)
+        whole = ref.offset == 0 and view.is_contiguous() and view.numel() == base.numel()
+        state[key] = view if whole else view.clone()  # the usual case shares the storage read, no copy
     return state
 
 

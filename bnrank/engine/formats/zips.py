@@ -81,6 +81,10 @@ class ModelTree:
     def read(self, name: str) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_array(self, name: str) -> bytearray:
+        """A member as a mutable buffer (tensors are viewed over it without another copy)."""
+        return bytearray(self.read(name))
+
     @contextlib.contextmanager
     def as_file(self, name: str) -> Iterator[Path]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -161,6 +165,12 @@ class ZipTree(ModelTree):
 
     def read(self, name: str) -> bytes:
         return b"".join(self._chunks(name))
+
+    def read_array(self, name: str) -> bytearray:
+        buffer = bytearray()
+        for chunk in self._chunks(name):
+            buffer += chunk
+        return buffer
 
     @contextlib.contextmanager
     def as_file(self, name: str) -> Iterator[Path]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks import nets
 from torch import nn
 
 from bnrank.engine.architectures import build_model
@@ -120,14 +121,29 @@ def nnunet_network(network: str = PLAIN, n_classes: int = 3, seed: int = 0) -> n
 
 
 def nnunet_checkpoint(model: nn.Module, the_plans: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
-    """What nnUNetTrainer.save_checkpoint writes, with an optimizer that has taken a step (real state)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    model(torch.zeros(1, 1, 16, 16, 16)).sum().backward()
-    optimizer.step()
-    optimizer.zero_grad()
+    """What nnUNetTrainer.save_checkpoint writes. The optimizer state has SGD's structure (nnU-Net trains with
+    SGD, momentum 0.99, Nesterov), written out rather than stepped: torch.optim's first use costs seconds."""
+    params = list(model.parameters())
+    optimizer_state = {
+        "state": {i: {"momentum_buffer": torch.randn_like(p)} for i, p in enumerate(params)},
+        "param_groups": [
+            {
+                "lr": 0.01,
+                "momentum": 0.99,
+                "dampening": 0,
+                "weight_decay": 3e-05,
+                "nesterov": True,
+                "maximize": False,
+                "foreach": None,
+                "differentiable": False,
+                "fused": None,
+                "params": list(range(len(params))),
+            }
+        ],
+    }
     ckpt = {
         "network_weights": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
+        "optimizer_state": optimizer_state,
         "grad_scaler_state": None,
         "logging": {
             "mean_fg_dice": [np.float64(0.41), np.float64(0.57)],
@@ -183,11 +199,9 @@ def zip_folder(folder: Path, out: Path, base: Path | None = None) -> Path:
 
 def write_bundle(root: Path, network_def: dict[str, Any], *, seed: int = 0, name: str = "tiny_bundle") -> Path:
     """A MONAI bundle folder: configs/metadata.json, configs/inference.json, models/model.pt."""
-    from bnrank.engine.architectures import architecture_from_network_def
-
     torch.manual_seed(seed)
     literal = {k: 3 if v == "@spatial_dims" else v for k, v in network_def.items()}  # the config's own reference
-    model = architecture_from_network_def(literal).build()
+    model = getattr(nets, literal.pop("_target_"))(**literal)  # MONAI's class itself, as the bundle's author did
     bundle = root / name
     (bundle / "configs").mkdir(parents=True)
     (bundle / "models").mkdir()
