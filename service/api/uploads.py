@@ -1,17 +1,29 @@
-"""Streaming multipart parsing straight into the blob store.
+"""Streaming uploads straight into the blob store: a multipart form, or the raw file as the body.
 
 FastAPI's ``UploadFile`` first spools the whole body to a temporary file and only then hands it over, so a
 1 GiB upload would be written twice and the size limit would be enforced after the fact. Here the request
 body is fed chunk by chunk to python-multipart's push parser: the ``file`` part goes directly into a
 `BlobWriter` (hashing as it writes), the other parts are small text fields kept in memory, and the limit
-stops the stream at the first byte past it, deleting what was written.
+stops the stream at the first byte past it, deleting what was written. A body sent as
+``application/octet-stream`` is the file itself (the fields come as query parameters): nothing to parse,
+which is the faster path (`receive_raw`; docs/benchmarks.md, issue 14).
+
+Both paths gather the file's bytes into two reused 4 MiB buffers (`_Pieces`): while one is hashed and
+written on a worker thread, the event loop fills the other. One hash and one write call per 4 MiB keep
+the GIL hand-overs between that thread and the event loop rare, and buffers that are reused stay mapped
+and warm (fresh 64 KiB pieces handed over one by one cost more than twice as much; measured in the
+benchmark notes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import mmap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,7 +35,7 @@ from service.core.blobs import BlobStore, BlobTooLarge, BlobWriter
 from service.core.checkpoints import Declared
 
 FIELD_LIMIT = 64 * 1024  # a text field larger than this is not a name or a JSON network definition
-FLUSH_BYTES = 1024 * 1024  # hand file data to the writer thread in pieces of about this size
+PIECE_BYTES = 4 * 1024 * 1024  # the writer thread hashes and writes the file in pieces of this size
 FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields, allowed on top of the file size limit
 MODALITIES = ("CT", "MR", "other")
 
@@ -51,7 +63,7 @@ class _Collector:
         self.store = store
         self.limit = limit
         self.result = ParsedUpload()
-        self.pending: list[bytes] = []
+        self.pending: list[memoryview] = []  # file bytes parsed since the last `take`, not yet copied
         self.pending_bytes = 0
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -93,7 +105,7 @@ class _Collector:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
-            self.pending.append(data[start:end])
+            self.pending.append(memoryview(data)[start:end])
             self.pending_bytes += end - start
         elif self._text is not None:
             self._text += data[start:end]
@@ -108,9 +120,70 @@ class _Collector:
                 raise UploadError(422, f"form field {self._name!r} is not UTF-8 text") from exc
         self._in_file = False
 
-    def take(self) -> list[bytes]:
+    def take(self) -> list[memoryview]:
         chunks, self.pending, self.pending_bytes = self.pending, [], 0
         return chunks
+
+
+class _Pieces:
+    """The file's bytes gathered into two reused buffers; a full one is hashed and written on a thread
+    while the event loop fills the other, so the disk and the hash overlap with the network.
+
+    Memory: two buffers (2 × PIECE_BYTES), whatever the file's size. The size limit is checked on every
+    chunk against everything received, before it is copied.
+    """
+
+    def __init__(self, writer: BlobWriter, limit: int) -> None:
+        self.writer = writer
+        self.limit = limit
+        self.received = 0
+        # mmap: page-aligned memory, which a direct (O_DIRECT) write needs (`BlobWriter.write_piece`).
+        self._buffers = [mmap.mmap(-1, PIECE_BYTES), mmap.mmap(-1, PIECE_BYTES)]
+        self._current = 0
+        self._fill = 0
+        self._in_flight: asyncio.Future[Any] | None = None
+
+    async def add(self, chunks: list[memoryview]) -> None:
+        for chunk in chunks:
+            self.received += len(chunk)
+            if self.received > self.limit:
+                raise BlobTooLarge(self.limit)  # at the chunk that passes the limit, not at a later flush
+            while len(chunk):
+                buffer = self._buffers[self._current]
+                n = min(len(chunk), PIECE_BYTES - self._fill)
+                buffer[self._fill : self._fill + n] = chunk[:n]
+                self._fill += n
+                chunk = chunk[n:]
+                if self._fill == PIECE_BYTES:
+                    await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        """Send the current buffer to the writer thread (after the previous one is done) and switch."""
+        await self.wait()
+        piece = memoryview(self._buffers[self._current])[: self._fill]
+        # Hashing (CPU) and the write (the disk) release the GIL: on two threads they overlap.
+        self._in_flight = asyncio.ensure_future(
+            asyncio.gather(
+                run_in_threadpool(self.writer.hash_piece, piece), run_in_threadpool(self.writer.write_piece, piece)
+            )
+        )
+        self._current, self._fill = 1 - self._current, 0
+
+    async def wait(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+
+    async def finish(self) -> None:
+        """Write what is left; the file is then complete."""
+        if self._fill:
+            await self._hand_over()
+        await self.wait()
+
+    async def abandon(self) -> None:
+        """Let a write in progress end (it holds the file), whatever it raised, before the file goes."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self.wait())
 
 
 async def receive_upload(
@@ -142,34 +215,70 @@ async def receive_upload(
     }
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     total = 0
+    pieces: _Pieces | None = None
     try:
         async for chunk in body:
             total += len(chunk)
             if total > limit + FORM_OVERHEAD and collector.result.writer is None:
                 raise UploadError(413, f"upload exceeds the limit of {limit} bytes")
             parser.write(chunk)
-            writer = collector.result.writer
-            if writer is not None and writer.size + collector.pending_bytes > limit:
-                raise BlobTooLarge(limit)  # at the chunk that passes the limit, not at the next flush
-            if writer is not None and collector.pending_bytes >= FLUSH_BYTES:
-                await run_in_threadpool(writer.write_many, collector.take())
+            if collector.result.writer is not None:
+                pieces = pieces or _Pieces(collector.result.writer, limit)
+                await pieces.add(collector.take())
         parser.finalize()
-        if collector.result.writer is not None and collector.pending:
-            await run_in_threadpool(collector.result.writer.write_many, collector.take())
+        if pieces is not None:
+            await pieces.add(collector.take())
+            await pieces.finish()
     except BaseException as exc:
+        if pieces is not None:
+            await pieces.abandon()
         if collector.result.writer is not None:
             collector.result.writer.abort()
-        if isinstance(exc, BlobTooLarge):
-            raise UploadError(413, f"upload exceeds the limit of {limit} bytes") from exc
-        if isinstance(exc, MultipartParseError | FormParserError):
-            raise UploadError(422, f"malformed multipart body: {exc}") from exc
-        if isinstance(exc, ClientDisconnect):
-            raise UploadError(400, "the client disconnected before the upload was complete") from exc
+        _raise_refusal(exc, limit)
         raise
     if collector.result.writer is None:
         raise UploadError(422, "the form has no 'file' part: send the checkpoint as multipart field 'file'")
     collector.result.writer.close()
     return collector.result
+
+
+async def receive_raw(
+    headers: dict[str, str], body: AsyncIterator[bytes], store: BlobStore, limit: int, fields: dict[str, str]
+) -> ParsedUpload:
+    """Write an ``application/octet-stream`` body (the file itself) to the blob store's tmp folder.
+
+    ``fields`` are the form's text fields, sent as query parameters. The caller owns ``result.writer``, as
+    with `receive_upload`; on any error nothing is left behind.
+    """
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadError(413, f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    writer = store.writer(limit)
+    pieces = _Pieces(writer, limit)
+    try:
+        async for chunk in body:
+            await pieces.add([memoryview(chunk)])
+        await pieces.finish()
+    except BaseException as exc:
+        await pieces.abandon()
+        writer.abort()
+        _raise_refusal(exc, limit)
+        raise
+    if writer.size == 0:
+        writer.abort()
+        raise UploadError(422, "the body is empty: send the checkpoint's bytes")
+    writer.close()
+    return ParsedUpload(fields=fields, writer=writer)
+
+
+def _raise_refusal(exc: BaseException, limit: int) -> None:
+    """The UploadError for an exception that means a bad upload (returns for any other)."""
+    if isinstance(exc, BlobTooLarge):
+        raise UploadError(413, f"upload exceeds the limit of {limit} bytes") from exc
+    if isinstance(exc, MultipartParseError | FormParserError):
+        raise UploadError(422, f"malformed multipart body: {exc}") from exc
+    if isinstance(exc, ClientDisconnect):
+        raise UploadError(400, "the client disconnected before the upload was complete") from exc
 
 
 def checkpoint_form(upload: ParsedUpload) -> Declared:

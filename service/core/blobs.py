@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+DIRECT = hasattr(os, "O_DIRECT")  # Linux; elsewhere every write goes through the page cache
+DIRECT_BLOCK = 4096  # O_DIRECT alignment of sizes and offsets (the common logical block size)
 
 
 class BlobTooLarge(Exception):
@@ -35,6 +37,7 @@ class BlobWriter:
         self.path = store.tmp_dir / f"{secrets.token_hex(16)}.partial"
         self._file: BinaryIO | None = self.path.open("xb")
         self._hash = hashlib.sha256()
+        self._direct_fd: int | None = None  # opened on the first aligned piece; -1: not available
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -51,7 +54,47 @@ class BlobWriter:
         for chunk in chunks:
             self.write(chunk)
 
+    def hash_piece(self, piece: memoryview) -> None:
+        """Hash a piece of a streamed upload (`write_piece` stores it; the two may run on two threads)."""
+        self._hash.update(piece)
+
+    def write_piece(self, piece: memoryview) -> None:
+        """Append a piece, bypassing the page cache (``O_DIRECT``) when the piece allows it.
+
+        A multi-GiB upload written through the page cache costs a page allocation and a copy per 4 KiB, and
+        on the virtual machines measured for issue 14 that was the slowest stage of an upload (about half the
+        speed of hashing). A direct write needs a page-aligned buffer (the caller's, e.g. an ``mmap``), whole
+        blocks and an aligned offset; a piece that is not (the last one) goes through the normal file, and
+        where the file system refuses ``O_DIRECT`` (tmpfs) every piece does.
+        """
+        if self._file is None:
+            raise ValueError("writer is closed")
+        n = len(piece)
+        if self.limit is not None and self.size + n > self.limit:
+            self.abort()
+            raise BlobTooLarge(self.limit)
+        fd = self._direct() if n % DIRECT_BLOCK == 0 and self.size % DIRECT_BLOCK == 0 else None
+        if fd is None:
+            self._file.flush()
+            fd = self._file.fileno()
+        written = 0
+        while written < n:
+            written += os.pwrite(fd, piece[written:], self.size + written)
+        self.size += n
+
+    def _direct(self) -> int | None:
+        """A second descriptor of the partial file opened with ``O_DIRECT``, or None where there is none."""
+        if self._direct_fd is None:
+            try:
+                self._direct_fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_DIRECT", 0)) if DIRECT else -1
+            except OSError:
+                self._direct_fd = -1
+        return self._direct_fd if self._direct_fd >= 0 else None
+
     def close(self) -> None:
+        if self._direct_fd is not None and self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import Owner
 from service.api.deps import BlobsDep, DatabaseDep, FinishedDep, Limit, Offset, SessionDep, SettingsDep, SlotsDep
 from service.api.schemas import CheckpointOut, ErrorOut, GammaOut, Page
-from service.api.uploads import MODALITIES, UploadError, checkpoint_form, receive_upload
+from service.api.uploads import MODALITIES, UploadError, checkpoint_form, receive_raw, receive_upload
 from service.core import checkpoints as records
 from service.core.errors import NotFound
 from service.core.models import Checkpoint, GammaStat
@@ -40,9 +40,22 @@ UPLOAD_BODY = {
                     "network_def": {"type": "string", "description": "JSON MONAI network definition"},
                 },
             }
-        }
+        },
+        "application/octet-stream": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "the file itself (the faster path: nothing to parse); name, modality and "
+                "architecture go in the query (network_def needs the form)",
+            }
+        },
     },
 }
+RAW = "application/octet-stream"
+
+
+def _query_field(description: str, **kwargs: Any) -> Any:
+    return Query(description=f"{description} (with an {RAW} body; a form carries it as a field)", **kwargs)
 
 
 @router.post(
@@ -64,10 +77,26 @@ async def upload_checkpoint(
     store: BlobsDep,
     db: DatabaseDep,
     slots: SlotsDep,
+    name: Annotated[str | None, _query_field("the checkpoint's name, required", max_length=300)] = None,
+    modality: Annotated[str | None, _query_field("CT, MR or other")] = None,
+    architecture: Annotated[str | None, _query_field("default: recognised from keys")] = None,
 ) -> CheckpointOut:
-    """Stream the file to the blob store while hashing, validate it (off the event loop), then record it."""
+    """Stream the file to the blob store while hashing, validate it (off the event loop), then record it.
+
+    The body is either a multipart form (``file`` and the text fields) or, as ``application/octet-stream``,
+    the file itself with the fields as query parameters (all but ``network_def``, a JSON document too long
+    for a URL: a checkpoint that needs one is sent as a form).
+    """
+    query = {"name": name, "modality": modality, "architecture": architecture}
+    fields = {k: v for k, v in query.items() if v is not None}
+    headers = dict(request.headers)
     try:
-        upload = await receive_upload(dict(request.headers), request.stream(), store, settings.max_upload_bytes)
+        if headers.get("content-type", "").split(";")[0].strip().lower() == RAW:
+            upload = await receive_raw(headers, request.stream(), store, settings.max_upload_bytes, fields)
+        elif fields:
+            raise UploadError(422, f"query fields ({', '.join(fields)}) go with an {RAW} body; a form has fields")
+        else:
+            upload = await receive_upload(headers, request.stream(), store, settings.max_upload_bytes)
         assert upload.writer is not None
         try:
             declared = checkpoint_form(upload)
