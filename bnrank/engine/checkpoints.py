@@ -59,7 +59,7 @@ from bnrank.engine.errors import (
 from bnrank.engine.formats import bundle as bundle_format
 from bnrank.engine.formats import nnunet as nnunet_format
 from bnrank.engine.formats import torchscript as torchscript_format
-from bnrank.engine.formats.zips import ModelTree, is_zip, open_folder, open_zip
+from bnrank.engine.formats.zips import ModelTree, is_zip, open_folder, open_zip, read_json
 
 try:  # numpy >= 2 moved it; pickles written under numpy 1 still name numpy.core
     from numpy._core.multiarray import scalar as _np_scalar
@@ -472,8 +472,8 @@ def _read_tree(tree: ModelTree, max_bytes: int, *, zipped: bool) -> tuple[Any, d
         return torchscript_format.read_torchscript(tree, root), {"format": "torchscript", "source": {"root": root}}
     layout = nnunet_format.find_layout(tree)
     if layout is not None:
-        plans = nnunet_format.read_json(tree, layout.plans)
-        dataset = nnunet_format.read_json(tree, layout.dataset)
+        plans = read_json(tree, layout.plans)
+        dataset = read_json(tree, layout.dataset)
         if layout.configuration is not None:  # refuse bad plans before reading the weights
             _nnunet({}, plans, dataset, layout.configuration, tree.label)
         raw = _nested(tree, layout.checkpoint, max_bytes)

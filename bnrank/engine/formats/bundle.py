@@ -20,8 +20,7 @@ from monai.bundle import ConfigParser
 
 from bnrank.engine.architectures.monai_nets import parse_network_def
 from bnrank.engine.errors import CorruptCheckpointError, NetworkDefError
-from bnrank.engine.formats.nnunet import read_json
-from bnrank.engine.formats.zips import ModelTree
+from bnrank.engine.formats.zips import ModelTree, read_json
 
 CONFIG_NAMES = ("configs/inference.json", "configs/train.json")
 WEIGHT_NAMES = ("models/model.pt", "models/model.safetensors")

@@ -24,7 +24,6 @@ from bnrank.engine.errors import CorruptCheckpointError
 from bnrank.engine.formats.zips import ModelTree
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
-MAX_JSON_BYTES = 16 * 1024**2  # plans of a big dataset are ~50 kB; dataset.json with per-case lists a few MB
 _FOLD = re.compile(r"(?:^|/)fold_(\w+)/(checkpoint_final|checkpoint_best)\.pth$")
 _PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 _LEGACY_CLASSES = {
@@ -76,20 +75,6 @@ def find_layout(tree: ModelTree) -> NNUNetLayout | None:
 
 def _join(root: str, name: str) -> str:
     return f"{root}/{name}" if root else name
-
-
-def read_json(tree: ModelTree, name: str) -> dict[str, Any]:
-    """A JSON object member, bounded in size."""
-    size = tree.members[name].size
-    if size > MAX_JSON_BYTES:
-        raise CorruptCheckpointError(f"{tree.label}: {name} is {size:,} bytes, too large for a configuration file")
-    try:
-        value = json.loads(tree.read(name))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptCheckpointError(f"{tree.label}: {name} is not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise CorruptCheckpointError(f"{tree.label}: {name} is not a JSON object")
-    return value
 
 
 def is_nnunet_checkpoint(obj: Any) -> bool:
@@ -208,4 +193,3 @@ def describe(
         "labels": _plain((dataset or {}).get("labels")),
     }
     return build, source
-

@@ -12,6 +12,7 @@ it). Nothing is ever extracted under a name taken from the archive: a member tha
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import struct
@@ -20,6 +21,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from bnrank.engine.errors import CheckpointTooLargeError, CorruptCheckpointError
 
@@ -32,6 +34,7 @@ DEFAULT_MAX_MEMBERS = 65_536
 DEFAULT_MAX_RATIO = 200.0
 RATIO_FLOOR = 16 * MiB  # below this a high ratio cannot cost more than the floor and is not judged
 _COPY_CHUNK = 1 * MiB
+MAX_JSON_BYTES = 16 * MiB  # plans of a big dataset are ~50 kB; a dataset.json with per-case lists a few MB
 
 
 def _size(n: float) -> str:
@@ -85,10 +88,9 @@ class ModelTree:
         """A member as a mutable buffer (tensors are viewed over it without another copy)."""
         return bytearray(self.read(name))
 
-    @contextlib.contextmanager
-    def as_file(self, name: str) -> Iterator[Path]:  # pragma: no cover - abstract
+    def as_file(self, name: str) -> contextlib.AbstractContextManager[Path]:  # pragma: no cover - abstract
+        """The member as a file on disk for as long as the context lasts."""
         raise NotImplementedError
-        yield Path()
 
     def close(self) -> None:
         """Release the archive (folders hold nothing open)."""
@@ -297,3 +299,17 @@ def open_folder(root: Path, *, max_bytes: int, max_members: int = DEFAULT_MAX_ME
 def is_zip(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
+
+
+def read_json(tree: ModelTree, name: str) -> dict[str, Any]:
+    """A JSON object member, bounded in size."""
+    size = tree.members[name].size
+    if size > MAX_JSON_BYTES:
+        raise CorruptCheckpointError(f"{tree.label}: {name} is {size:,} bytes, too large for a configuration file")
+    try:
+        value = json.loads(tree.read(name))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"{tree.label}: {name} is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CorruptCheckpointError(f"{tree.label}: {name} is not a JSON object")
+    return value
