@@ -7,12 +7,20 @@ spends < 5 % of the first run's time.
     .venv/bin/python bench/engine_speed.py            # about two minutes on 2 cores
     .venv/bin/python bench/engine_speed.py --only batched      # K candidates one at a time vs stacked (vmap)
     .venv/bin/python bench/engine_speed.py --only validation   # one validation, and a run's validations, per mode
+    .venv/bin/python bench/engine_speed.py --only norms        # norm-only vs full on InstanceNorm networks
+
+The norms case (issue 11) times norm-only vs full fine-tuning steps on MONAI UNets with InstanceNorm, once
+with the norm's own affine (as nnU-Net has it) and once without (MONAI's default: norm-only inserts identity
+affines, which the timing includes). Full and norm-only steps alternate in one process, so load from other
+work on a shared machine falls on both; peak memory comes from one process per mode. The numbers are also
+written as JSON (``--json``, default bench/results/engine_speed/norms-<UTC time>.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,6 +68,138 @@ def step_worker(mode: str, precision: str, width: int, patch: int, batch: int, s
         "trainable": sum(p.numel() for p in params),
         "threads": threads,
     }
+
+
+# MONAI UNet as registered (monai_unet: channels 16-128, strides 2, 2 residual units), only the norm differs.
+NORM_NETS = {
+    "instance+affine": ("instance", {"affine": True}),
+    "instance (no affine)": "instance",
+}
+
+
+def _norm_net(net: str, mode: str) -> tuple:
+    """A MONAI UNet with ``net``'s norm, seeded, and what ``mode`` trains: every parameter, or norm-only's set."""
+    import torch
+
+    from bnrank.engine.architectures import architecture_from_network_def
+    from bnrank.engine.bn_only import norm_only_setup
+
+    torch.manual_seed(0)
+    defn = {"_target_": "UNet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
+    arch = architecture_from_network_def({**defn, "norm": NORM_NETS[net]})
+    model = arch.build(in_channels=1, out_channels=4).train()
+    if mode == "full":
+        return model, list(model.parameters()), None
+    params, _, _, info = norm_only_setup(model, arch, 0)
+    return model, params, info
+
+
+def _stepper(model, params, patch: int, batch: int):
+    import torch
+    from monai.losses import DiceCELoss
+
+    optimiser = torch.optim.Adam(params, lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    x = torch.randn(batch, 1, patch, patch, patch, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 4, (batch, 1, patch, patch, patch), generator=torch.Generator().manual_seed(2))
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x).float(), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return 1000 * (time.perf_counter() - t0)
+
+    return step
+
+
+def norms_worker(net: str, mode: str, patch: int, batch: int, steps: int, threads: int = 0) -> dict:
+    """Runs inside the subprocess: peak memory growth of ``steps`` full or norm-only steps (its own process)."""
+    from bnrank.engine.threads import configure_threads
+
+    threads = configure_threads(threads=threads)
+    model, params, info = _norm_net(net, mode)
+    step = _stepper(model, params, patch, batch)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        step()
+    return {
+        "net": net,
+        "mode": mode,
+        "peak_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
+        "trainable": sum(p.numel() for p in params),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "norm_kinds": info.kinds if info else None,
+        "inserted_affines": len(info.inserted_affines) if info else None,
+        "threads": threads,
+    }
+
+
+def norms_timing_worker(net: str, patch: int, batch: int, steps: int, threads: int = 0) -> dict:
+    """Runs inside the subprocess: full and norm-only steps of the same network *alternately* (after two warm-up
+    steps each), so other load on a shared machine falls on both alike; milliseconds of every step per mode."""
+    from bnrank.engine.threads import configure_threads
+
+    configure_threads(threads=threads)
+    steppers = {mode: _stepper(*_norm_net(net, mode)[:2], patch, batch) for mode in ("full", "norm-only")}
+    times: dict[str, list[float]] = {mode: [] for mode in steppers}
+    for i in range(steps + 2):
+        for mode, step in steppers.items():
+            ms = step()
+            if i >= 2:
+                times[mode].append(round(ms, 1))
+    return times
+
+
+def bench_norms(args: argparse.Namespace) -> None:
+    """Per network: step times from one subprocess alternating full and norm-only steps (the ratio is taken side by
+    side), peak memory from one subprocess per mode (ru_maxrss is per process)."""
+
+    def worker(*values: object) -> dict:
+        cmd = [sys.executable, __file__, "--worker", *map(str, values)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    sizes = (args.patch, args.batch, args.steps, args.threads)
+    rows = []
+    for net in NORM_NETS:
+        times = worker("norms-time", net, *sizes)
+        for mode in ("full", "norm-only"):
+            steps = sorted(times[mode])
+            rows.append(
+                {
+                    **worker("norms", net, mode, *sizes),
+                    "best_ms": steps[0],
+                    "median_ms": steps[len(steps) // 2],
+                    "step_ms": times[mode],
+                }
+            )
+    print(
+        f"\nMONAI UNet (channels 16-128, 2 residual units) with InstanceNorm, patch {args.patch}^3, batch "
+        f"{args.batch}, fp32, {args.steps} alternating steps per mode, {rows[0]['threads']} thread(s)"
+    )
+    head = f"{'norm':<22} {'mode':<10} {'median ms':>9} {'best':>7} {'ratio':>6} {'peak +MB':>9} {'trainable':>11}"
+    print(head + "  trained")
+    for r in rows:
+        full = next(f for f in rows if f["net"] == r["net"] and f["mode"] == "full")
+        kinds = ",".join(r["norm_kinds"]) if r["norm_kinds"] else "everything"
+        print(
+            f"{r['net']:<22} {r['mode']:<10} {r['median_ms']:9.1f} {r['best_ms']:7.1f} "
+            f"{r['median_ms'] / full['median_ms']:6.2f} {r['peak_growth_mb']:9.1f} {r['trainable']:11,}  {kinds}"
+        )
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    path = Path(args.json) if args.json else ROOT / "bench" / "results" / "engine_speed" / f"norms-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "patch": args.patch,
+        "batch": args.batch,
+        "steps": args.steps,
+        "precision": "fp32",
+        "load_average": os.getloadavg(),
+    }
+    path.write_text(json.dumps({"measured": stamp, "config": config, "rows": rows}, indent=2))
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def _bn_only_trainers(k: int, width: int, patch: int, batch: int, **config_kw) -> list:
@@ -239,9 +379,21 @@ def main() -> None:
     parser.add_argument("--val-side", type=int, default=96, help="side of the validation cases")
     parser.add_argument("--val-cases", type=int, default=2, help="validation cases")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the new cases (0: the cores)")
-    parser.add_argument("--only", choices=("steps", "batched", "validation"), help="run one case only")
+    parser.add_argument("--only", choices=("steps", "batched", "validation", "norms"), help="run one case only")
+    parser.add_argument("--json", help="norms case: write its numbers here (default under bench/results/engine_speed)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.worker[0] == "norms":
+        net, mode, *sizes = args.worker[1:]
+        print(json.dumps(norms_worker(net, mode, *map(int, sizes))))
+        return
+    if args.worker and args.worker[0] == "norms-time":
+        net, *sizes = args.worker[1:]
+        print(json.dumps(norms_timing_worker(net, *map(int, sizes))))
+        return
+    if args.only == "norms":
+        bench_norms(args)
+        return
     if args.worker and args.worker[0] in ("batched", "validation"):
         fn = batched_worker if args.worker[0] == "batched" else validation_worker
         print(json.dumps(fn(*map(int, args.worker[1:]))))
@@ -279,6 +431,7 @@ def main() -> None:
     if args.only is None:
         bench_validation(args)
         bench_batched(args)
+        bench_norms(args)
 
 
 if __name__ == "__main__":
