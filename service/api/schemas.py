@@ -357,3 +357,4 @@ class CheckpointResultOut(BaseModel):
     control_score: float | None = Field(description="score of the random-init control of its architecture, same job")
     finished_at: datetime | None
     error: str | None
+    norm_kinds: list[str] = Field(default_factory=list, description="normalisation kinds norm-only evaluation trained")

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Checkpoint, Dataset, Job, RankingEntry
 from service.core.owned import owned_checkpoint, owned_dataset
+from service.core.results import norm_view
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def checkpoint_results(
             "control_score": controls.get((job.id, entry.architecture)),
             "finished_at": entry.finished_at,
             "error": entry.error,
+            "norm_kinds": norm_view(entry)["norm_kinds"],
         }
         for entry, job, dataset_name in rows
     ]

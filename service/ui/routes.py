@@ -34,7 +34,7 @@ from service.core import jobflow
 from service.core.errors import ServiceError
 from service.core.owned import owned_job
 from service.ui import csrf, views
-from service.ui.session import Session, SignInRefused, sign_in, sign_out, signed_in
+from service.ui.session import SignInRefused, Who, sign_in, sign_out, signed_in
 
 HERE = Path(__file__).parent
 PAGE_OF_KIND = {"ranking": "rankings", "alchemy": "alchemy", "probe": "probes"}
@@ -145,7 +145,7 @@ async def login(
 
 
 @router.post("/logout")
-async def logout(request: Request, who: Session, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+async def logout(request: Request, who: Who, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     if not csrf.valid(request, who, csrf_token):
         return forbidden(request, who)
     response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
@@ -159,7 +159,7 @@ async def logout(request: Request, who: Session, csrf_token: Annotated[str, Form
 @router.get("/checkpoints")
 async def checkpoints_page(
     request: Request,
-    who: Session,
+    who: Who,
     reads: ReadsDep,
     offset: Offset = 0,
     modality: Text = None,
@@ -169,7 +169,7 @@ async def checkpoints_page(
 
 
 @router.get("/checkpoints/{checkpoint_id}")
-async def checkpoint_page(request: Request, checkpoint_id: str, who: Session, reads: ReadsDep) -> HTMLResponse:
+async def checkpoint_page(request: Request, checkpoint_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
     return await show(request, who, "checkpoint.html", reads, views.checkpoint_page, checkpoint_id)
 
 
@@ -177,7 +177,7 @@ async def checkpoint_page(request: Request, checkpoint_id: str, who: Session, re
 def delete_checkpoint(
     request: Request,
     checkpoint_id: str,
-    who: Session,
+    who: Who,
     session: SessionDep,
     store: BlobsDep,
     finished: FinishedDep,
@@ -194,19 +194,19 @@ def delete_checkpoint(
 
 
 @router.get("/datasets")
-async def datasets_page(request: Request, who: Session, reads: ReadsDep, offset: Offset = 0) -> HTMLResponse:
+async def datasets_page(request: Request, who: Who, reads: ReadsDep, offset: Offset = 0) -> HTMLResponse:
     return await show(request, who, "datasets.html", reads, views.datasets_page, offset)
 
 
 @router.get("/datasets/{dataset_id}")
-async def dataset_page(request: Request, dataset_id: str, who: Session, reads: ReadsDep) -> HTMLResponse:
+async def dataset_page(request: Request, dataset_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
     return await show(request, who, "dataset.html", reads, views.dataset_page, dataset_id)
 
 
 @router.get("/jobs")
 async def jobs_page(
     request: Request,
-    who: Session,
+    who: Who,
     reads: ReadsDep,
     offset: Offset = 0,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
@@ -216,7 +216,7 @@ async def jobs_page(
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(request: Request, job_id: str, who: Session, reads: ReadsDep) -> Response:
+async def job_page(request: Request, job_id: str, who: Who, reads: ReadsDep) -> Response:
     """A job's own page, whatever its kind."""
     try:
         kind = await reads(lambda s: owned_job(s, who.owner, job_id).kind)
@@ -226,24 +226,24 @@ async def job_page(request: Request, job_id: str, who: Session, reads: ReadsDep)
 
 
 @router.get("/rankings/{job_id}")
-async def ranking_page(request: Request, job_id: str, who: Session, reads: ReadsDep) -> HTMLResponse:
+async def ranking_page(request: Request, job_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
     return await show(request, who, "ranking.html", reads, views.ranking_page, job_id)
 
 
 @router.get("/alchemy/{job_id}")
-async def alchemy_page(request: Request, job_id: str, who: Session, reads: ReadsDep) -> HTMLResponse:
+async def alchemy_page(request: Request, job_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
     return await show(request, who, "alchemy.html", reads, views.alchemy_page, job_id)
 
 
 @router.get("/probes/{job_id}")
-async def probe_page(request: Request, job_id: str, who: Session, reads: ReadsDep) -> HTMLResponse:
+async def probe_page(request: Request, job_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
     return await show(request, who, "probe.html", reads, views.probe_page, job_id)
 
 
 @router.get("/leaderboard")
 async def leaderboard_page(
     request: Request,
-    who: Session,
+    who: Who,
     reads: ReadsDep,
     dataset_id: Annotated[str | None, Query(max_length=64)] = None,
     offset: Offset = 0,
@@ -259,7 +259,7 @@ async def leaderboard_page(
 def cancel_job(
     request: Request,
     job_id: str,
-    who: Session,
+    who: Who,
     session: SessionDep,
     live: LiveDep,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
@@ -277,7 +277,7 @@ def cancel_job(
 
 @router.get("/jobs/{job_id}/events")
 async def job_events(
-    request: Request, job_id: str, who: Session, reads: ReadsDep, settings: SettingsDep
+    request: Request, job_id: str, who: Who, reads: ReadsDep, settings: SettingsDep
 ) -> StreamingResponse:
     """The API's event stream (``GET /v1/jobs/{id}/events``) for the session's owner: an EventSource cannot
     send a bearer header, so the page listens here, with its cookie."""

@@ -122,4 +122,4 @@ async def require_session(request: Request) -> SignedIn:
     return who
 
 
-Session = Annotated[SignedIn, Depends(require_session)]
+Who = Annotated[SignedIn, Depends(require_session)]

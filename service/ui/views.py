@@ -43,13 +43,14 @@ def _page(offset: int, limit: int, total: int) -> dict[str, Any]:
     }
 
 
-def norm_kind(load_report: dict[str, Any], n_bn_channels: int) -> str:
-    """The checkpoint's normalisation as far as its inspection recorded it."""
-    for key in ("norm_kind", "normalisation", "norm"):
-        value = load_report.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return "BatchNorm" if n_bn_channels > 0 else "unknown"
+def norm_kind(n_bn_channels: int, trained: list[list[str]] | None = None) -> str:
+    """The checkpoint's normalisation as far as it is known, in the engine's names (bnrank/engine/norms.py):
+    ``batch`` when its upload found γ of BatchNorm layers, else the kinds norm-only evaluation trained in its
+    rankings, else unknown (not ranked yet)."""
+    if n_bn_channels > 0:
+        return "batch"
+    kinds = sorted({k for entry in trained or [] for k in entry})
+    return ", ".join(kinds) if kinds else "unknown (no BatchNorm; not ranked yet)"
 
 
 def _histogram(hist: dict[str, Any] | None, label: str, phases: tuple[str, ...] = ("raw", "after_bn")) -> Any:
@@ -71,7 +72,7 @@ def checkpoints_page(
     items = [
         {
             "ckpt": c,
-            "norm": norm_kind(c.load_report or {}, c.n_bn_channels),
+            "norm": norm_kind(c.n_bn_channels),
             "share_below": (raw.summary or {}).get("share_below") if raw else None,
         }
         for c, raw in rows
@@ -94,7 +95,7 @@ def checkpoint_page(session: Session, owner: str, checkpoint_id: str) -> dict[st
     results, total = checkpoint_results(session, owner, ckpt.id, PAGE, 0)
     return {
         "ckpt": ckpt,
-        "norm": norm_kind(ckpt.load_report or {}, ckpt.n_bn_channels),
+        "norm": norm_kind(ckpt.n_bn_channels, [r["norm_kinds"] for r in results]),
         "summary": raw.summary if raw is not None else None,
         "layers": raw.layers if raw is not None else [],
         "histogram": histogram,

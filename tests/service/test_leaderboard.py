@@ -100,6 +100,7 @@ def test_checkpoint_results_across_jobs(
     assert (row["entry_id"], row["status"], row["rank"]) == (first_entry["id"], "ok", first_entry["rank"])
     assert row["score"] == pytest.approx(first_entry["score"])
     assert row["dice_per_class"] == first_entry["dice_per_class"]
+    assert row["norm_kinds"] == first_entry["norm_kinds"] == ["batch"]
     assert (row["dataset_id"], row["dataset_name"]) == (dataset_id, "tiny")
     assert row["control_score"] is not None
     assert by_job[second_ranking["job"]["id"]]["status"] == "ok"

@@ -137,7 +137,8 @@ def test_checkpoint_dataset_jobs_and_leaderboard_pages(
 ) -> None:
     job_id = ranked["job"]["id"]
     checkpoint = alice_ui.get(f"/ui/checkpoints/{candidates['good_a']}").text
-    assert "unet3d" in checkpoint and "BatchNorm" in checkpoint and 'class="chart gamma-histogram"' in checkpoint
+    assert "<dd>unet3d</dd>" in checkpoint and "<dt>normalisation</dt><dd>batch</dd>" in checkpoint
+    assert 'class="chart gamma-histogram"' in checkpoint
     assert any(job_id in row for row in _rows(checkpoint, "checkpoint-results"))
     dataset = alice_ui.get(f"/ui/datasets/{dataset_id}").text
     assert "tumor" in dataset and "edema" in dataset and "good_a" in dataset
