@@ -50,3 +50,18 @@ def test_bn_only_reports_the_change_during_training() -> None:
     assert "change" not in before["summary"]
     assert after["summary"]["change"]["mean_abs_delta"] > 0.0  # a few steps at lr 1e-2 move every γ a little
     assert after["summary"]["share_below"] == 0.0  # ... far too little for the absolute threshold
+
+
+def test_the_change_reaches_the_entry_its_json_and_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnrank.cli.local import print_ranking
+    from bnrank.engine.ranking import RankEntry, RankingResult
+
+    moved = RankEntry("a", rank=1, score=0.5, gamma={"after_bn": {"summary": {"change": {"mean_abs_delta": 0.1234}}}})
+    unmeasured = RankEntry("b", rank=2, score=0.4, gamma={"after_bn": {"summary": {"share_below": 0.0}}})
+    assert (moved.gamma_change, unmeasured.gamma_change) == (0.1234, None)
+    assert moved.to_dict()["gamma_change"] == 0.1234 and unmeasured.to_dict()["gamma_change"] is None
+    print_ranking(RankingResult("d", [moved, unmeasured], {}, {}))
+    header, _, first, second, *_ = capsys.readouterr().out.splitlines()
+    column = header.index("|Δγ|")
+    assert first[column - 3 : column + 4].strip() == "0.1234"
+    assert second[column - 3 : column + 4].strip() == "-"
