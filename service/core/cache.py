@@ -61,13 +61,29 @@ class LiveCache:
         self.loading: dict[str, Any] = {}
 
     def get(self, job_id: str, owner: str) -> bytes | None:
+        """The body if it is at most ``ttl_s`` old."""
+        found = self.lookup(job_id, owner)
+        return found[0] if found is not None and not found[1] else None
+
+    def lookup(self, job_id: str, owner: str) -> tuple[bytes, bool] | None:
+        """``(body, stale)`` for a body at most 2 × ``ttl_s`` old; ``stale`` past ``ttl_s``.
+
+        A stale body is served while one background read replaces it (stale-while-revalidate), so no
+        polling client waits for the database when an entry expires: before, the clients that arrived
+        during that read all waited for it, which was the tail of a queued ranking's GET latency
+        (docs/benchmarks.md, issue 14). A body is thus never older than 2 × ``ttl_s`` (0.5 s by default,
+        against a progress written every 2 s); one older than that is not served at all.
+        """
         if self.ttl_s <= 0:
             return None
         with self._lock:
             item = self._items.get(job_id)
-        if item is None or item[0] != owner or time.monotonic() - item[1] > self.ttl_s:
+        if item is None or item[0] != owner:
             return None
-        return item[2]
+        age = time.monotonic() - item[1]
+        if age > 2 * self.ttl_s:
+            return None
+        return item[2], age > self.ttl_s
 
     def put(self, job_id: str, owner: str, body: bytes) -> None:
         if self.ttl_s <= 0:

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     live_cache_s: float = Field(
         default=0.25,
         ge=0,
-        description="an unfinished ranking's body is served again for this long after it was read (0: off)",
+        description="an unfinished ranking's body is served again for this long after it was read, and up to "
+        "twice this long while one background read replaces it (0: off)",
     )
     sse_poll_interval_s: float = Field(default=0.5, gt=0, description="how often /jobs/{id}/events looks at a job")
     gamma_threshold: float = Field(default=0.05, gt=0, description="|γ| counted as near zero in γ statistics")

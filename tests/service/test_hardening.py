@@ -22,13 +22,14 @@ from sqlalchemy import select, update
 
 from service.api.schemas import MAX_CANDIDATES, RankingIn
 from service.api.singleflight import single_flight
+from service.core import cache as cache_module
 from service.core import datasets as core_datasets
 from service.core.blobs import BlobStore, sweep_partials
 from service.core.cache import LiveCache
 from service.core.models import Dataset, Job, RankingEntry
 from tests.engine.test_limits import _lying_nifti, _zip_bomb
 from tests.engine.volumes import write_nnunet_dataset
-from tests.service.conftest import TINY_BUDGET, Stack, key_of, make_checkpoint, new_key, upload
+from tests.service.conftest import TINY_BUDGET, Stack, key_of, make_checkpoint, new_key, upload, wait_for
 from worker.context import WorkerContext
 from worker.progress import ProgressReporter
 
@@ -328,6 +329,55 @@ def test_live_cache_off_and_expiry() -> None:
     cache.put("job", "me", b"body")
     time.sleep(0.01)  # a floor, not a ceiling: a slow machine only makes the entry older
     assert cache.get("job", "me") is None
+
+
+def test_live_cache_serves_a_stale_body_for_one_more_interval() -> None:
+    clock = SimpleNamespace(now=100.0)
+    cache = LiveCache(0.25)
+    real = cache_module.time
+    cache_module.time = SimpleNamespace(monotonic=lambda: clock.now)  # type: ignore[assignment]
+    try:
+        cache.put("job", "me", b"body")
+        assert cache.lookup("job", "me") == (b"body", False) and cache.get("job", "me") == b"body"
+        assert cache.lookup("job", "someone else") is None
+        clock.now += 0.3
+        assert cache.lookup("job", "me") == (b"body", True) and cache.get("job", "me") is None
+        clock.now += 0.3  # past 2 × ttl: not served at all
+        assert cache.lookup("job", "me") is None
+    finally:
+        cache_module.time = real  # type: ignore[assignment]
+
+
+def test_an_expired_live_body_is_answered_at_once_and_refreshed_behind(
+    stack: Stack, serve_app: Any, alice: httpx.Client, dataset_id: str
+) -> None:
+    """Past the interval the cached body is answered (no wait for the database) and a fresh one follows."""
+    with stack.db.session() as s:
+        job = Job(owner="alice", kind="ranking", dataset_id=dataset_id, params={}, message="queued")
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    settings = stack.settings.model_copy(update={"live_cache_s": 1.5})
+    headers = {"Authorization": f"Bearer {key_of(alice)}"}
+    try:
+        with serve_app(settings) as url:
+            first = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers)
+            assert first.status_code == 200
+            with stack.db.session() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(message="progress written meanwhile"))
+            time.sleep(1.7)  # stale: between 1.5 and 3 s old
+            assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).content == first.content
+            wait_for(
+                lambda: (
+                    httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).json()["job"]["message"]
+                    == "progress written meanwhile"
+                ),
+                timeout_s=5,
+                what="the refreshed body",
+            )
+    finally:
+        with stack.db.session() as s:
+            s.execute(Job.__table__.delete().where(Job.id == job_id))
 
 
 def test_concurrent_misses_share_one_read() -> None:

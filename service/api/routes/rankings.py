@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -60,14 +65,35 @@ async def get_ranking(job_id: str, reads: ReadsDep, finished: FinishedDep, live:
 
     A finished ranking never changes again, and it is what dashboards and clients re-read most, so its
     serialised body is kept in memory (per process) and served without touching the database. An
-    unfinished one is read at most every ``BNRANK_LIVE_CACHE_S`` per process, however many clients poll it.
+    unfinished one is read at most every ``BNRANK_LIVE_CACHE_S`` per process, however many clients poll it,
+    and in the background once its body is older than that (no request waits for that read).
     """
-    body = finished.get(job_id, owner) or live.get(job_id, owner)
+    body = finished.get(job_id, owner)
     if body is None:
-        body = await single_flight(
-            live.loading, f"{owner}\0{job_id}", lambda: _read(reads, finished, live, owner, job_id)
-        )
+        cached = live.lookup(job_id, owner)
+        key = f"{owner}\0{job_id}"
+        if cached is None:
+            body = await single_flight(live.loading, key, lambda: _read(reads, finished, live, owner, job_id))
+        else:
+            body, stale = cached
+            if stale and key not in live.loading:  # one background read replaces it; this request is answered
+                _refresh(single_flight(live.loading, key, lambda: _read(reads, finished, live, owner, job_id)))
     return Response(body, media_type="application/json")
+
+
+_REFRESHING: set[asyncio.Task[Any]] = set()  # background reads, referenced until they end
+
+
+def _refresh(read: Coroutine[Any, Any, bytes]) -> None:
+    """Run a cache refresh in the background; its failure (a job deleted meanwhile) only loses the refresh."""
+
+    async def quietly() -> None:
+        with contextlib.suppress(Exception):
+            await read
+
+    task = asyncio.ensure_future(quietly())
+    _REFRESHING.add(task)
+    task.add_done_callback(_REFRESHING.discard)
 
 
 async def _read(reads: Reads, finished: FinishedCache, live: LiveCache, owner: str, job_id: str) -> bytes:
