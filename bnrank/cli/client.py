@@ -67,16 +67,20 @@ class Client:
         modality: str | None = None,
         architecture: str | None = None,
     ) -> dict[str, Any]:
-        """Upload a file (httpx streams it from disk); the service answers 201, or 200 for a re-upload."""
+        """Upload a file (httpx streams it from disk); the service answers 201, or 200 for a re-upload.
+
+        Sent as the raw body with the fields in the query, the service's faster path (nothing to parse;
+        docs/benchmarks.md, issue 14) rather than as a multipart form.
+        """
         path = Path(path)
-        data = {"name": name or path.name}
+        fields = {"name": name or path.name}
         if modality:
-            data["modality"] = modality
+            fields["modality"] = modality
         if architecture:
-            data["architecture"] = architecture
+            fields["architecture"] = architecture
         with path.open("rb") as f:
             response = self.http.post(
-                "/v1/checkpoints", data=data, files={"file": (path.name, f, "application/octet-stream")}
+                "/v1/checkpoints", params=fields, content=f, headers={"Content-Type": "application/octet-stream"}
             )
         return self._check(response)
 
