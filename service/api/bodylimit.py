@@ -2,8 +2,9 @@
 
 Starlette reads a body whole before FastAPI parses it, so a 1 GB JSON body would be held in memory and
 parsed on the event loop. A declared ``Content-Length`` over the limit is answered 413 at once, unread; a
-chunked body is counted as it arrives and refused at the chunk that passes the limit. Multipart bodies
-(checkpoint uploads) are streamed to disk by service/api/uploads.py under their own, larger limit.
+chunked body is counted as it arrives and refused at the chunk that passes the limit. Checkpoint uploads
+(multipart forms, and raw ``application/octet-stream`` bodies to the upload route) are streamed to disk by
+service/api/uploads.py under their own, larger limit.
 """
 
 from __future__ import annotations
@@ -19,17 +20,27 @@ def _too_large(limit: int) -> str:
     return f"request body exceeds the limit of {limit} bytes"
 
 
+RAW_UPLOAD_PATHS = frozenset({"/v1/checkpoints"})  # routes that stream an octet-stream body themselves
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
+
+    @staticmethod
+    def _streamed(scope: Scope, content_type: bytes) -> bool:
+        """Bodies an upload route streams to disk under its own limit: left alone here."""
+        if content_type.startswith(b"multipart/form-data"):
+            return True
+        return content_type.startswith(b"application/octet-stream") and scope.get("path") in RAW_UPLOAD_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+        if self._streamed(scope, headers.get(b"content-type", b"").lower()):
             await self.app(scope, receive, send)
             return
         declared = headers.get(b"content-length", b"")

@@ -9,6 +9,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from service.api.uploads import PIECE_BYTES, UploadError, receive_raw, receive_upload
 from service.core import blobs
 from service.core.blobs import BlobStore
-from tests.service.conftest import make_checkpoint, upload
+from tests.service.conftest import Stack, key_of, make_checkpoint, upload
 
 BOUNDARY = "testboundary42"
 
@@ -112,3 +113,16 @@ def test_raw_upload_refusals(alice: httpx.Client, tmp_path: Path) -> None:
     with path.open("rb") as f:
         both = alice.post("/v1/checkpoints", params={"name": "q"}, files={"file": (path.name, f)})
     assert both.status_code == 422 and "query fields (name)" in both.json()["detail"]
+
+
+def test_a_raw_upload_over_the_json_body_limit_is_streamed(stack: Stack, serve_app: Any, alice: httpx.Client) -> None:
+    """The JSON body ceiling (BNRANK_MAX_JSON_BODY_BYTES) is for JSON: a raw upload larger than it reaches the
+    upload route, which streams it under the upload limit; JSON routes still refuse such a body."""
+    settings = stack.settings.model_copy(update={"max_json_body_bytes": 1024})
+    payload = b"NOT A CHECKPOINT" + os.urandom(64 * 1024)
+    octet = {"Authorization": f"Bearer {key_of(alice)}", "Content-Type": "application/octet-stream"}
+    with serve_app(settings) as url:
+        raw = httpx.post(f"{url}/v1/checkpoints", params={"name": "big"}, content=payload, headers=octet, timeout=60)
+        assert raw.status_code == 422 and "limit" not in raw.json()["detail"], raw.text  # read, then not a format
+        elsewhere = httpx.post(f"{url}/v1/rankings", content=payload, headers=octet, timeout=60)
+        assert elsewhere.status_code == 413, elsewhere.text
