@@ -37,6 +37,9 @@ def test_ranking_orders_the_good_and_fails_only_the_broken_candidate(ranked: dic
         assert set(e["gamma"]) == {"raw", "after_bn"}
         assert e["gamma"]["after_bn"]["count"] > 0
         assert e["steps"] == 4 and len(e["curve"]) == 2 and e["seconds"] > 0 and e["error"] is None
+        # what norm-only evaluation trained, written by the worker and served (unet3d: BatchNorm, nothing inserted)
+        assert (e["norm_kinds"], e["inserted_affines"]) == (["batch"], [])
+        assert 0 < e["norm_parameters"] < e["trained_parameters"]
     control = next(e for e in ok if e["is_control"])
     assert control["checkpoint_id"] is None
     assert set(ranking["stability"]) >= {"kendall_tau", "same_top1", "at_fraction"}
