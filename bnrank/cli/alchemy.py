@@ -152,7 +152,7 @@ def _print_selection(s: dict[str, Any], modification: dict[str, Any], options: d
     )
     rows = [layer for layer in modification["layers"] if layer["reinitialised"]]
     if rows:
-        header = f"{'BN layer':<44} {'fed by':<16} {'kernels':>7} {'re-init':>7}"
+        header = f"{'norm layer':<44} {'fed by':<16} {'kernels':>7} {'re-init':>7}"
         print(header)
         print("-" * len(header))
         for layer in rows:
@@ -161,9 +161,9 @@ def _print_selection(s: dict[str, Any], modification: dict[str, Any], options: d
             )
     untouched = len(modification["layers"]) - len(rows)
     if untouched:
-        print(f"({untouched} other conv→BN layer(s): nothing re-initialised)")
+        print(f"({untouched} other conv→norm layer(s): nothing re-initialised)")
     for skipped in modification["skipped"]:
-        print(f"skipped BN {skipped['bn']}: {skipped['reason']}")
+        print(f"skipped {skipped.get('kind', 'batch')} norm {skipped['bn']}: {skipped['reason']}")
 
 
 def print_folds(res: FoldsResult) -> None:
@@ -216,7 +216,7 @@ def print_probe(r: ProbeResult) -> None:
     print(f"γ-clipping probe of {r.checkpoint} ({r.architecture}) on {r.dataset}")
     print(
         f"BN-only training: {r.bn_only.get('steps')} steps; unclipped val Dice {r.dice_unclipped:.3f} "
-        f"({r.n_channels} BN channels)"
+        f"({r.n_channels} γ channels: {', '.join(r.bn_only.get('norm', {}).get('kinds', [])) or 'batch'})"
     )
     header = f"{'|γ| <':>7} {'clipped':>7} {'share':>6}  {'Dice (|γ|<T)':>12}  {'Dice (random)':>15}"
     print(header)
