@@ -26,7 +26,7 @@ from torch import nn
 from bnrank.engine.architectures import Architecture, head_keys
 from bnrank.engine.errors import TrainingError
 from bnrank.engine.gamma import gamma_stats, gamma_values
-from bnrank.engine.norms import ALL_NAMES, has_norm, insert_affines, kinds_of, norm_layers
+from bnrank.engine.norms import has_norm, insert_affines, kinds_of, no_norm_message, norm_layers
 from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
 
 
@@ -50,12 +50,6 @@ class TrainedNorms:
         return {**asdict(self), "trained_parameters": self.trained_parameters}
 
 
-def no_norm_message(name: str) -> str:
-    """The one refusal for a network with no normalisation at all (the engine's, the CLI's and the service's)."""
-    return (
-        f"{name} has no normalisation layers ({ALL_NAMES}): norm-only evaluation trains the γ/β that follow "
-        "a normalisation, so there is nothing to evaluate with frozen kernels"
-    )
 
 
 def head_modules(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.Module]]:

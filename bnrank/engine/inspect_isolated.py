@@ -33,6 +33,7 @@ from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.checkpoints import DEFAULT_MAX_CHECKPOINT_BYTES, load_checkpoint, resolve_architecture
 from bnrank.engine.errors import BNRankError, CheckpointError, InspectionLimitError
 from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
+from bnrank.engine.norms import has_norm, no_norm_message
 
 # Address space on top of what the child maps at start (torch's libraries alone map a few GiB, most of it
 # never resident). Inspecting a checkpoint of B bytes needs about 2·B (the tensors read, the model they are
@@ -104,6 +105,8 @@ def summarise_checkpoint(
         max_bytes=max_bytes,
         max_parameters=max_parameters,
     )
+    if not has_norm(model):  # norm-only evaluation, alchemy and the probe would all refuse it: say so now
+        raise CheckpointError(no_norm_message(report.architecture))
     gamma = gamma_stats(model, threshold=threshold)
     kwargs = dict(report.build_kwargs)
     if network_def is None and isinstance(report.source.get("network_def"), dict):

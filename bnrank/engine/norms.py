@@ -31,6 +31,14 @@ KIND_NAMES = {"batch": "BatchNorm", "instance": "InstanceNorm", "group": "GroupN
 ALL_NAMES = "BatchNorm, InstanceNorm, GroupNorm or LayerNorm"
 
 
+def no_norm_message(name: str) -> str:
+    """The one refusal for a network with no normalisation at all (ranking, upload inspection, the CLI)."""
+    return (
+        f"{name} has no normalisation layers ({ALL_NAMES}): norm-only evaluation trains the γ/β that follow "
+        "a normalisation, so there is nothing to evaluate with frozen kernels"
+    )
+
+
 def norm_kind(module: nn.Module) -> str | None:
     """``batch``, ``instance``, ``group`` or ``layer`` for a normalisation layer; None for anything else."""
     if isinstance(module, InsertedAffine):

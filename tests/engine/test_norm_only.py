@@ -178,3 +178,29 @@ def test_mixed_pool_gets_a_control_per_architecture_and_the_norm_column(tmp_path
         assert e.trained_parameters and 0 < e.norm_parameters < e.trained_parameters
     row = json.loads(json.dumps(result.to_dict()))["entries"][0]
     assert {"norm_kinds", "norm_parameters", "trained_parameters", "inserted_affines"} <= set(row)
+
+
+def test_an_nnunet_checkpoint_without_norm_op_is_refused_at_inspection_and_in_a_ranking(tmp_path: Path) -> None:
+    """nnU-Net plans may name no norm_op: such a network loads, but upload inspection and ranking refuse it."""
+    from bnrank.engine.architectures.nnunet import build_nnunet
+    from bnrank.engine.errors import CheckpointError
+    from bnrank.engine.inspect_isolated import summarise_checkpoint
+    from tests.engine.formats import makers
+
+    plans = makers.plans()
+    entry = plans["configurations"]["3d_fullres"]["architecture"]
+    entry["arch_kwargs"].update(norm_op=None, norm_op_kwargs=None)
+    torch.manual_seed(0)
+    model = build_nnunet(
+        1,
+        3,
+        network_class_name=entry["network_class_name"],
+        arch_kwargs=entry["arch_kwargs"],
+        kw_requires_import=entry["_kw_requires_import"],
+    )
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(makers.nnunet_checkpoint(model, plans), path)
+    with pytest.raises(CheckpointError, match=r"nnunet has no normalisation layers \(BatchNorm, InstanceNorm"):
+        summarise_checkpoint(path)
+    entry = rank_candidates([Candidate("bare", path)], blob_task(), small_config(**CONFIG), control=False).entries[0]
+    assert entry.status == "failed" and entry.error == no_norm_message("nnunet")
