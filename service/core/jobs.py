@@ -21,13 +21,14 @@ from pydantic import ValidationError
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
 from bnrank.engine.budget_limits import check_step_memory
 from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, RankEntry, control_candidates
 from service.core.errors import Invalid, NotFound, Unavailable
 from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
 from service.core.owned import owned_checkpoint, owned_dataset
-from service.core.params import FoldParams, JobParams, RankingParams
+from service.core.params import AlchemyParams, FoldParams, JobParams, RankingParams
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,19 @@ def submit_ranking(
     return submit(session, celery, queue, job)
 
 
+def check_own_gamma(checkpoint: Checkpoint, params: AlchemyParams) -> None:
+    """Refuse γ steps (identification, modification, R_γ) on a checkpoint with no γ of its own before queueing.
+
+    Its upload counted the γ of its own normalisation affines (``n_bn_channels``, every kind); with none, the
+    engine would refuse the run in the worker (norm-only ranking inserts affines for the evaluation, alchemy
+    writes weights and inserts none). A network where only some norms lack an affine is refused by the engine.
+    """
+    steps = gamma_steps(params.alchemy_config())
+    if steps and not checkpoint.n_bn_channels:
+        detail = "its normalisation layers have no affine of their own (the upload found no γ)"
+        raise Invalid(f"checkpoint {checkpoint.name}: " + no_own_affine_message(" and ".join(steps), detail))
+
+
 def submit_folds(
     session: Session,
     celery: Celery,
@@ -214,9 +228,11 @@ def submit_folds(
 ) -> Job:
     """Queue an alchemy or probe job on one of the owner's checkpoints: one task per fold."""
     dataset = owned_dataset(session, owner, dataset_id)
-    owned_checkpoint(session, owner, params.checkpoint_id)
+    checkpoint = owned_checkpoint(session, owner, params.checkpoint_id)
     check_params(params, memory_bytes)
     check_folds(params.folds, dataset)
+    if isinstance(params, AlchemyParams):
+        check_own_gamma(checkpoint, params)
     job = Job(owner=owner, kind=kind, dataset_id=dataset.id, params=params.model_dump(mode="json"), message="queued")
     job.alchemy_results = [AlchemyResult(fold=i) for i in range(params.folds)]
     return submit(session, celery, queue, job)

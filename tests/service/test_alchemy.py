@@ -99,3 +99,30 @@ def test_bad_alchemy_requests(
 def test_alchemy_jobs_belong_to_their_owner(bob: httpx.Client, alchemy_job: dict[str, Any], setup: dict) -> None:
     assert bob.get(f"/v1/alchemy/{alchemy_job['job']['id']}").status_code == 404
     assert bob.post("/v1/alchemy", json=setup).status_code == 404
+
+
+def test_alchemy_on_a_network_without_own_gamma_is_refused_before_queueing(
+    alice: httpx.Client, dataset_dir: Path, tmp_path: Path
+) -> None:
+    """An InstanceNorm network without affine uploads (norm-only ranking inserts affines for the evaluation), but
+    alchemy's γ steps would have nothing of its own to work on: 422 naming why, and no job."""
+    import json
+
+    from bnrank.engine.architectures import architecture_from_network_def
+    from bnrank.engine.checkpoints import save_weights
+
+    network_def = {"_target_": "UNet", "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2]}
+    network_def["norm"] = "instance"
+    path = save_weights(architecture_from_network_def(network_def).build(), tmp_path / "in_no_affine.safetensors")
+    uploaded = upload(alice, path, network_def=json.dumps(network_def))
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = alice.post("/v1/datasets", json={"name": "tiny", "uri": str(dataset_dir)}).json()["id"]
+    jobs_before = alice.get("/v1/jobs").json()
+    body = {"checkpoint_id": uploaded.json()["id"], "dataset_id": dataset, "budget": TINY_BUDGET}
+    response = alice.post("/v1/alchemy", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "identification and modification and maximization (R_γ) works on the network's own γ" in detail
+    assert "have no affine of their own" in detail and "in_no_affine" in detail
+    assert alice.get("/v1/jobs").json() == jobs_before
+    alice.delete(f"/v1/checkpoints/{uploaded.json()['id']}")

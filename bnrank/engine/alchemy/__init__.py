@@ -33,6 +33,8 @@ from bnrank.engine.alchemy.modification import modify
 from bnrank.engine.alchemy.pairs import ConvBNPair, SkippedBN, find_conv_bn_pairs
 from bnrank.engine.alchemy.run import (
     AlchemyResult,
+    gamma_steps,
+    no_own_affine_message,
     planned_steps,
     require_batchnorm,
     require_norms,
@@ -63,11 +65,13 @@ __all__ = [
     "finetune_config",
     "fold_path",
     "gamma_regulariser",
+    "gamma_steps",
     "identify",
     "mark_redundant",
     "maximize",
     "metadata",
     "modify",
+    "no_own_affine_message",
     "planned_steps",
     "prepare_model",
     "r_gamma",

@@ -129,6 +129,26 @@ require_batchnorm = require_norms
 """The old name of :func:`require_norms` (from when only BatchNorm γ counted)."""
 
 
+def gamma_steps(options: AlchemyConfig) -> list[str]:
+    """The switched-on steps that read or move γ (every step but plain fine-tuning)."""
+    steps = (
+        ("identification", options.identifies),
+        ("modification", options.modifies),
+        ("maximization (R_γ)", options.maximizes),
+    )
+    return [what for what, on in steps if on]
+
+
+def no_own_affine_message(what: str, detail: str) -> str:
+    """Alchemy's refusal of normalisations without their own affine (the engine's and the service's)."""
+    return (
+        f"{what} works on the network's own γ, but {detail}; alchemy inserts no affine, since the weights it "
+        "writes must load into the same architecture. Norm-only ranking and the γ probe do work on this network "
+        "(with identity affines inserted for the evaluation), and so does plain fine-tuning (mode finetune or "
+        "scratch without maximization)"
+    )
+
+
 def require_own_affines(model: nn.Module, what: str) -> None:
     """Refuse γ steps on a network whose normalisations lack their own affine.
 
@@ -144,22 +164,14 @@ def require_own_affines(model: nn.Module, what: str) -> None:
     if missing:
         kinds = sorted({kind for _, kind in missing})
         shown = ", ".join(name for name, _ in missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise AlchemyError(
-            f"{what} works on the network's own γ, but {len(missing)} of its normalisation layers "
-            f"({', '.join(kinds)}) have no affine of their own ({shown}); alchemy inserts none, since the weights "
-            "it writes must load into the same architecture. Norm-only ranking and the γ probe do work on this "
-            "network (with identity affines inserted for the evaluation), and so does plain fine-tuning"
-        )
+        detail = f"{len(missing)} of its normalisation layers ({', '.join(kinds)}) have no affine of their own"
+        detail += f" ({shown})"
+        raise AlchemyError(no_own_affine_message(what, detail))
 
 
 def _check_norms(model: nn.Module, options: AlchemyConfig) -> None:
     """Every step but plain fine-tuning reads or moves γ: refuse a network without its own γ before any work."""
-    steps = (
-        ("identification", options.identifies),
-        ("modification", options.modifies),
-        ("maximization (R_γ)", options.maximizes),
-    )
-    needs_gamma = [what for what, on in steps if on]
+    needs_gamma = gamma_steps(options)
     if needs_gamma:
         require_own_affines(model, " and ".join(needs_gamma))
 
