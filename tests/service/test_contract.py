@@ -61,8 +61,11 @@ def test_schemathesis_finds_no_failure(stack: Stack, worker: Any, api: str, tmp_
         "examples,coverage,fuzzing",
         "--max-examples",
         str(EXAMPLES_PER_OPERATION),
+        # One worker: two generate cases concurrently, and hypothesis then parses large modules' source
+        # (lambda descriptions) in two threads at once, which CPython 3.11 can fail with "SystemError: AST
+        # constructor recursion depth mismatch" (python/cpython#106905): a flaky runtime error, not a finding.
         "--workers",
-        "2",
+        "1",
         "--seed",
         "14",
         "--header",
