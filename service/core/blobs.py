@@ -73,13 +73,19 @@ class BlobWriter:
         if self.limit is not None and self.size + n > self.limit:
             self.abort()
             raise BlobTooLarge(self.limit)
-        fd = self._direct() if n % DIRECT_BLOCK == 0 and self.size % DIRECT_BLOCK == 0 else None
-        if fd is None:
-            self._file.flush()
-            fd = self._file.fileno()
+        direct = self._direct() if n % DIRECT_BLOCK == 0 and self.size % DIRECT_BLOCK == 0 else None
         written = 0
-        while written < n:
-            written += os.pwrite(fd, piece[written:], self.size + written)
+        if direct is not None:
+            try:
+                while written < n:
+                    written += os.pwrite(direct, piece[written:], self.size + written)
+            except OSError:  # opened, but refused for this file system or device: the page cache from here on
+                os.close(direct)
+                self._direct_fd, written = -1, 0
+        if written < n:
+            self._file.flush()
+            while written < n:
+                written += os.pwrite(self._file.fileno(), piece[written:], self.size + written)
         self.size += n
 
     def _direct(self) -> int | None:

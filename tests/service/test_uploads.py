@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import mmap
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,3 +127,18 @@ def test_a_raw_upload_over_the_json_body_limit_is_streamed(stack: Stack, serve_a
         assert raw.status_code == 422 and "limit" not in raw.json()["detail"], raw.text  # read, then not a format
         elsewhere = httpx.post(f"{url}/v1/rankings", content=payload, headers=octet, timeout=60)
         assert elsewhere.status_code == 413, elsewhere.text
+
+
+def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path: Path) -> None:
+    """A file system that opens with O_DIRECT but refuses the write: the piece goes through the page cache."""
+    writer = BlobStore(tmp_path).writer()
+    writer._direct_fd = os.open(writer.path, os.O_RDONLY)  # a descriptor every write to fails on
+    buffer = mmap.mmap(-1, 2 * blobs.DIRECT_BLOCK)
+    data = os.urandom(len(buffer))
+    buffer[:] = data
+    writer.write_piece(memoryview(buffer))
+    writer.write_piece(memoryview(buffer))
+    assert writer._direct_fd == -1 and writer.size == 2 * len(data)
+    writer.close()
+    assert writer.path.read_bytes() == data + data
+    writer.abort()
