@@ -43,14 +43,14 @@ def _page(offset: int, limit: int, total: int) -> dict[str, Any]:
     }
 
 
-def norm_kind(n_bn_channels: int, trained: list[list[str]] | None = None) -> str:
-    """The checkpoint's normalisation as far as it is known, in the engine's names (bnrank/engine/norms.py):
-    ``batch`` when its upload found γ of BatchNorm layers, else the kinds norm-only evaluation trained in its
-    rankings, else unknown (not ranked yet)."""
-    if n_bn_channels > 0:
-        return "batch"
-    kinds = sorted({k for entry in trained or [] for k in entry})
-    return ", ".join(kinds) if kinds else "unknown (no BatchNorm; not ranked yet)"
+def norm_kind(raw_summary: dict[str, Any] | None, trained: list[list[str]] | None = None) -> str:
+    """The checkpoint's normalisation in the engine's names (bnrank/engine/norms.py): the kinds its upload's γ
+    statistics cover (every kind with its own affine), else those norm-only evaluation trained in its rankings
+    (inserted affines show there), else unknown until it is ranked."""
+    kinds = sorted((raw_summary or {}).get("kinds") or [])
+    if not kinds:
+        kinds = sorted({k for entry in trained or [] for k in entry})
+    return ", ".join(kinds) if kinds else "unknown (no affine normalisation; not ranked yet)"
 
 
 def _histogram(hist: dict[str, Any] | None, label: str, phases: tuple[str, ...] = ("raw", "after_bn")) -> Any:
@@ -72,7 +72,7 @@ def checkpoints_page(
     items = [
         {
             "ckpt": c,
-            "norm": norm_kind(c.n_bn_channels),
+            "norm": norm_kind(raw.summary if raw else None),
             "share_below": (raw.summary or {}).get("share_below") if raw else None,
         }
         for c, raw in rows
@@ -95,7 +95,7 @@ def checkpoint_page(session: Session, owner: str, checkpoint_id: str) -> dict[st
     results, total = checkpoint_results(session, owner, ckpt.id, PAGE, 0)
     return {
         "ckpt": ckpt,
-        "norm": norm_kind(ckpt.n_bn_channels, [r["norm_kinds"] for r in results]),
+        "norm": norm_kind(raw.summary if raw is not None else None, [r["norm_kinds"] for r in results]),
         "summary": raw.summary if raw is not None else None,
         "layers": raw.layers if raw is not None else [],
         "histogram": histogram,
