@@ -52,7 +52,9 @@ class AlchemyConfig:
         DEFAULT_MAX_SHARE, help="never re-initialise more than this share of all kernels (capped, warned)", gt=0, le=1
     )
     identify_steps: int = option(60, help="BN-only steps of the identification phase", ge=1, le=1_000_000)
-    identify_lr: float = option(1e-2, help="learning rate of identification, as in a ranking", gt=0, le=10)
+    identify_lr: float = option(
+        1e-2, help="learning rate of identification (gentler than a ranking's 0.03, so γ settles)", gt=0, le=10
+    )
 
     def __post_init__(self) -> None:
         validate(self, AlchemyError)
