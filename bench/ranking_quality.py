@@ -88,6 +88,7 @@ SWEEP_WINDOWS = (1, 3)
 SWEEP_HALVING = (None, 25, 50)
 LOGME_BATCHES = (4, 8)
 VAL_EVERY = 10
+EXTENSION_DIR = "extension"  # proxies/<task>/extension/: the norm-only extension pool's proxy runs
 PROXY_SEED = 0
 COST_TARGET = 0.05  # ranking N candidates should cost at most this share of fine-tuning them to convergence
 TIE = 0.02  # τ differences below this are ties when picking the pre-registered setting
@@ -115,11 +116,17 @@ def prepare(cache: Path, names: Sequence[str] = ()):
     """The zoo (or only ``names`` and their parents), the tasks' folders and the disjointness check.
 
     With the whole zoo, writes results/zoo.json (the manifests: pretext and source curves) and tasks.json.
+    ``names`` may also name the norm-only extension pool's candidates (``Z.NNUNET_RECIPE``), whose manifests
+    go to results/zoo_extension.json; the whole zoo (no names) is the 12 pre-registered candidates only.
     """
     from bnrank.engine import zoo as Z
 
     recipe = list(Z.ZOO_RECIPE)
     if names:
+        recipe = list(Z.ALL_RECIPES)
+        unknown = sorted(set(names) - {r.name for r in recipe})
+        if unknown:
+            raise SystemExit(f"no candidate(s) {', '.join(unknown)} in the zoo recipes")
         wanted = set(names)
         for r in reversed(recipe):
             if r.name in wanted and r.parent:
@@ -128,6 +135,13 @@ def prepare(cache: Path, names: Sequence[str] = ()):
     zoo = Z.build_zoo(cache, recipe, log=log)
     folders = {name: Z.write_data(spec, cache) for name, spec in Z.TASKS.items()}
     Z.check_disjoint(zoo, folders.items())
+    extension = {r.name for r in Z.NNUNET_RECIPE} & set(zoo.manifests)
+    if extension:
+        path = RESULTS / "zoo_extension.json"
+        known = load(path) if path.is_file() else {"format": Z.ZOO_FORMAT, "keys": {}, "candidates": {}}
+        known["keys"].update({n: zoo.keys[n] for n in sorted(extension)})
+        known["candidates"].update({n: zoo.manifests[n] for n in sorted(extension)})
+        dump(path, known)
     if not names:
         dump(RESULTS / "zoo.json", {"format": Z.ZOO_FORMAT, "keys": zoo.keys, "candidates": zoo.manifests})
         dump(
@@ -262,7 +276,7 @@ def run_ground_truth(
         raise SystemExit(
             f"{task} is an evaluation task: commit {PREREGISTRATION.name} (--tune) before its ground truth"
         )
-    zoo, data, test = task_data(task, cache)
+    zoo, data, test = task_data(task, cache, only)  # with --only, only those candidates are built
     cands = [c for c in zoo.candidates if not only or c.name in only]
     log(f"ground truth {task}: {len(cands)} candidates × seeds {GT.seeds}, budgets {GT.budgets}, lr {GT.lr:g} cosine")
     for seed in GT.seeds:
@@ -356,11 +370,20 @@ def sweep_extras() -> list[dict[str, Any]]:
     return extras
 
 
-def run_bn_only(task: str, cands, data, zoo, lr: float, steps: int, extra: dict[str, Any]) -> None:
+def proxy_dir(task: str, extension: bool = False) -> Path:
+    """Where a task's raw proxy runs are: the pre-registered pool's, or (``extension``) the norm-only
+    extension pool's runs of the same settings, in a subfolder the headline tables never read."""
+    folder = RESULTS / "proxies" / task
+    return folder / EXTENSION_DIR if extension else folder
+
+
+def run_bn_only(
+    task: str, cands, data, zoo, lr: float, steps: int, extra: dict[str, Any], extension: bool = False
+) -> None:
     from bnrank.engine.ranking import rank_candidates
 
     tag = "".join(f"_{k}-{v}" for k, v in sorted(extra.items()))
-    path = RESULTS / "proxies" / task / f"bnonly_lr{lr:g}_{steps}{tag}.json"
+    path = proxy_dir(task, extension) / f"bnonly_lr{lr:g}_{steps}{tag}.json"
     if path.is_file() and load(path).get("zoo_keys") == zoo.keys:
         return
     config = proxy_config(lr, steps, extra)
@@ -381,6 +404,12 @@ def run_bn_only(task: str, cands, data, zoo, lr: float, steps: int, extra: dict[
             "curve": e.curve,
             "gamma": e.gamma,
             "dice_per_class": e.dice_per_class,
+            # what norm-only evaluation trained, and through which loader the checkpoint came (mixed pools)
+            "architecture": e.architecture,
+            "format": (e.load_report or {}).get("format"),
+            "norm_kinds": e.norm_kinds,
+            "trained_parameters": e.trained_parameters,
+            "inserted_affines": e.inserted_affines,
         }
     assert result is not None
     dump(
@@ -402,10 +431,10 @@ def run_bn_only(task: str, cands, data, zoo, lr: float, steps: int, extra: dict[
     log(f"  BN-only {task} lr {lr:g}: " + ", ".join(f"{k} {v['score']:.3f}" for k, v in entries.items()))
 
 
-def run_logme(task: str, cands, data, zoo, batches: int) -> None:
+def run_logme(task: str, cands, data, zoo, batches: int, extension: bool = False) -> None:
     from bnrank.engine.logme import LogMEConfig, logme_entry
 
-    path = RESULTS / "proxies" / task / f"logme_b{batches}.json"
+    path = proxy_dir(task, extension) / f"logme_b{batches}.json"
     if path.is_file() and load(path).get("zoo_keys") == zoo.keys:
         return
     config = proxy_config(1e-2, 1, {})
@@ -425,13 +454,24 @@ def run_logme(task: str, cands, data, zoo, batches: int) -> None:
     log(f"  LogME {task} b{batches}: " + ", ".join(shown))
 
 
-def run_proxies(task: str, cache: Path, extra: dict[str, Any]) -> None:
+def run_proxies(task: str, cache: Path, extra: dict[str, Any], only: Sequence[str] = ()) -> None:
+    """The proxies of a task; with ``only`` (extension-pool candidates), those candidates alone, at the
+    pre-registered setting and LogME, into the task's extension folder."""
     from bnrank.engine import zoo as Z
 
-    zoo, data, _ = task_data(task, cache)  # the test split is dropped here: proxies never see it
-    cands = zoo.candidates
+    extension = bool(only)
+    if extension:
+        outside = sorted(set(only) - {r.name for r in Z.NNUNET_RECIPE})
+        if outside or task == Z.TUNING_TASK:
+            raise SystemExit(
+                "--proxies --only runs the norm-only extension pool "
+                f"({', '.join(r.name for r in Z.NNUNET_RECIPE)}) on an evaluation task; "
+                + (f"not {', '.join(outside)}" if outside else f"not on {task}")
+            )
+    zoo, data, _ = task_data(task, cache, only)  # the test split is dropped here: proxies never see it
+    cands = [c for c in zoo.candidates if not only or c.name in only]
     for batches in LOGME_BATCHES:
-        run_logme(task, cands, data, zoo, batches)
+        run_logme(task, cands, data, zoo, batches, extension)
     if task == Z.TUNING_TASK:
         for options in [extra] if extra else sweep_extras():
             for lr in SWEEP_LRS:
@@ -441,18 +481,36 @@ def run_proxies(task: str, cache: Path, extra: dict[str, Any]) -> None:
         raise SystemExit(f"no {PREREGISTRATION.name}: run --tune on the tuning task first")
     s = load(PREREGISTRATION)["setting"]
     if s["method"] == "bnonly":
-        run_bn_only(task, cands, data, zoo, s["lr"], s["steps"], {**s.get("extra", {}), **extra})
+        run_bn_only(task, cands, data, zoo, s["lr"], s["steps"], {**s.get("extra", {}), **extra}, extension)
 
 
 # ------------------------------------------------------------------------------------------------ reading results
 
 
-def read_gt(task: str) -> dict[str, Any] | None:
-    """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}."""
+def headline_candidates() -> set[str] | None:
+    """The pre-registered pool (results/zoo.json's candidates); None when no zoo.json (all are read)."""
+    path = RESULTS / "zoo.json"
+    return set(load(path)["keys"]) if path.is_file() else None
+
+
+def extension_candidates() -> list[str]:
+    """The norm-only extension pool's candidates (results/zoo_extension.json), in recipe order."""
+    path = RESULTS / "zoo_extension.json"
+    return list(load(path)["keys"]) if path.is_file() else []
+
+
+def read_gt(task: str, candidates: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}.
+
+    Of ``candidates`` only; by default of the pre-registered pool, so the headline tables stay computed over
+    the candidates they were registered on when extension candidates' runs sit beside theirs.
+    """
     folder = RESULTS / "ground_truth" / task
     if not folder.is_dir():
         return None
+    wanted = set(candidates) if candidates is not None else headline_candidates()
     records = [load(p) for p in sorted(folder.glob("*/seed*.json"))]
+    records = [r for r in records if wanted is None or r["candidate"] in wanted]
     if not records:
         return None
     cands = sorted({r["candidate"] for r in records})
@@ -485,13 +543,20 @@ def read_gt(task: str) -> dict[str, Any] | None:
     }
 
 
-def proxy_settings(task: str, cands: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Every setting readable off the task's raw proxy runs: {id: {setting, scores [cands], seconds}}."""
+def proxy_settings(task: str, cands: Sequence[str], extension: bool = False) -> dict[str, dict[str, Any]]:
+    """Every setting readable off the task's raw proxy runs: {id: {setting, scores [cands], seconds}}.
+
+    With ``extension``, each run's entries are joined with the extension pool's run of the same setting
+    (same file name in the extension folder), so the pooled candidates are scored by one setting.
+    """
     out: dict[str, dict[str, Any]] = {}
     folder = RESULTS / "proxies" / task
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         run = load(path)
         e = run["entries"]
+        more = proxy_dir(task, True) / path.name
+        if extension and more.is_file():
+            e = {**e, **load(more)["entries"]}
         if any(c not in e for c in cands):
             continue
         if run["method"] == "logme":
@@ -906,6 +971,92 @@ def report_verify(prereg: dict[str, Any] | None, tasks: Sequence[str]) -> list[s
     return lines
 
 
+def _pool_row(task: str, label: str, gt: dict[str, Any], prereg: dict[str, Any], boot: int) -> tuple[str, dict]:
+    """One row of the norm-only pool table: the pre-registered setting against the pool's converged GT."""
+    settings = proxy_settings(task, gt["candidates"], extension=True)
+    sid = prereg["setting_id"]
+    if sid not in settings:
+        return f"{task:<12} {label:<14} {len(gt['candidates']):>3}  no pre-registered proxy run for every candidate", {}
+    ev = evaluate_settings(gt, settings)
+    logme = [k for k in sorted(ev) if ev[k]["setting"]["method"] == "logme"]
+    b = qs.bootstrap(gt["gt"][gt["budgets"][-1]], {k: ev[k]["scores"] for k in (sid, *logme)}, n=boot)
+    row = (
+        f"{task:<12} {label:<14} {len(gt['candidates']):>3} "
+        f"{f2(b[sid]['value']):>6} [{f2(b[sid]['lo'])}, {f2(b[sid]['hi'])}]".ljust(48)
+        + f" {f2(b['ceiling']['value']):>5} [{f2(b['ceiling']['lo'])}, {f2(b['ceiling']['hi'])}]".ljust(21)
+        + f" {' / '.join(f2(b[k]['value']) for k in logme) or 'n/a':>13}"
+        + f" {f2(ev[sid]['top1_in_top2']):>9} {ev[sid]['cost_ratio']:7.3f}×"
+    )
+    return row, {"ev": ev[sid], "wtau": b[sid]["value"], "ceiling": b["ceiling"]["value"]}
+
+
+def report_extension(prereg: dict[str, Any] | None, tasks: Sequence[str], boot: int) -> list[str]:
+    """Issue 11, item 5: the norm-only extension pool (nnU-Net PlainConvUNet candidates, InstanceNorm) ranked by
+    norm-only evaluation at the pre-registered setting beside the 12 pre-registered (BatchNorm) candidates.
+
+    Not part of the pre-registered result: those tables stay over their 12 candidates (``read_gt``'s default).
+    Here: the pooled candidates, and the extension candidates alone where there are at least 3, each against
+    the converged ground truth of exactly those candidates (its own ceiling), with LogME beside it.
+    """
+    extension = extension_candidates()
+    if prereg is None or not extension:
+        return []
+    headline = sorted(headline_candidates() or ())
+    lines = [
+        f"NORM-ONLY POOL (issue 11): the {len(headline)} pre-registered candidates + {len(extension)} nnU-Net "
+        f"candidates ({', '.join(extension)}), pre-registered setting, not re-tuned; out of sample",
+        f"{'task':<12} {'pool':<14} {'n':>3} {'norm-only τw [95% CI]':>24}".ljust(48)
+        + f" {'ceiling [95% CI]':<20} {'LogME b4 / b8':>13} {'top1∈top2':>9} {'× FT':>8}",
+    ]
+    details: list[str] = []
+    for task in tasks:
+        pools = [("12 + nnU-Net", [*headline, *extension])]
+        if len(extension) >= 3:
+            pools.append(("nnU-Net only", extension))
+        for label, names in pools:
+            gt = read_gt(task, names)
+            if gt is None or set(gt["candidates"]) != set(names):
+                lines.append(f"{task:<12} {label:<14} {len(names):>3}  ground truth not complete for these candidates")
+                continue
+            row, got = _pool_row(task, label, gt, prereg, boot)
+            lines.append(row)
+            if label != "12 + nnU-Net" or not got:
+                continue
+            # Where each nnU-Net candidate lands in the pooled order, by fine-tuning and by the proxy.
+            cands, scores = gt["candidates"], got["ev"]["scores"]
+            mean = qs.gt_mean(gt["gt"][gt["budgets"][-1]])
+            gt_rank = {cands[i]: r + 1 for r, i in enumerate(np.argsort(-mean))}
+            proxy_rank = {cands[i]: r + 1 for r, i in enumerate(np.argsort(-np.asarray(scores)))}
+            seeds = qs.seed_scores(gt["gt"][gt["budgets"][-1]])
+            for c in extension:
+                i = cands.index(c)
+                details.append(
+                    f"  {task:<12} {c:<20} GT {mean[i]:.3f} ± {seeds[:, i].std():.3f} (#{gt_rank[c]:>2} of "
+                    f"{len(cands)}), norm-only score {scores[i]:.3f} (#{proxy_rank[c]:>2})"
+                )
+            best = cands[int(np.argmax(mean))]
+            details.append(f"  {task:<12} pooled GT top-1 {best}, norm-only top-1 {cands[int(np.argmax(scores))]}")
+    trained = _extension_trained(tasks, extension)
+    head = "per nnU-Net candidate (converged GT mean ± sd over seeds; rank in the pooled order):"
+    return [*lines, head, *details, *trained]
+
+
+def _extension_trained(tasks: Sequence[str], extension: Sequence[str]) -> list[str]:
+    """What norm-only evaluation trained in the extension candidates (from the raw proxy runs)."""
+    for task in tasks:
+        for path in sorted(proxy_dir(task, True).glob("bnonly_*.json")):
+            e = load(path)["entries"]
+            shown = [
+                f"{c}: {', '.join(e[c].get('norm_kinds') or [])} ({e[c].get('trained_parameters')} parameters, "
+                f"loaded as {e[c].get('format')})"
+                for c in extension
+                if c in e and e[c].get("norm_kinds")
+            ]
+            if shown:
+                return ["trained by norm-only evaluation: " + "; ".join(shown)]
+    return []
+
+
 def task_names() -> tuple[str, tuple[str, ...]]:
     """The tuning task and the evaluation tasks, from tasks.json (no torch import: the report stays fast)."""
     path = RESULTS / "tasks.json"
@@ -932,6 +1083,8 @@ def report(boot: int = 1000, sweep: bool = False) -> str:
             out += [*report_sweep(task), ""]
     out += [*report_gamma(prereg, (tuning, *evaluation), evaluation), ""]
     out += [*report_verify(prereg, evaluation), ""]
+    extension = report_extension(prereg, evaluation, boot)
+    out += [*extension, ""] if extension else []
     return "\n".join(out + report_targets(summary, evaluation))
 
 
@@ -971,7 +1124,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--report", action="store_true", help="every table from bench/results, no training")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"zoo and task cache ({DEFAULT_CACHE})")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", nargs="*", default=(), help="--ground-truth: only these candidates")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=(),
+        help="--ground-truth / --zoo: only these candidates; --proxies: the norm-only extension pool's "
+        "candidates (nnunet_*), into proxies/<task>/extension/",
+    )
     p.add_argument(
         "--proxy-option",
         nargs="*",
@@ -998,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = configure_threads(threads=args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.zoo:
-        prepare(args.cache)
+        prepare(args.cache, args.only)
     elif args.learning_curve:
         run_learning_curve(args.cache, threads)
     elif args.ground_truth:
@@ -1010,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
             extra[key] = value
-        run_proxies(args.proxies, args.cache, extra)
+        run_proxies(args.proxies, args.cache, extra, args.only)
     return 0
 
 

@@ -418,6 +418,59 @@ ZOO_RECIPE: tuple[Recipe, ...] = (
 )
 
 
+# The norm-only extension pool (issue 11): nnU-Net v2 PlainConvUNet candidates, InstanceNorm3d with affine, as
+# nnU-Net's planner writes them, at a size the benchmark's CPU trains fast: 4 stages of 8-64 features, strides
+# 1-2-2-2 (24 -> 12 -> 6 -> 3 voxels: the benchmark's 24³ patch divides), 2 convs per stage. Kept apart from
+# ZOO_RECIPE so the 12 pre-registered candidates, their keys and their results stay as they are; each entry is
+# keyed like theirs (recipe_keys), so adding these rebuilds none of them.
+NNUNET_PLAIN_ARCH: dict[str, Any] = {
+    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "arch_kwargs": {
+        "n_stages": 4,
+        "features_per_stage": [8, 16, 32, 64],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 4,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2, 2],
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    },
+    "kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+}
+
+NNUNET_RECIPE: tuple[Recipe, ...] = (
+    Recipe("nnunet_random", "nnunet", NNUNET_PLAIN_ARCH, seed=51, what="nnU-Net PlainConvUNet 8-64, random init"),
+    Recipe(
+        "nnunet_brain_t1",
+        "nnunet",
+        NNUNET_PLAIN_ARCH,
+        make="supervised",
+        source="source_t1",
+        steps=SUPERVISED_STEPS,
+        seed=52,
+        what="nnU-Net PlainConvUNet 8-64, supervised on T1 tissues of other subjects (related)",
+    ),
+    Recipe(
+        "nnunet_genesis_ct",
+        "nnunet",
+        NNUNET_PLAIN_ARCH,
+        make="genesis",
+        source="unlabeled_ct",
+        steps=GENESIS_STEPS,
+        lr=1e-3,
+        seed=53,
+        what="nnU-Net PlainConvUNet 8-64, Models Genesis on CT-like volumes",
+    ),
+)
+ALL_RECIPES: tuple[Recipe, ...] = ZOO_RECIPE + NNUNET_RECIPE
+
+
 def spec_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -432,7 +485,15 @@ def recipe_keys(recipe: Sequence[Recipe]) -> dict[str, str]:
     return keys
 
 
+def weights_name(r: Recipe) -> str:
+    """nnU-Net candidates are saved as nnU-Net v2 saves them (so ranking reads them through the nnU-Net format
+    loader, plans and all, as it reads a user's); every other candidate as safetensors."""
+    return "checkpoint_final.pth" if r.architecture == "nnunet" else "weights.safetensors"
+
+
 def candidate_of(r: Recipe, path: Path) -> Candidate:
+    if r.architecture == "nnunet":  # the architecture comes from the checkpoint's own plans, as for an upload
+        return Candidate(name=r.name, path=path)
     if r.network_def is not None:
         return Candidate(name=r.name, path=path, network_def=r.network_def)
     return Candidate(name=r.name, path=path, architecture=r.architecture)
@@ -461,7 +522,7 @@ def build_zoo(cache: str | Path, recipe: Sequence[Recipe] = ZOO_RECIPE, log: Cal
     candidates: list[Candidate] = []
     for r in recipe:
         folder = cache / "zoo" / f"{r.name}-{keys[r.name]}"
-        weights = folder / "weights.safetensors"
+        weights = folder / weights_name(r)
         if not (folder / "manifest.json").is_file():
             t0 = time.perf_counter()
             manifest = _make(r, by_name, keys, cache, weights, log)
@@ -478,7 +539,7 @@ def _make(
 ) -> dict[str, Any]:
     meta = {"description": r.what, "recipe": r.name}
     if r.make == "random":
-        save_weights(_build(r, 1, 2), weights, meta)
+        _save(r, _build(r, 1, 2), weights, meta)
         return {"what": r.what, "subjects": []}
     if r.make == "damaged":
         assert r.parent is not None
@@ -511,7 +572,7 @@ def _make(
             log_every=20,
         )
         model, result = pretrain(volumes, config)
-        save_weights(model, weights, meta)
+        _save(r, model, weights, meta, steps=r.steps)
         curve = result.curve
         log(f"zoo: {r.name}: restoration MSE {curve[0]['loss']:.4f} -> {result.final_loss:.4f} in {r.steps} steps")
         return {"what": r.what, "subjects": subjects, "pretext_curve": curve, "flattening": flattening(curve)}
@@ -530,10 +591,94 @@ def _make(
             seed=r.seed,
         )
         result = train(model, model.parameters(), data, config, label=r.name)
-        save_weights(model, weights, meta)
+        _save(r, model, weights, meta, labels=LABELS[spec.kind], steps=r.steps)
         log(f"zoo: {r.name}: source validation Dice {result.score:.3f} after {r.steps} steps")
         return {"what": r.what, "subjects": subjects, "source_curve": result.curve, "source_dice": result.score}
     raise ValueError(f"unknown recipe kind {r.make!r}")
+
+
+def _save(
+    r: Recipe,
+    model: torch.nn.Module,
+    path: Path,
+    meta: dict[str, Any],
+    labels: dict[str, int] | None = None,
+    steps: int = 0,
+) -> None:
+    if r.architecture == "nnunet":
+        save_nnunet_checkpoint(model, r.build, path, labels=labels, steps=steps)
+    else:
+        save_weights(model, path, meta)
+
+
+def nnunet_plans(arch: dict[str, Any]) -> dict[str, Any]:
+    """plans.json as nnU-Net v2's planner writes it, one 3d_fullres configuration at the benchmark's data
+    (5 mm, 24³ patches, z-score normalisation as for MR), holding ``arch`` as its architecture entry."""
+    return {
+        "dataset_name": "Dataset950_BNRankZoo",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [SPACING_MM] * 3,
+        "image_reader_writer": "NibabelIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "3d_fullres": {
+                "data_identifier": "nnUNetPlans_3d_fullres",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": BATCH,
+                "patch_size": [PATCH] * 3,
+                "spacing": [SPACING_MM] * 3,
+                "normalization_schemes": ["ZScoreNormalization"],
+                "use_mask_for_norm": [False],
+                "architecture": {
+                    "network_class_name": arch["network_class_name"],
+                    "arch_kwargs": arch["arch_kwargs"],
+                    "_kw_requires_import": arch["kw_requires_import"],
+                },
+                "batch_dice": True,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+    }
+
+
+def save_nnunet_checkpoint(
+    model: torch.nn.Module, arch: dict[str, Any], path: Path, labels: dict[str, int] | None = None, steps: int = 0
+) -> Path:
+    """Write ``model`` as nnU-Net v2's trainer writes checkpoint_final.pth: network_weights beside init_args
+    (plans, configuration, fold, dataset_json), the trainer's name and epoch; atomically. ``labels`` are the
+    source task's (a random or Models Genesis network has none: background and one foreground, the head's
+    count nnU-Net would have at the least)."""
+    labels = labels or {"background": 0, "foreground": 1}
+    checkpoint = {
+        "network_weights": {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        "optimizer_state": None,
+        "grad_scaler_state": None,
+        "logging": {},
+        "current_epoch": steps,
+        "init_args": {
+            "plans": nnunet_plans(arch),
+            "configuration": "3d_fullres",
+            "fold": 0,
+            "dataset_json": {
+                "channel_names": {"0": "MR"},
+                "labels": labels,
+                "numTraining": 0,
+                "file_ending": ".nii.gz",
+            },
+        },
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        torch.save(checkpoint, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def flattening(curve: Sequence[dict[str, float]]) -> dict[str, float]:
