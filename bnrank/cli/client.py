@@ -7,7 +7,11 @@ imports only httpx; it speaks HTTP and JSON and knows nothing of the service's c
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,34 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+
+
+def zip_folder(folder: Path, out: Any) -> None:
+    """Write `folder` (an nnU-Net model folder, a MONAI bundle) as a zip the service reads by its contents.
+
+    Entries are stored, not deflated: weights barely compress and the service bounds inflation anyway. Links
+    are left out (the service refuses them in a zip), so nothing outside the folder is ever sent.
+    """
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not (Path(root) / d).is_symlink())
+            for name in sorted(files):
+                file = Path(root) / name
+                if not file.is_symlink():
+                    archive.write(file, file.relative_to(folder).as_posix())
+
+
+@contextmanager
+def _as_upload(path: Path) -> Iterator[Any]:
+    """The bytes to send for `path`: the file itself, or a folder zipped into a temporary file first."""
+    if not path.is_dir():
+        with path.open("rb") as f:
+            yield f
+        return
+    with tempfile.TemporaryFile(suffix=".zip") as f:
+        zip_folder(path, f)
+        f.seek(0)
+        yield f
 
 
 class Client:
@@ -78,7 +110,7 @@ class Client:
             fields["modality"] = modality
         if architecture:
             fields["architecture"] = architecture
-        with path.open("rb") as f:
+        with _as_upload(path) as f:
             response = self.http.post(
                 "/v1/checkpoints", params=fields, content=f, headers={"Content-Type": "application/octet-stream"}
             )

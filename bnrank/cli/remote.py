@@ -204,7 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_remote)
     remote = p.add_subparsers(dest="remote_command", required=True)
 
-    r = remote.add_parser("upload", help="upload checkpoint file(s)")
+    r = remote.add_parser(
+        "upload", help="upload checkpoint file(s) or model folders (nnU-Net, MONAI bundle; zipped on the way)"
+    )
     r.add_argument("files", nargs="+", metavar="FILE")
     r.add_argument("--name", help="default: the file name")
     r.add_argument("--modality", choices=["CT", "MR", "other"])

@@ -3,14 +3,16 @@ MONAI bundle, a TorchScript archive; ranked beside a Models Genesis checkpoint; 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from bnrank.cli.client import Client
 from tests.engine.formats import makers as mk
-from tests.service.conftest import TINY_BUDGET, make_checkpoint, upload, wait_job
+from tests.service.conftest import TINY_BUDGET, key_of, make_checkpoint, upload, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,21 @@ def test_mixed_pool_ranks_through_the_api(
     controls = sorted(e["name"] for e in entries if e["is_control"])
     assert len(controls) == 3, controls  # one per architecture: nnunet, the bundle's SegResNet, unet3d
     assert any("nnunet" in c for c in controls) and any("SegResNet" in c for c in controls)
+
+
+def test_remote_upload_sends_a_model_folder_as_a_zip(
+    api: str, alice: httpx.Client, shared: dict[str, Path], tmp_path: Path
+) -> None:
+    """`bnrank remote upload FOLDER`: an unzipped nnU-Net model folder or MONAI bundle is zipped on the way,
+    links left out, and the service recognises it as it would the user's own zip."""
+    folder = tmp_path / "Dataset_model"
+    shutil.copytree(shared["checkpoint_final"].parent.parent, folder)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for the service")
+    (folder / "link_out").symlink_to(outside)
+    bundle = mk.write_bundle(tmp_path, mk.SEGRESNET_DEF, seed=13)
+    with Client(api, key_of(alice)) as client:
+        nnunet = client.upload_checkpoint(folder, name="folder-nnunet")
+        monai = client.upload_checkpoint(bundle, name="folder-bundle")
+    assert (nnunet["format"], nnunet["architecture"]) == ("nnunet", "nnunet")
+    assert monai["format"] == "monai_bundle" and monai["architecture"].startswith("monai:SegResNet@")

@@ -25,6 +25,10 @@ def checkpoint_out(ckpt: Checkpoint, raw: GammaStat | None) -> CheckpointOut:
     return out
 
 
+UPLOAD_FORMATS = (
+    "a .safetensors file; a PyTorch .pt/.pth (a state dict or an nnU-Net v2 checkpoint_final.pth); a TorchScript "
+    "archive; or a zip of an nnU-Net v2 model folder or a MONAI bundle (recognised by contents, never executed)"
+)
 UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -33,7 +37,7 @@ UPLOAD_BODY = {
                 "type": "object",
                 "required": ["file"],
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": ".safetensors or .pt"},
+                    "file": {"type": "string", "format": "binary", "description": UPLOAD_FORMATS},
                     "name": {"type": "string", "description": "default: the file name"},
                     "modality": {"type": "string", "enum": list(MODALITIES)},
                     "architecture": {"type": "string", "description": "default: recognised from keys"},
