@@ -1010,7 +1010,8 @@ def report_extension(prereg: dict[str, Any] | None, tasks: Sequence[str], boot: 
     ]
     details: list[str] = []
     for task in tasks:
-        pools = [("12 + nnU-Net", [*headline, *extension])]
+        pooled = f"{len(headline)} + nnU-Net"
+        pools = [(pooled, [*headline, *extension])]
         if len(extension) >= 3:
             pools.append(("nnU-Net only", extension))
         for label, names in pools:
@@ -1020,7 +1021,7 @@ def report_extension(prereg: dict[str, Any] | None, tasks: Sequence[str], boot: 
                 continue
             row, got = _pool_row(task, label, gt, prereg, boot)
             lines.append(row)
-            if label != "12 + nnU-Net" or not got:
+            if label != pooled or not got:
                 continue
             # Where each nnU-Net candidate lands in the pooled order, by fine-tuning and by the proxy.
             cands, scores = gt["candidates"], got["ev"]["scores"]

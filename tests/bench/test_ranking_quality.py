@@ -188,3 +188,82 @@ def test_verify_trials_count_false_alarms_and_misses():
 def test_spearman_is_nan_for_a_constant_figure():
     assert math.isnan(qs.spearman([0.0, 0.0, 0.0], [0.1, 0.5, 0.9]))
     assert qs.spearman([1, 2, 3], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
+
+
+def _write_gt(rq, results: Path, task: str, truth: dict[str, float], seed_noise: float = 0.02) -> None:
+    rng = np.random.default_rng(2)
+    for seed in (1, 2, 3):
+        for c, value in truth.items():
+            budgets = [
+                {
+                    "steps": steps,
+                    "train_seconds": steps * 1.0,
+                    "per_case": (value + rng.normal(0, seed_noise, 4)).tolist(),
+                }
+                for steps in (10, 20)
+            ]
+            rq.dump(
+                results / "ground_truth" / task / c / f"seed{seed}.json",
+                {"candidate": c, "seed": seed, "config": {}, "budgets": budgets},
+            )
+
+
+def _write_proxies(rq, folder: Path, truth: dict[str, float]) -> None:
+    entries = {c: {"curve": _curve([v * 0.5] * 10, secs=0.01), "overhead": 0.0, "score": v} for c, v in truth.items()}
+    rq.dump(
+        folder / "bnonly_lr0.1_100.json",
+        {"method": "bnonly", "lr": 0.1, "max_steps": 100, "extra": {}, "entries": entries},
+    )
+    logme = {c: {"score": -v, "seconds": 0.1} for c, v in truth.items()}
+    rq.dump(folder / "logme_b8.json", {"method": "logme", "batches": 8, "entries": logme})
+
+
+def test_report_builds_the_norm_only_pool_table_beside_unchanged_headline_tables(tmp_path, monkeypatch):
+    """Issue 11, item 5: extension candidates' runs sit beside the pre-registered pool's; the headline tables
+    stay over the pre-registered candidates and a separate table pools both (and the extension alone)."""
+    rq = _module("ranking_quality")
+    results = tmp_path / "results"
+    monkeypatch.setattr(rq, "RESULTS", results)
+    monkeypatch.setattr(rq, "PREREGISTRATION", tmp_path / "preregistration.json")
+    monkeypatch.setattr(rq, "GT", rq.GTConfig(budgets=(10, 20), seeds=(1, 2, 3)))
+    headline = {"good": 0.8, "mid": 0.5, "bad": 0.2}
+    extension = {"nnunet_a": 0.9, "nnunet_b": 0.6, "nnunet_c": 0.3}
+    _write_gt(rq, results, "tuning", headline)
+    _write_proxies(rq, results / "proxies" / "tuning", headline)
+    rq.dump(results / "zoo.json", {"keys": {c: "k" for c in headline}, "candidates": {}})
+    rq.dump(results / "tasks.json", {"tuning": {"evaluation": False}, "ct_head": {"evaluation": True}})
+    rq.run_tune()
+    _write_gt(rq, results, "ct_head", {**headline, **extension})
+    _write_proxies(rq, results / "proxies" / "ct_head", headline)
+    text = rq.report(boot=20)
+    assert "TASK ct_head: 3 candidates" in text  # the headline task table ignores the extension's ground truth
+    assert "NORM-ONLY POOL" not in text  # no extension pool declared yet
+    assert rq.read_gt("ct_head")["candidates"] == sorted(headline)
+    assert rq.read_gt("ct_head", [*headline, *extension])["candidates"] == sorted([*headline, *extension])
+
+    rq.dump(results / "zoo_extension.json", {"keys": {c: "k" for c in extension}, "candidates": {}})
+    text = rq.report(boot=20)
+    assert "TASK ct_head: 3 candidates" in text
+    pooled = next(line for line in text.splitlines() if line.startswith("ct_head      3 + nnU-Net"))
+    assert "no pre-registered proxy run for every candidate" in pooled  # extension proxies not run yet
+
+    _write_proxies(rq, results / "proxies" / "ct_head" / rq.EXTENSION_DIR, extension)
+    text = rq.report(boot=20)
+    lines = text.splitlines()
+    pooled = next(line for line in lines if line.startswith("ct_head      3 + nnU-Net"))
+    alone = next(line for line in lines if line.startswith("ct_head      nnU-Net only"))
+    # The proxy orders all six as their ground truth does (τw 1.00; LogME, negated, -1.00); top-1 is nnunet_a.
+    assert pooled.split()[4:6] == ["6", "1.00"] and "-1.00" in pooled and " yes " in pooled
+    assert alone.split()[3:5] == ["3", "1.00"]
+    assert "nnunet_a             GT 0.9" in text and "(# 1 of 6), norm-only score 0.450 (# 1)" in text
+    assert "pooled GT top-1 nnunet_a, norm-only top-1 nnunet_a" in text
+    headline_task = text.split("TASK ct_head")[1].split("\n\n")[0]
+    assert "nnunet" not in headline_task
+
+
+def test_extension_proxies_refuse_candidates_outside_the_extension_pool(tmp_path):
+    rq = _module("ranking_quality")
+    with pytest.raises(SystemExit, match="extension pool"):
+        rq.run_proxies("ct_head", tmp_path, {}, only=["u8_random"])
+    with pytest.raises(SystemExit, match="not on tuning"):
+        rq.run_proxies("tuning", tmp_path, {}, only=["nnunet_random"])
