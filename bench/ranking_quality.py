@@ -710,7 +710,11 @@ def report_zoo() -> list[str]:
         return ["(no bench/results/zoo.json: run --zoo)"]
     z = load(path)["candidates"]
     lines = ["ZOO", f"{'candidate':<24} {'architecture':<23} {'made by':<11} {'build s':>7}  evidence"]
-    for name, m in z.items():
+    extension = RESULTS / "zoo_extension.json"
+    more = load(extension)["candidates"] if extension.is_file() else {}
+    for name, m in [*z.items(), *more.items()]:
+        if name in more and name == next(iter(more)):
+            lines.append("norm-only extension pool (issue 11; not in the pre-registered tables):")
         r = m["recipe"]
         ev = ""
         if "flattening" in m:
@@ -726,6 +730,10 @@ def report_zoo() -> list[str]:
         arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
         if r.get("network_def"):
             arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
+        if r["architecture"] == "nnunet":
+            cls = str(r["build"]["network_class_name"]).rsplit(".", 1)[-1].replace("ConvUNet", "Conv")
+            features = r["build"]["arch_kwargs"]["features_per_stage"]
+            arch = f"nnunet {cls} {features[0]}-{features[-1]}"
         lines.append(f"{name:<24} {arch:<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
     return lines
 
