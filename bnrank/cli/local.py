@@ -235,11 +235,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
         payload["logme"] = _logme_agreement(result.entries, logme_scores)
         payload["logme"]["seconds"] = round(sum(e.seconds for e in lm.values()), 3)
     print_ranking(result, logme_scores)
-    if args.method == "both" and payload["logme"]["kendall_tau"] is not None:
-        print(
-            f"LogME vs BN-only order: Kendall τ = {payload['logme']['kendall_tau']:.2f}, same top-1: "
-            f"{'yes' if payload['logme']['same_top1'] else 'no'} (LogME took {payload['logme']['seconds']:.1f}s)"
-        )
+    if args.method == "both":
+        agreement = payload["logme"]
+        tau = agreement["kendall_tau"]
+        # τ is undefined when one side scores every candidate alike (say hard Dice 0 after a very short budget).
+        shown = f"{tau:.2f}" if tau is not None else "undefined (one order is all ties)"
+        top1 = {True: "yes", False: "no", None: "n/a"}[agreement["same_top1"]]
+        took = f"LogME took {agreement['seconds']:.1f}s"
+        print(f"LogME vs BN-only order: Kendall τ = {shown}, same top-1: {top1} ({took})")
     if args.verify:
         vconfig = verify_config(config, steps=args.verify_steps, lr=args.verify_lr)
         report = verify_ranking(result, candidates, task, vconfig, args.verify, on_progress=progress)

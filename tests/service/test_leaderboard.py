@@ -80,8 +80,11 @@ def test_leaderboard_pages_and_filters(alice: httpx.Client, second_ranking: dict
     assert (first["limit"], len(first["items"]), len(second["items"])) == (1, 1, 1)
     assert [first["items"][0], second["items"][0]] == whole["items"][:2]
     assert first["total"] == second["total"] == whole["total"]
+    # Other tests rank other architectures on this session's shared dataset: the filter keeps exactly the unet3d rows.
+    assert whole["total"] <= whole["limit"]
     same = alice.get("/v1/leaderboard", params={"dataset_id": dataset_id, "architecture": "unet3d"}).json()
-    assert same["total"] == whole["total"]
+    assert same["total"] == sum(row["architecture"] == "unet3d" for row in whole["items"]) >= 2
+    assert all(row["architecture"] == "unet3d" for row in same["items"])
     none = alice.get("/v1/leaderboard", params={"dataset_id": dataset_id, "architecture": "resnet10"}).json()
     assert none == {"items": [], "total": 0, "limit": 50, "offset": 0}
 
@@ -101,7 +104,9 @@ def test_checkpoint_results_across_jobs(
     assert row["score"] == pytest.approx(first_entry["score"])
     assert row["dice_per_class"] == first_entry["dice_per_class"]
     assert row["norm_kinds"] == first_entry["norm_kinds"] == ["batch"]
-    assert (row["dataset_id"], row["dataset_name"]) == (dataset_id, "tiny")
+    # The dataset's current name: another test may re-register the shared folder under its own (same row, issue 14).
+    current = alice.get(f"/v1/datasets/{dataset_id}").json()["name"]
+    assert (row["dataset_id"], row["dataset_name"]) == (dataset_id, current)
     assert row["control_score"] is not None
     assert by_job[second_ranking["job"]["id"]]["status"] == "ok"
     failed = alice.get(f"/v1/checkpoints/{candidates['exploding']}/results", params={"status": "failed"}).json()
