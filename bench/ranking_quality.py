@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -985,15 +986,20 @@ def _pool_row(task: str, label: str, gt: dict[str, Any], prereg: dict[str, Any],
     sid = prereg["setting_id"]
     if sid not in settings:
         return f"{task:<12} {label:<14} {len(gt['candidates']):>3}  no pre-registered proxy run for every candidate", {}
-    ev = evaluate_settings(gt, settings)
+    with warnings.catch_warnings():  # a proxy that scores every candidate alike has no τ against single seeds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ev = evaluate_settings(gt, settings)
     logme = [k for k in sorted(ev) if ev[k]["setting"]["method"] == "logme"]
     b = qs.bootstrap(gt["gt"][gt["budgets"][-1]], {k: ev[k]["scores"] for k in (sid, *logme)}, n=boot)
+    scores = np.asarray(ev[sid]["scores"])
+    # A first place shared by several candidates (e.g. all at Dice 0) names no top-1: argmax would pick by name.
+    top1 = "tied" if int(np.sum(scores == scores.max())) > 1 else f2(ev[sid]["top1_in_top2"])
     row = (
-        f"{task:<12} {label:<14} {len(gt['candidates']):>3} "
-        f"{f2(b[sid]['value']):>6} [{f2(b[sid]['lo'])}, {f2(b[sid]['hi'])}]".ljust(48)
+        f"{task:<12} {label:<14} {len(gt['candidates']):>3} {len(gt['seeds']):>5} "
+        f"{f2(b[sid]['value']):>6} [{f2(b[sid]['lo'])}, {f2(b[sid]['hi'])}]".ljust(54)
         + f" {f2(b['ceiling']['value']):>5} [{f2(b['ceiling']['lo'])}, {f2(b['ceiling']['hi'])}]".ljust(21)
         + f" {' / '.join(f2(b[k]['value']) for k in logme) or 'n/a':>13}"
-        + f" {f2(ev[sid]['top1_in_top2']):>9} {ev[sid]['cost_ratio']:7.3f}×"
+        + f" {top1:>9} {ev[sid]['cost_ratio']:7.3f}×"
     )
     return row, {"ev": ev[sid], "wtau": b[sid]["value"], "ceiling": b["ceiling"]["value"]}
 
@@ -1013,7 +1019,7 @@ def report_extension(prereg: dict[str, Any] | None, tasks: Sequence[str], boot: 
     lines = [
         f"NORM-ONLY POOL (issue 11): the {len(headline)} pre-registered candidates + {len(extension)} nnU-Net "
         f"candidates ({', '.join(extension)}), pre-registered setting, not re-tuned; out of sample",
-        f"{'task':<12} {'pool':<14} {'n':>3} {'norm-only τw [95% CI]':>24}".ljust(48)
+        f"{'task':<12} {'pool':<14} {'n':>3} {'seeds':>5} {'norm-only τw [95% CI]':>24}".ljust(54)
         + f" {'ceiling [95% CI]':<20} {'LogME b4 / b8':>13} {'top1∈top2':>9} {'× FT':>8}",
     ]
     details: list[str] = []

@@ -254,8 +254,8 @@ def test_report_builds_the_norm_only_pool_table_beside_unchanged_headline_tables
     pooled = next(line for line in lines if line.startswith("ct_head      3 + nnU-Net"))
     alone = next(line for line in lines if line.startswith("ct_head      nnU-Net only"))
     # The proxy orders all six as their ground truth does (τw 1.00; LogME, negated, -1.00); top-1 is nnunet_a.
-    assert pooled.split()[4:6] == ["6", "1.00"] and "-1.00" in pooled and " yes " in pooled
-    assert alone.split()[3:5] == ["3", "1.00"]
+    assert pooled.split()[4:7] == ["6", "3", "1.00"] and "-1.00" in pooled and " yes " in pooled
+    assert alone.split()[3:6] == ["3", "3", "1.00"]
     assert re.search(r"nnunet_a\s+GT 0\.(89|90|91)\d ± 0\.\d+ \(# 1 of 6\), norm-only score 0\.450 \(# 1\)", text)
     assert "pooled GT top-1 nnunet_a, norm-only top-1 nnunet_a" in text
     headline_task = text.split("TASK ct_head")[1].split("\n\n")[0]
