@@ -1041,13 +1041,18 @@ def report_extension(prereg: dict[str, Any] | None, tasks: Sequence[str], boot: 
             cands, scores = gt["candidates"], got["ev"]["scores"]
             mean = qs.gt_mean(gt["gt"][gt["budgets"][-1]])
             gt_rank = {cands[i]: r + 1 for r, i in enumerate(np.argsort(-mean))}
-            proxy_rank = {cands[i]: r + 1 for r, i in enumerate(np.argsort(-np.asarray(scores)))}
+            values = np.asarray(scores)
+            # competition ranks; "=" marks a place shared with another candidate (their order is arbitrary)
+            proxy_rank = {
+                c: f"{1 + int(np.sum(values > v)):>2}" + ("=" if int(np.sum(values == v)) > 1 else "")
+                for c, v in zip(cands, values, strict=True)
+            }
             seeds = qs.seed_scores(gt["gt"][gt["budgets"][-1]])
             for c in extension:
                 i = cands.index(c)
                 details.append(
                     f"  {task:<12} {c:<20} GT {mean[i]:.3f} ± {seeds[:, i].std():.3f} (#{gt_rank[c]:>2} of "
-                    f"{len(cands)}), norm-only score {scores[i]:.3f} (#{proxy_rank[c]:>2})"
+                    f"{len(cands)}), norm-only score {scores[i]:.3f} (#{proxy_rank[c]})"
                 )
             best = cands[int(np.argmax(mean))]
             details.append(f"  {task:<12} pooled GT top-1 {best}, norm-only top-1 {cands[int(np.argmax(scores))]}")
