@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bnrank.engine import zoo as Z
 
@@ -61,3 +62,23 @@ def test_check_disjoint_refuses_a_task_subject_used_by_a_candidate(tmp_path: Pat
     zoo.manifests["a"]["subjects"].append(cases[-1]["anatomy"])  # the test case
     with pytest.raises(AssertionError, match="test subject"):
         Z.check_disjoint(zoo, [("tiny", folder)])
+
+
+def test_the_nnunet_extension_pool_leaves_the_pre_registered_keys_and_loads_as_nnunet(tmp_path: Path):
+    """Issue 11's extension pool: adding it keeps every key the ground truth records (so nothing is rebuilt or
+    recomputed), and a candidate is an nnU-Net v2 checkpoint that ranking reads through the nnU-Net loader."""
+    import json
+
+    from bnrank.engine.checkpoints import load_checkpoint
+
+    recorded = json.loads((Path(__file__).resolve().parents[2] / "bench/results/zoo.json").read_text())["keys"]
+    assert Z.recipe_keys(Z.ALL_RECIPES[: len(Z.ZOO_RECIPE)]) == Z.recipe_keys(Z.ZOO_RECIPE) == recorded
+    assert {r.make for r in Z.NNUNET_RECIPE} == {"random", "supervised", "genesis"}
+    zoo = Z.build_zoo(tmp_path, [r for r in Z.NNUNET_RECIPE if r.make == "random"], log=lambda _: None)
+    candidate = zoo.candidates[0]
+    assert candidate.path.name == "checkpoint_final.pth" and candidate.architecture is None
+    model, report = load_checkpoint(candidate.path, out_channels=3, in_channels=1)
+    assert report.architecture == "nnunet" and report.format == "nnunet"
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert len(norms) == 14 and all(m.affine for m in norms)
+    assert model(torch.zeros(1, 1, Z.PATCH, Z.PATCH, Z.PATCH)).shape == (1, 3, Z.PATCH, Z.PATCH, Z.PATCH)
