@@ -17,6 +17,10 @@ The instrument (method: docs/ranking-quality.md; zoo and tasks: bnrank/engine/zo
     python bench/ranking_quality.py --proxies ct_head          # the pre-registered setting (and LogME)
     python bench/ranking_quality.py --report                   # every table, from the files, in seconds
 
+The norm-only extension pool (issue 11: nnU-Net PlainConvUNet candidates, zoo.NNUNET_RECIPE) is run with
+``--ground-truth TASK --only nnunet_...`` and ``--proxies TASK --only nnunet_...`` (raw proxy runs under
+proxies/<task>/extension/); ``--report`` pools it with the 12 in its own table, leaving theirs as they are.
+
 Run the training commands with ``nice -n 19 env OMP_NUM_THREADS=1 ... --threads 1`` on a shared machine.
 """
 

@@ -18,7 +18,9 @@ test case lists. Proxies see train and validation; the ground truth trains on tr
 **Zoo** (:data:`ZOO_RECIPE`): twelve candidates over three architecture families (``unet3d`` at widths 4
 and 8, MedicalNet ResNet-10 at width 8, a small MONAI UNet with BatchNorm), made by supervised training on
 related anatomy (T1 tissues of other subjects) and on unrelated data (shapes), by Models Genesis on MR-like
-and on CT-like volumes, by damaging a supervised network, and by random initialisation.
+and on CT-like volumes, by damaging a supervised network, and by random initialisation. Beside it,
+:data:`NNUNET_RECIPE` (issue 11): three nnU-Net v2 PlainConvUNet candidates (InstanceNorm) made the same ways,
+saved as nnU-Net's ``checkpoint_final.pth``; an extension pool, outside the pre-registered twelve.
 
 **Cache.** Each candidate's folder under the cache dir is named by a hash of its recipe entry (and its
 parent's hash, and :data:`ZOO_FORMAT`); a folder with a ``manifest.json`` is reused as it is. The manifest
