@@ -38,8 +38,8 @@ def test_alchemy_help_shows_the_declared_defaults(capsys: pytest.CaptureFixture[
     assert declared.identify_steps == 60
     assert "--identify-steps IDENTIFY_STEPS BN-only steps of the identification phase (default: 60)" in shown
     assert (
-        f"--identify-lr IDENTIFY_LR learning rate of identification (gentler than a ranking's 0.03, so γ settles) (default: {declared.identify_lr})"
-        in shown
+        "--identify-lr IDENTIFY_LR learning rate of identification (gentler than a ranking's 0.03, so γ settles) "
+        f"(default: {declared.identify_lr})" in shown
     )
     assert f"--max-steps MAX_STEPS training steps per candidate (default: {FINETUNE_DEFAULTS['max_steps']})" in shown
 
