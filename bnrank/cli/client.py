@@ -130,13 +130,16 @@ class Client:
         budget: dict[str, Any] | None = None,
         seed: int | None = None,
         control: bool = True,
+        ranking: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Queue a ranking; a budget or seed left out takes the service's default."""
+        """Queue a ranking; a budget, seed or ranking option (halving, ties) left out takes the service's default."""
         body: dict[str, Any] = {"dataset_id": dataset_id, "checkpoint_ids": checkpoint_ids, "control": control}
         if seed is not None:
             body["seed"] = seed
         if budget:
             body["budget"] = budget
+        if ranking:
+            body["ranking"] = ranking
         return self.post("/v1/rankings", body)
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:

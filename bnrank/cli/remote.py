@@ -23,7 +23,7 @@ from bnrank.cli.options import add_flags, add_remote_budget, remote_budget, remo
 from bnrank.engine.alchemy import AlchemyConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RankingResult
+from bnrank.engine.ranking import RankConfig, RankingResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RESULT_PATHS = {"ranking": "/v1/rankings", "alchemy": "/v1/alchemy", "probe": "/v1/probes"}
@@ -166,7 +166,12 @@ def _remote(args: argparse.Namespace, client: Client) -> int:
                 print(f"{ds['id']}  {ds['n_cases']:>4} cases  {ds['format']:<6}  {ds['name']}  {ds['uri']}")
     elif command == "rank":
         job = client.rank(
-            args.dataset, args.checkpoints, budget=remote_budget(args), seed=args.seed, control=not args.no_control
+            args.dataset,
+            args.checkpoints,
+            budget=remote_budget(args),
+            seed=args.seed,
+            control=not args.no_control,
+            ranking=values(args, remote_options(RankConfig), service_default=True),
         )
         return _submit(args, client, job)
     elif command == "alchemy":
@@ -230,6 +235,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dataset", required=True, help="dataset id")
     r.add_argument("--no-control", action="store_true", help="skip the random-init control rows")
     r.add_argument("checkpoints", nargs="+", metavar="CKPT_ID")
+    add_flags(
+        r.add_argument_group("ranking (successive halving, ties; service defaults when omitted)"),
+        remote_options(RankConfig),
+        service_default=True,
+    )
     add_remote_budget(r)
 
     r = remote.add_parser("alchemy", help="queue a network alchemy job; prints the job id")

@@ -15,7 +15,7 @@ from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import option
 from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RANKING_DEFAULTS, ranking_config
+from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
 from bnrank.engine.training import TrainConfig
 
 
@@ -69,7 +69,11 @@ def test_every_declared_option_has_its_flag_and_keeps_its_name() -> None:
             for opt in local_options(cls):
                 switch = "--no-" + opt.flag[2:] if opt.base_type is bool and opt.default else opt.flag
                 assert switch in flags, (path, switch)
-    for path, classes in ((("remote", "alchemy"), [TrainConfig, AlchemyConfig]), (("remote", "probe"), [ProbeConfig])):
+    for path, classes in (
+        (("remote", "alchemy"), [TrainConfig, AlchemyConfig]),
+        (("remote", "probe"), [ProbeConfig]),
+        (("remote", "rank"), [TrainConfig, RankConfig]),
+    ):
         flags = _flags(_subparser(parser, *path))
         assert {o.flag for cls in classes for o in remote_options(cls) if o.base_type is not bool} <= flags
     # the names the docs and scripts use
@@ -160,6 +164,10 @@ def test_remote_jobs_send_only_the_options_given(capsys: pytest.CaptureFixture[s
     assert remote._remote(parser.parse_args(["remote", "--key", "k", "rank", "--dataset", "ds_1", "ck_1"]), client) == 0
     assert client.sent.pop() == (
         "/v1/rankings",
-        {"dataset_id": "ds_1", "checkpoint_ids": ["ck_1"], "budget": {}, "seed": None, "control": True},
+        {"dataset_id": "ds_1", "checkpoint_ids": ["ck_1"], "budget": {}, "seed": None, "control": True, "ranking": {}},
     )
-    assert capsys.readouterr().out.split() == ["job_1", "job_1", "job_2"]
+    argv = ["remote", "--key", "k", "rank", "--dataset", "ds_1", "ck_1", "ck_2", "--halving-rounds", "2"]
+    assert remote._remote(parser.parse_args([*argv, "--max-steps", "40"]), client) == 0
+    _, body = client.sent.pop()
+    assert (body["ranking"], body["budget"]) == ({"halving_rounds": 2}, {"max_steps": 40})
+    assert capsys.readouterr().out.split() == ["job_1", "job_1", "job_2", "job_2"]
