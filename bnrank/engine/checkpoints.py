@@ -59,7 +59,7 @@ from bnrank.engine.errors import (
 from bnrank.engine.formats import bundle as bundle_format
 from bnrank.engine.formats import nnunet as nnunet_format
 from bnrank.engine.formats import torchscript as torchscript_format
-from bnrank.engine.formats.zips import ModelTree, is_zip, open_folder, open_zip, read_json
+from bnrank.engine.formats.zips import ModelTree, declared_entry_count, is_zip, open_folder, open_zip, read_json
 
 try:  # numpy >= 2 moved it; pickles written under numpy 1 still name numpy.core
     from numpy._core.multiarray import scalar as _np_scalar
@@ -184,22 +184,6 @@ def _size(n: float) -> str:
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
 
 
-def _zip_entry_count(handle: Any) -> int | None:
-    """Entries the end-of-archive record declares, read before the central directory is parsed.
-
-    Parsing builds one object per entry; a crafted archive of millions of empty entries would cost
-    gigabytes there, so the count is judged first. None where this Python lacks the (long-standing,
-    private) zipfile helper; the count is then judged after parsing.
-    """
-    end_record = getattr(zipfile, "_EndRecData", None)
-    if end_record is None:
-        return None
-    record = end_record(handle)
-    if not record:
-        raise zipfile.BadZipFile("no end-of-archive record")
-    return int(record[zipfile._ECD_ENTRIES_TOTAL])
-
-
 def check_torch_zip(
     path: Path,
     *,
@@ -215,8 +199,7 @@ def check_torch_zip(
     """
     size = path.stat().st_size
     try:
-        with path.open("rb") as handle:
-            count = _zip_entry_count(handle)
+        count = declared_entry_count(path)
         if count is not None and count > max_entries:
             raise CheckpointTooLargeError(
                 f"{path.name}: the archive has {count:,} entries, more than the {max_entries:,} allowed"

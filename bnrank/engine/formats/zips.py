@@ -191,8 +191,13 @@ class ZipTree(ModelTree):
         self.archive.close()
 
 
-def _entry_count(path: Path) -> int | None:
-    """Entries the end-of-archive record declares, read before the directory is parsed (see checkpoints)."""
+def declared_entry_count(path: Path) -> int | None:
+    """Entries the end-of-archive record declares, read before the central directory is parsed.
+
+    Parsing builds one object per entry; a crafted archive of millions of empty entries would cost
+    gigabytes there, so the count is judged first. None where this Python lacks the (long-standing,
+    private) zipfile helper; the count is then judged after parsing.
+    """
     end_record = getattr(zipfile, "_EndRecData", None)
     if end_record is None:
         return None
@@ -216,7 +221,7 @@ def open_zip(
     """
     size = path.stat().st_size
     try:
-        count = _entry_count(path)
+        count = declared_entry_count(path)
         if count is not None and count > max_members:
             raise CheckpointTooLargeError(
                 f"{path.name}: the archive has {count:,} entries, more than the {max_members:,} allowed"
