@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -296,31 +297,36 @@ def test_progress_never_goes_backwards(stack: Stack, dataset_id: str) -> None:
 # ------------------------------------------------------------------------------------ 6. a fast API
 
 
-def test_polled_unfinished_ranking_is_read_once_per_interval(
-    stack: Stack, serve_app: Any, alice: httpx.Client, dataset_id: str
-) -> None:
+@pytest.fixture
+def queued_ranking(stack: Stack, dataset_id: str) -> Iterator[str]:
+    """A ranking job row of alice's, queued and never dispatched: what the live cache serves while it waits."""
     with stack.db.session() as s:
         job = Job(owner="alice", kind="ranking", dataset_id=dataset_id, params={}, message="queued")
         s.add(job)
         s.flush()
         job_id = job.id
+    yield job_id
+    with stack.db.session() as s:
+        s.execute(Job.__table__.delete().where(Job.id == job_id))
+
+
+def test_polled_unfinished_ranking_is_read_once_per_interval(
+    stack: Stack, serve_app: Any, alice: httpx.Client, queued_ranking: str
+) -> None:
+    job_id = queued_ranking
     settings = stack.settings.model_copy(update={"live_cache_s": 3600.0})
     headers = {"Authorization": f"Bearer {key_of(alice)}"}
-    try:
-        with serve_app(settings) as url:
-            first = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers)
-            assert first.status_code == 200 and first.json()["job"]["message"] == "queued"
-            with stack.db.session() as s:
-                s.execute(update(Job).where(Job.id == job_id).values(message="changed behind the API's back"))
-            assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).content == first.content
-            bob = {"Authorization": f"Bearer {new_key(stack, 'bob')}"}
-            assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=bob).status_code == 404  # owner checked
-            assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=headers).status_code == 202
-            after = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).json()
-            assert after["job"]["cancel_requested"] is True  # a cancel through this process drops the entry
-    finally:
+    with serve_app(settings) as url:
+        first = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers)
+        assert first.status_code == 200 and first.json()["job"]["message"] == "queued"
         with stack.db.session() as s:
-            s.execute(Job.__table__.delete().where(Job.id == job_id))
+            s.execute(update(Job).where(Job.id == job_id).values(message="changed behind the API's back"))
+        assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).content == first.content
+        bob = {"Authorization": f"Bearer {new_key(stack, 'bob')}"}
+        assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=bob).status_code == 404  # owner checked
+        assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=headers).status_code == 202
+        after = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).json()
+        assert after["job"]["cancel_requested"] is True  # a cancel through this process drops the entry
 
 
 def test_live_cache_off_and_expiry() -> None:
@@ -349,35 +355,27 @@ def test_live_cache_serves_a_stale_body_for_one_more_interval() -> None:
 
 
 def test_an_expired_live_body_is_answered_at_once_and_refreshed_behind(
-    stack: Stack, serve_app: Any, alice: httpx.Client, dataset_id: str
+    stack: Stack, serve_app: Any, alice: httpx.Client, queued_ranking: str
 ) -> None:
     """Past the interval the cached body is answered (no wait for the database) and a fresh one follows."""
-    with stack.db.session() as s:
-        job = Job(owner="alice", kind="ranking", dataset_id=dataset_id, params={}, message="queued")
-        s.add(job)
-        s.flush()
-        job_id = job.id
+    job_id = queued_ranking
     settings = stack.settings.model_copy(update={"live_cache_s": 1.5})
     headers = {"Authorization": f"Bearer {key_of(alice)}"}
-    try:
-        with serve_app(settings) as url:
-            first = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers)
-            assert first.status_code == 200
-            with stack.db.session() as s:
-                s.execute(update(Job).where(Job.id == job_id).values(message="progress written meanwhile"))
-            time.sleep(1.7)  # stale: between 1.5 and 3 s old
-            assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).content == first.content
-            wait_for(
-                lambda: (
-                    httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).json()["job"]["message"]
-                    == "progress written meanwhile"
-                ),
-                timeout_s=5,
-                what="the refreshed body",
-            )
-    finally:
+    with serve_app(settings) as url:
+        first = httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers)
+        assert first.status_code == 200
         with stack.db.session() as s:
-            s.execute(Job.__table__.delete().where(Job.id == job_id))
+            s.execute(update(Job).where(Job.id == job_id).values(message="progress written meanwhile"))
+        time.sleep(1.7)  # stale: between 1.5 and 3 s old
+        assert httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).content == first.content
+        wait_for(
+            lambda: (
+                httpx.get(f"{url}/v1/rankings/{job_id}", headers=headers).json()["job"]["message"]
+                == "progress written meanwhile"
+            ),
+            timeout_s=5,
+            what="the refreshed body",
+        )
 
 
 def test_concurrent_misses_share_one_read() -> None:
