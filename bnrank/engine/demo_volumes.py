@@ -268,7 +268,7 @@ def _scanner_intensities(rng: np.random.Generator, image: np.ndarray, brain: np.
     return np.sqrt(real**2 + imaginary**2)
 
 
-def _nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
+def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     """Gzip the NIfTI with mtime 0 and no file name so that one seed always gives the same bytes."""
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
@@ -325,8 +325,8 @@ def write_demo_task(
     for index, child in enumerate(np.random.SeedSequence(seed).spawn(n_cases)):
         image, label, affine = make_subject(np.random.default_rng(child), spacing_mm=spacing_mm)
         case = f"{prefix}_{index:03d}"
-        (images_dir / f"{case}_0000.nii.gz").write_bytes(_nifti_bytes(image, affine))
-        (labels_dir / f"{case}.nii.gz").write_bytes(_nifti_bytes(label, affine))
+        (images_dir / f"{case}_0000.nii.gz").write_bytes(nifti_bytes(image, affine))
+        (labels_dir / f"{case}.nii.gz").write_bytes(nifti_bytes(label, affine))
 
     dataset = {
         "name": name,

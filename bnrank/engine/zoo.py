@@ -29,7 +29,6 @@ holds what was done, the training or pretext-loss curve and the subjects trained
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import time
@@ -38,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from scipy import ndimage
@@ -47,7 +45,7 @@ from bnrank.engine.architectures import architecture_from_network_def, build_mod
 from bnrank.engine.checkpoints import load_checkpoint, save_weights
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo import _damage
-from bnrank.engine.demo_volumes import _scanner_intensities, make_subject
+from bnrank.engine.demo_volumes import _scanner_intensities, make_subject, nifti_bytes
 from bnrank.engine.pretrain import PretrainConfig, load_volumes, pretrain
 from bnrank.engine.ranking import Candidate
 from bnrank.engine.training import TaskData, TrainConfig, Volume, train
@@ -121,14 +119,6 @@ def shapes_volume(rng: np.random.Generator, size: int = 36) -> tuple[np.ndarray,
 def anatomy_hash(label: np.ndarray) -> str:
     """Identifies a subject whatever its contrast or label set: a hash of its tissue map."""
     return hashlib.sha256(np.ascontiguousarray(label, dtype=np.uint8).tobytes()).hexdigest()[:16]
-
-
-def _nifti(data: np.ndarray, affine: np.ndarray) -> bytes:
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
 # ------------------------------------------------------------------------------------------------ data sets
@@ -207,12 +197,12 @@ def write_data(spec: DataSpec, cache: Path) -> Path:
         case = f"{spec.name}_{i:03d}"
         if labelled:
             assert label is not None
-            (images / f"{case}_0000.nii.gz").write_bytes(_nifti(image, affine))
+            (images / f"{case}_0000.nii.gz").write_bytes(nifti_bytes(image, affine))
             (out / "labelsTr").mkdir(exist_ok=True)
-            (out / "labelsTr" / f"{case}.nii.gz").write_bytes(_nifti(label.astype(np.uint8), affine))
+            (out / "labelsTr" / f"{case}.nii.gz").write_bytes(nifti_bytes(label.astype(np.uint8), affine))
             present = int((label > 0).sum())
         else:
-            (images / f"{case}.nii.gz").write_bytes(_nifti(image, affine))
+            (images / f"{case}.nii.gz").write_bytes(nifti_bytes(image, affine))
             present = None
         cases.append({"case": case, "subject": f"{spec.root}:{i}", "anatomy": ident, "foreground_voxels": present})
     ids = [c["case"] for c in cases]
