@@ -175,12 +175,16 @@ class ProbeIn(ProbeParams):  # type: ignore[misc, valid-type]
         return ProbeParams.model_validate(self.model_dump(exclude={"dataset_id"}))
 
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""A job's state, as every job-shaped body and the status filters spell it."""
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     dataset_id: str | None
     params: dict[str, Any]
     progress: float = Field(description="0..1")
@@ -321,7 +325,7 @@ class ScoreRef(BaseModel):
 
     job_id: str
     entry_id: str
-    job_status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    job_status: JobStatus
     job_created_at: datetime
     finished_at: datetime | None
     score: float
@@ -343,7 +347,7 @@ class CheckpointResultOut(BaseModel):
     """One ranking entry of a checkpoint, with the dataset and the job it belongs to."""
 
     job_id: str
-    job_status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    job_status: JobStatus
     job_created_at: datetime
     dataset_id: str | None = Field(description="None once the dataset was deleted")
     dataset_name: str | None

@@ -20,15 +20,16 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
 from service.api.deps import (
-    MAX_OFFSET,
     BlobsDep,
     FinishedDep,
     LiveDep,
+    Offset,
     ReadsDep,
     SessionDep,
     SettingsDep,
 )
 from service.api.routes import jobs as job_routes
+from service.api.schemas import JobStatus
 from service.core import checkpoints as records
 from service.core import jobflow
 from service.core.errors import ServiceError
@@ -41,8 +42,6 @@ PAGE_OF_KIND = {"ranking": "rankings", "alchemy": "alchemy", "probe": "probes"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Text = Annotated[str | None, Query(max_length=100)]
 
 

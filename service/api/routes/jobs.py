@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from service.api.auth import Owner
 from service.api.deps import Limit, LiveDep, Offset, ReadsDep, SessionDep, SettingsDep
-from service.api.schemas import ErrorOut, JobOut, Page
+from service.api.schemas import ErrorOut, JobOut, JobStatus, Page
 from service.core import jobflow
 from service.core.errors import NotFound
 from service.core.models import TERMINAL_JOB_STATUSES
@@ -31,7 +31,7 @@ def list_jobs(
     limit: Limit = 50,
     offset: Offset = 0,
     status_: Annotated[
-        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query(alias="status")
+        JobStatus | None, Query(alias="status")
     ] = None,
     kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
 ) -> Page[JobOut]:
