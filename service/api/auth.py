@@ -96,13 +96,38 @@ def _too_many(seconds: float) -> Limited:
     return Limited(f"too many failed authentications; try again in {retry_header(seconds)} s", seconds)
 
 
-async def _failed(limiter: Limiter, address: str, digest: str | None, detail: str) -> HTTPException | Limited:
+async def failed_authentication(
+    limiter: Limiter, address: str, digest: str | None, detail: str
+) -> HTTPException | Limited:
     """Count a failed authentication against the address (and the key presented); the error to raise."""
     waits = [await limiter.take(f"addr:{address}")]
     if digest is not None:
         waits.append(await limiter.take(f"key:{digest}"))
     late = [w for w in waits if w is not None]
     return _too_many(max(late)) if late else _unauthorized(detail)
+
+
+async def held_back(limiter: Limiter, address: str, digest: str | None) -> float | None:
+    """Seconds this address (or the key presented) must still wait after too many failed authentications."""
+    waits = [await limiter.check(f"addr:{address}"), await limiter.check(f"key:{digest}") if digest else None]
+    late = [w for w in waits if w is not None]
+    return max(late) if late else None
+
+
+async def lookup_owner(request: Request, digest: str) -> str | None:
+    """The owner of a key digest from the database (one read per digest at a time), then kept in the key cache."""
+    cache: KeyCache = request.app.state.key_cache
+    owner = await single_flight(cache.loading, digest, lambda: run_in_threadpool(_owner_of, request, digest))
+    if owner is not None:
+        cache.put(digest, owner)
+    return owner
+
+
+async def owner_of_digest(request: Request, digest: str) -> str | None:
+    """The owner of a key digest: the key cache, else :func:`lookup_owner`. The API's bearer keys and the
+    dashboard's session cookies resolve owners through this one path."""
+    owner = request.app.state.key_cache.get(digest)
+    return owner if owner is not None else await lookup_owner(request, digest)
 
 
 async def current_owner(request: Request) -> str:
@@ -121,21 +146,19 @@ async def current_owner(request: Request) -> str:
     if owner is not None:
         return owner
     # Only a request that would need a lookup is held back: a valid, recently seen key keeps working.
-    waits = [await limiter.check(f"addr:{address}"), await limiter.check(f"key:{digest}") if digest else None]
-    late = [w for w in waits if w is not None]
-    if late:
-        raise _too_many(max(late))
+    wait = await held_back(limiter, address, digest)
+    if wait is not None:
+        raise _too_many(wait)
     if scheme.lower() != "bearer" or digest is None:
-        raise await _failed(
+        raise await failed_authentication(
             limiter,
             address,
             None,
             "missing API key: send 'Authorization: Bearer <key>' (create one with `bnrank keys create`)",
         )
-    owner = await single_flight(cache.loading, digest, lambda: run_in_threadpool(_owner_of, request, digest))
+    owner = await lookup_owner(request, digest)
     if owner is None:
-        raise await _failed(limiter, address, digest, "invalid or revoked API key")
-    cache.put(digest, owner)
+        raise await failed_authentication(limiter, address, digest, "invalid or revoked API key")
     return owner
 
 

@@ -17,11 +17,9 @@ from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, Response, status
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.concurrency import run_in_threadpool
 
-from service.api.auth import KeyCache, _failed, _owner_of, hash_key
+from service.api.auth import failed_authentication, hash_key, held_back, owner_of_digest
 from service.api.ratelimit import Limiter
-from service.api.singleflight import single_flight
 from service.core.errors import Limited
 
 COOKIE = "bnrank_session"
@@ -40,17 +38,6 @@ def _serializer(request: Request) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(request.app.state.session_secret, salt=SALT)
 
 
-async def _owner_of_digest(request: Request, digest: str) -> str | None:
-    """The owner of a key digest: the bearer lookup's cache and single flight (service/api/auth.py)."""
-    cache: KeyCache = request.app.state.key_cache
-    owner = cache.get(digest)
-    if owner is None:
-        owner = await single_flight(cache.loading, digest, lambda: run_in_threadpool(_owner_of, request, digest))
-        if owner is not None:
-            cache.put(digest, owner)
-    return owner
-
-
 class SignInRefused(Exception):
     """A sign-in that did not succeed: the status and the sentence the login page shows."""
 
@@ -66,13 +53,12 @@ async def sign_in(request: Request, response: Response, api_key: str) -> SignedI
     address = request.client.host if request.client else "unknown"
     key = api_key.strip()
     digest = hash_key(key) if key else None
-    waits = [await limiter.check(f"addr:{address}"), await limiter.check(f"key:{digest}") if digest else None]
-    late = [w for w in waits if w is not None]
-    if late:
-        raise SignInRefused(429, f"too many failed sign-ins; try again in {max(late):.0f} s")
-    owner = await _owner_of_digest(request, digest) if digest else None
+    wait = await held_back(limiter, address, digest)
+    if wait is not None:
+        raise SignInRefused(429, f"too many failed sign-ins; try again in {wait:.0f} s")
+    owner = await owner_of_digest(request, digest) if digest else None
     if owner is None:
-        refusal = await _failed(limiter, address, digest, "invalid or revoked API key")
+        refusal = await failed_authentication(limiter, address, digest, "invalid or revoked API key")
         if isinstance(refusal, Limited):
             raise SignInRefused(429, refusal.detail)
         raise SignInRefused(401, "missing API key" if digest is None else "invalid or revoked API key")
@@ -104,7 +90,7 @@ async def signed_in(request: Request) -> SignedIn | None:
         digest, session_id = str(data["k"]), str(data["s"])
     except (BadSignature, KeyError, TypeError):
         return None
-    owner = await _owner_of_digest(request, digest)
+    owner = await owner_of_digest(request, digest)
     return None if owner is None else SignedIn(owner, session_id)
 
 
