@@ -6,35 +6,44 @@ SegResNet bundle zip; a Models Genesis unet3d (full width) as a TorchScript arch
 restricted unpickler, beside `torch.jit.load` of the same (trusted, self-made) file for comparison.
 Peak memory is VmHWM of the loading process (reset at exec, unlike ru_maxrss, which a child inherits).
 
-    PYTHONPATH=. .venv/bin/python bench/format_loading.py     # about a minute; writes to a temp folder
+    PYTHONPATH=. .venv/bin/python bench/format_loading.py              # about a minute; files in a temp folder
+    PYTHONPATH=. .venv/bin/python bench/format_loading.py --from FILE  # the table again from a committed run
+
+Each run's raw rows are written to bench/results/format_loading/<UTC time>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 _PEAK = "next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024"
 LOAD = f"""
-import sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(1)
 from bnrank.engine.checkpoints import load_checkpoint
 start = time.perf_counter()
 model, report = load_checkpoint(sys.argv[1])
 took = time.perf_counter() - start
 n = sum(p.numel() for p in model.parameters()) / 1e6
-print(f"{{report.format:13s}} {{report.architecture[:24]:24s}} {{n:5.1f}} M  {{took:6.2f}} s  {{{_PEAK}:6.0f}} MiB")
+print(json.dumps({{"format": report.format, "architecture": report.architecture, "params_m": round(n, 2),
+                  "seconds": round(took, 3), "peak_mib": round({_PEAK})}}))
 """
 JIT = f"""
-import sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(1)
 start = time.perf_counter()
 torch.jit.load(sys.argv[1])
 took = time.perf_counter() - start
-print(f"{{'torch.jit.load':13s}} {{'(comparison only)':24s}} {{'':5s}}    {{took:6.2f}} s  {{{_PEAK}:6.0f}} MiB")
+print(json.dumps({{"format": "torch.jit.load", "architecture": "(comparison only)", "params_m": None,
+                  "seconds": round(took, 3), "peak_mib": round({_PEAK})}}))
 """
 
 
@@ -64,16 +73,46 @@ def write_files(root: Path) -> list[Path]:
     ]
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "format_loading"
+
+
+def measure(script: str, path: Path) -> dict[str, Any]:
+    """One load in a fresh process (its own peak memory); the row it reports, with the file's name and size."""
+    out = subprocess.run([sys.executable, "-c", script, str(path)], check=True, capture_output=True, text=True)
+    return {"file": path.name, "size_mib": round(path.stat().st_size / 2**20, 1), **json.loads(out.stdout)}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'file':24s} {'size':>9s}  {'format':14s} {'architecture':24s} {'params':>7s} {'load':>8s} {'peak':>10s}"
+    ]
+    for r in rows:
+        params = f"{r['params_m']:5.1f} M" if r["params_m"] is not None else ""
+        lines.append(
+            f"{r['file']:24s} {r['size_mib']:6.1f} MiB  {r['format']:14s} {r['architecture'][:24]:24s} "
+            f"{params:>7s} {r['seconds']:6.2f} s {r['peak_mib']:6.0f} MiB"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--from", dest="source", type=Path, help="print the table of a committed run; load nothing")
+    args = parser.parse_args()
+    if args.source:
+        print(table(json.loads(args.source.read_text())["rows"]))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_files(Path(tmp))
-        header = f"{'file':24s} {'size':>9s}  {'format':13s} {'architecture':24s} {'params':>7s}"
-        print(f"{header} {'load':>8s} {'peak':>10s}")
-        for path in paths:
-            print(f"{path.name:24s} {path.stat().st_size / 2**20:6.1f} MiB  ", end="", flush=True)
-            subprocess.run([sys.executable, "-c", LOAD, str(path)], check=True)
-        print(f"{paths[-1].name:24s} {paths[-1].stat().st_size / 2**20:6.1f} MiB  ", end="", flush=True)
-        subprocess.run([sys.executable, "-c", JIT, str(paths[-1])], check=True)
+        rows = [measure(LOAD, path) for path in paths]
+        rows.append(measure(JIT, paths[-1]))
+    print(table(rows))
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stamp}.json"
+    meta = {"machine": platform.machine(), "python": platform.python_version(), "threads": 1}
+    out.write_text(json.dumps({"when": stamp, **meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
 
 
 if __name__ == "__main__":
