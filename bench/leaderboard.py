@@ -6,16 +6,20 @@ owners' (synthetic rows, no training), drops the two indexes of 0005 and times
 indexes again exactly as 0005 does and times them again, then drops the database.
 
     .venv/bin/python bench/leaderboard.py [--owners 200] [--jobs-per-owner 50] [--entries-per-job 8]
+
+Each run's medians are written to bench/results/leaderboard/<UTC time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 from sqlalchemy import text
@@ -25,6 +29,7 @@ from service.core.db import Database, migrate
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Checkpoint, Dataset, Job, RankingEntry
 
+RESULTS = Path(__file__).resolve().parent / "results" / "leaderboard"
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 # What alembic/versions/0005_leaderboard_indexes.py creates, and its downgrade.
 CREATE = (
@@ -127,6 +132,7 @@ def main() -> None:
         print(
             f"{args.owners} owners × {args.jobs_per_owner} rankings × {args.entries_per_job} entries = {rows} entries"
         )
+        measured = []
         for label, statements in (("without 0005's indexes", DROP), ("with 0005's indexes", CREATE)):
             with db.session() as session:
                 for statement in [*statements, "ANALYZE"]:
@@ -136,7 +142,18 @@ def main() -> None:
                 board = timed(lambda s=session: leaderboard(s, owner, dataset_id, 50, 0))
                 results = timed(lambda s=session: checkpoint_results(s, owner, checkpoint_id, 50, 0))
             print(f"{label}: leaderboard {board:.1f} ms, checkpoint results {results:.1f} ms (median of 20)")
+            measured.append(
+                {"indexes": label, "leaderboard_ms": round(board, 2), "checkpoint_results_ms": round(results, 2)}
+            )
         db.dispose()
+        stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"{stamp}.json"
+        sizes = {"owners": args.owners, "jobs_per_owner": args.jobs_per_owner, "entries_per_job": args.entries_per_job}
+        out.write_text(
+            json.dumps({"when": stamp, **sizes, "entries": rows, "medians_of": 20, "runs": measured}, indent=2)
+        )
+        print(f"wrote {out}")
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
