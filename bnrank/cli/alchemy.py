@@ -21,9 +21,10 @@ from bnrank.engine.alchemy import (
     alchemy_kfold,
     write_json,
 )
-from bnrank.engine.probe import ProbeConfig, ProbeResult, probe_checkpoint
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.probe import ProbeResult, probe_checkpoint
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TrainConfig
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -18,26 +18,21 @@ from scipy.stats import kendalltau
 from torch import nn
 
 from bnrank.cli.options import add_budget, add_flags, build, local_options, sides, values
-from bnrank.engine.checkpoints import load_checkpoint
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.configs.pretrain import PretrainConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo import write_demo
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.gamma import gamma_stats
 from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
 from bnrank.engine.norms import without_affine
-from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
-from bnrank.engine.ranking import (
-    RANKING_DEFAULTS,
-    Candidate,
-    RankConfig,
-    RankEntry,
-    RankingResult,
-    rank_candidates,
-    ranking_config,
-)
+from bnrank.engine.pretrain import pretrain_folder
+from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, rank_candidates
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TrainConfig
 from bnrank.engine.verify import (
     VERIFY_LR,
     VERIFY_STEPS,

@@ -19,11 +19,11 @@ from typing import Any
 from bnrank.cli.client import Client
 from bnrank.cli.options import add_flags, remote_options, values
 from bnrank.cli.remote import ProgressLine, info, print_ranking
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.demo import write_demo
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import Option
 from bnrank.engine.threads import available_cores, configure_threads
-from bnrank.engine.training import TrainConfig
 
 DEMO_DATASET = "Dataset501_MNIBrain"
 DEMO_CANDIDATES = ("brain_supervised", "brain_early", "brain_damaged", "random_init")

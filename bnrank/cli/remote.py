@@ -21,9 +21,10 @@ from bnrank.cli.client import TERMINAL, ApiError, Client
 from bnrank.cli.local import print_ranking as print_engine_ranking
 from bnrank.cli.options import add_flags, add_remote_budget, remote_budget, remote_options, values
 from bnrank.engine.alchemy import AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RankConfig
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RankConfig, RankingResult
+from bnrank.engine.ranking import RankingResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RESULT_PATHS = {"ranking": "/v1/rankings", "alchemy": "/v1/alchemy", "probe": "/v1/probes"}

@@ -26,23 +26,16 @@ from scipy.stats import kendalltau
 
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import TrainedNorms, norm_only_evaluate, norm_only_setup
-from bnrank.engine.checkpoints import LoadReport, load_checkpoint, resolve_architecture
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.fitting import LoadReport, load_checkpoint
 from bnrank.engine.gamma import gamma_stats
-from bnrank.engine.options import option, validate
-from bnrank.engine.training import (
-    ProgressFn,
-    TaskData,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    Validator,
-    can_train_together,
-    point_value,
-    recalibration_batches,
-    train_together,
-    windowed_score,
-)
+from bnrank.engine.recognition import resolve_architecture
+from bnrank.engine.training.batched import can_train_together, train_together
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, Trainer, TrainResult, recalibration_batches
+from bnrank.engine.training.validation import Validator, point_value, windowed_score
 
 
 @dataclass
@@ -58,67 +51,6 @@ class Candidate:
     @property
     def is_control(self) -> bool:
         return self.path is None
-
-
-# The ranking budget where it differs from TrainConfig's declared defaults (which stay those of the γ probe and
-# of anything else that trains BN-only without ranking). Set from the tuning task alone and fixed before any
-# evaluation task's ground truth existed (bench/preregistration.json, docs/ranking-quality.md): 20 BN-only steps
-# at lr 0.03, hard Dice of the last validation (score_window 1), each validation case predicted whole in one
-# eval-mode pass. Kept apart from fine-tuning's FINETUNE_DEFAULTS (bnrank/engine/alchemy/config.py);
-# tests/bench/test_ranking_quality.py holds these equal to the pre-registration, so they cannot drift.
-RANKING_DEFAULTS: dict[str, Any] = {
-    "max_steps": 20,
-    "lr": 0.03,
-    "score": "dice",
-    "score_window": 1,
-    "validation": "whole",
-}
-
-
-def ranking_config(**overrides: Any) -> TrainConfig:
-    """A ranking budget: TrainConfig with :data:`RANKING_DEFAULTS`, then ``overrides``."""
-    return TrainConfig(**{**RANKING_DEFAULTS, **overrides})
-
-
-@dataclass
-class RankConfig:
-    """How candidates are ranked, beside the training budget (:class:`TrainConfig`) every candidate shares.
-
-    Declared once, like TrainConfig: surfaces generate their options from these fields (engine/options.py).
-    """
-
-    halving_rounds: int = option(
-        1,
-        help="successive-halving rounds: 1 trains every candidate for max_steps; R > 1 gives every candidate "
-        "max_steps / eta^(R-1) steps, then the better 1/eta of them eta times as many (continuing the same run and "
-        "schedule), and so on, the last round ending at max_steps",
-        ge=1,
-        le=10,
-    )
-    halving_eta: int = option(
-        2, help="halving keeps 1/eta of the candidates per round, eta times the steps", ge=2, le=8
-    )
-    batched: bool = option(
-        False,
-        api=False,  # the service runs one task per candidate: there is no process training several together
-        help="train the candidates of one architecture together in one vmapped network (torch.func); off by default: "
-        "at one thread it was 0.69x the speed of one at a time on this CPU (bench/engine_speed.py --only batched)",
-    )
-    tie_resamples: int = option(
-        1000,
-        help="bootstrap resamples over validation cases and the last validations behind tie guidance; 0 = no ties",
-        ge=0,
-        le=100_000,
-    )
-    tie_confidence: float = option(
-        0.9,
-        help="two candidates are tied unless one scores higher than the other in at least this share of resamples",
-        gt=0.5,
-        lt=1,
-    )
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 @dataclass

@@ -12,11 +12,11 @@ import pytest
 from bnrank.cli import build_parser, main, remote
 from bnrank.cli.options import add_flags, build, local_options, remote_options, values
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import option
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
-from bnrank.engine.training import TrainConfig
 
 
 def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from bnrank.cli import main
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict
+from bnrank.engine.checkpoints import read_state_dict
+from bnrank.engine.configs.pretrain import PretrainConfig
 from bnrank.engine.errors import DatasetError
+from bnrank.engine.fitting import load_checkpoint
 from bnrank.engine.pretrain import (
-    PretrainConfig,
     bezier_curve,
     corrupt,
     flip,
