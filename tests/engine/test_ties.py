@@ -10,7 +10,8 @@ import pytest
 
 from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.configs.ranking import RankConfig
-from bnrank.engine.ranking import Candidate, RankEntry, order_entries, rank_candidates, tie_guidance
+from bnrank.engine.entries import RankEntry
+from bnrank.engine.ranking import Candidate, order_entries, rank_candidates, tie_guidance
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 

@@ -67,3 +67,11 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+# All-parameter fine-tuning to the ranking-quality benchmark's converged budget, with its learning rate (that
+# of `bnrank alchemy`'s fine-tuning: full training wants a smaller step than BN-only training) and its cosine
+# decay (`rank --verify`, bnrank/engine/verify.py): the budget at which fine-tuning agrees with itself across
+# seeds (docs/ranking-quality.md).
+VERIFY_STEPS = 600
+VERIFY_LR = 3e-3
