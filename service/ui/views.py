@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.training import TrainConfig, point_value
+from bnrank.engine.training import point_value
 from service.core import checkpoints as records
 from service.core import datasets as dataset_records
 from service.core import jobflow
@@ -25,7 +25,7 @@ from service.core.histograms import entry_histograms, fold_histograms
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Job
 from service.core.owned import owned_checkpoint, owned_dataset, owned_job
-from service.core.params import read_params
+from service.core.params import ranking_params
 from service.core.results import alchemy_view, fold_rows, owned_ranking, probe_view, ranking_views
 from service.ui import charts
 
@@ -127,10 +127,7 @@ def jobs_page(session: Session, owner: str, offset: int, status: str | None, kin
 
 
 def _score_window(job: Job) -> int:
-    try:
-        return read_params(job.kind, job.params).train_config().score_window  # type: ignore[attr-defined]
-    except ValueError:  # pydantic's ValidationError is one; params were checked when the job was created
-        return TrainConfig().score_window
+    return ranking_params(job.params).train_config().score_window
 
 
 def _spread(curve: list[dict[str, float]], window: int) -> float | None:
