@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.ranking import RankEntry, gamma_change
 from service.core.errors import NotFound
-from service.core.models import AlchemyResult, GammaStat, Job, RankingEntry
+from service.core.models import AlchemyResult, GammaStat, Job, ProbeResult, RankingEntry
 
 # The alchemy engine's γ phases → the phases stored in gamma_stats (and served).
 ALCHEMY_GAMMA_PHASES = {
@@ -221,15 +221,15 @@ def owned_ranking(session: Session, owner: str, job_id: str) -> tuple[Job, list[
 # -------------------------------------------------------------------------------------- alchemy, probe
 
 
-def fold_rows(session: Session, job_id: str) -> list[tuple[AlchemyResult, GammaByPhase]]:
-    """An alchemy or probe job's fold rows in fold order, each with its γ summaries by phase."""
+def fold_rows(session: Session, job_id: str, rows: type[Any]) -> list[tuple[Any, GammaByPhase]]:
+    """An alchemy or probe job's fold rows (``rows``: its kind's table) in fold order, each with its γ summaries."""
     gamma: dict[int, GammaByPhase] = {}
     for fold, phase, summary in session.execute(
         select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job_id)
     ):
         gamma.setdefault(fold or 0, {})[phase] = summary
-    rows = session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job_id).order_by(AlchemyResult.fold))
-    return [(row, gamma.get(row.fold, {})) for row in rows]
+    found = session.scalars(select(rows).where(rows.job_id == job_id).order_by(rows.fold))
+    return [(row, gamma.get(row.fold, {})) for row in found]
 
 
 def alchemy_values(outcome: Any) -> dict[str, Any]:
@@ -285,7 +285,7 @@ def probe_values(outcome: Any) -> tuple[dict[str, Any], GammaByPhase]:
     return values, {"after_bn": gamma_after}
 
 
-def probe_view(row: AlchemyResult, gamma: GammaByPhase) -> dict[str, Any]:
+def probe_view(row: ProbeResult, gamma: GammaByPhase) -> dict[str, Any]:
     """A stored probe fold as the API serves it (``ProbeFoldOut``)."""
     probe = (row.metrics or {}).get("probe") or {}
     return {

@@ -22,6 +22,7 @@ from service.core import datasets as dataset_records
 from service.core import jobflow
 from service.core.errors import NotFound
 from service.core.histograms import entry_histograms, fold_histograms
+from service.core.kinds import kind_of
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Job
 from service.core.owned import owned_checkpoint, owned_dataset, owned_job
@@ -205,7 +206,7 @@ def _compared(session: Session, owner: str, job: Job) -> dict[str, Job]:
 
 def alchemy_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
     job = owned_job(session, owner, job_id, kind="alchemy")
-    folds = [alchemy_view(row, gamma) for row, gamma in fold_rows(session, job.id)]
+    folds = [alchemy_view(row, gamma) for row, gamma in fold_rows(session, job.id, kind_of(job.kind).rows)]
     hists = fold_histograms(session, job.id)
     options = (job.params or {}).get("options") or {}
     mode = _mode_of(job)
@@ -248,7 +249,7 @@ def alchemy_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
 
 def probe_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
     job = owned_job(session, owner, job_id, kind="probe")
-    folds = [probe_view(row, gamma) for row, gamma in fold_rows(session, job.id)]
+    folds = [probe_view(row, gamma) for row, gamma in fold_rows(session, job.id, kind_of(job.kind).rows)]
     for f in folds:
         points = [
             charts.ClipPoint(r["share_clipped"], r["dice_threshold"], r["dice_random"], r["dice_random_std"])

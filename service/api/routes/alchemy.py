@@ -9,6 +9,7 @@ from service.api.auth import Owner, Submitter
 from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import AlchemyIn, AlchemyOut, AlchemyResultOut, ErrorOut, JobOut
 from service.core.jobs import submit_folds
+from service.core.kinds import kind_of
 from service.core.owned import owned_job
 from service.core.results import alchemy_view, fold_rows
 
@@ -48,5 +49,6 @@ async def get_alchemy(job_id: str, reads: ReadsDep, owner: Owner) -> AlchemyOut:
 
 def _alchemy(session: Session, owner: str, job_id: str) -> AlchemyOut:
     job = owned_job(session, owner, job_id, kind="alchemy")
-    results = [AlchemyResultOut.model_validate(alchemy_view(row, gamma)) for row, gamma in fold_rows(session, job.id)]
+    rows = fold_rows(session, job.id, kind_of(job.kind).rows)
+    results = [AlchemyResultOut.model_validate(alchemy_view(row, gamma)) for row, gamma in rows]
     return AlchemyOut(job=JobOut.model_validate(job), summary=job.result, results=results)

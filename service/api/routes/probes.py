@@ -13,6 +13,7 @@ from service.api.auth import Owner, Submitter
 from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
 from service.core.jobs import submit_folds
+from service.core.kinds import kind_of
 from service.core.owned import owned_job
 from service.core.results import fold_rows, probe_view
 
@@ -51,5 +52,6 @@ async def get_probe(job_id: str, reads: ReadsDep, owner: Owner) -> ProbeOut:
 
 def _probe(session: Session, owner: str, job_id: str) -> ProbeOut:
     job = owned_job(session, owner, job_id, kind="probe")
-    folds = [ProbeFoldOut.model_validate(probe_view(row, gamma)) for row, gamma in fold_rows(session, job.id)]
+    rows = fold_rows(session, job.id, kind_of(job.kind).rows)
+    folds = [ProbeFoldOut.model_validate(probe_view(row, gamma)) for row, gamma in rows]
     return ProbeOut(job=JobOut.model_validate(job), folds=folds)
