@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.ranking import Candidate
 from service.core.jobflow import finalise
+from service.core.kinds import kind_of
 from service.core.models import (
     TERMINAL_ENTRY_STATUSES,
     TERMINAL_JOB_STATUSES,
@@ -26,7 +27,7 @@ from service.core.models import (
     RankingEntry,
     utcnow,
 )
-from service.core.params import JobParams, read_params
+from service.core.params import JobParams
 from service.core.results import gamma_rows
 from worker.context import WorkerContext
 from worker.work import Work, WorkRow
@@ -84,7 +85,11 @@ def claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult
 
 def job_params(job: Job) -> JobParams | None:
     """The job's stored parameters, typed; None (the work then fails with the reason logged) when unreadable."""
-    return read_params(job.kind, job.params)
+    try:
+        return kind_of(job.kind).read(job.params)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        log.error("job %s: its parameters cannot be read: %s", job.id, exc)
+        return None
 
 
 def read_work(

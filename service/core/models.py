@@ -225,6 +225,9 @@ class RankingEntry(Base):
     load_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     halving_round: Mapped[int | None] = mapped_column(Integer, default=None)
     """Successive halving: the round this entry is run for, then the round it stopped in; NULL without halving."""
+    case_scores: Mapped[list[Any] | None] = mapped_column(default=None)
+    """Per validation case score at each validation behind the score (the engine's ``RankEntry.case_scores``):
+    what the close-out's tie guidance resamples, as `bnrank rank` does; NULL before it ran (or before 0008)."""
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

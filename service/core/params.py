@@ -6,12 +6,12 @@ API's request bodies (service/api/schemas.py), the parameters stored with a job 
 back agree by construction, and the OpenAPI document shows the engine's own bounds and descriptions.
 
 :class:`JobParams` (one subclass per job kind) is what ``jobs.params`` holds: the API writes it once the
-request is resolved, the worker reads it back typed (`read_params`) and turns it into engine configs.
+request is resolved, the worker reads it back typed (`JobKind.read`, with the model its kind declares in
+service/core/kinds/) and turns it into engine configs.
 """
 
 from __future__ import annotations
 
-import logging
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -24,7 +24,6 @@ from bnrank.engine.probe import ProbeConfig
 from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
 from bnrank.engine.training import TrainConfig
 
-log = logging.getLogger(__name__)
 FORBID = ConfigDict(extra="forbid")  # a misspelt option must be refused, not silently left at its default
 # A whole number the engine leaves unbounded above (say ``val_every``) still gets a ceiling in the API: no
 # request may carry a number the database, a loop bound or a log line could choke on, and no real budget
@@ -194,26 +193,3 @@ class ProbeParams(FoldParams, ProbeOptions):  # type: ignore[misc, valid-type]
     def check(self) -> None:
         super().check()
         self.probe_config()
-
-
-PARAMS: dict[str, type[JobParams]] = {"ranking": RankingParams, "alchemy": AlchemyParams, "probe": ProbeParams}
-
-
-def read_params(kind: str, stored: Mapping[str, Any] | None) -> JobParams | None:
-    """A job row's ``params``, typed by the job's kind; None when they cannot be read (the reason is logged).
-
-    The one reader of stored params: a job's params were checked when it was created, so None means a row
-    written by hand or by an older version. The worker then fails the work with that reason; the close-out and
-    the views fall back to the request model's defaults (`ranking_params`), the same defaults a request gets.
-    """
-    try:
-        return PARAMS[kind].model_validate(dict(stored or {}))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        log.error("stored %s params cannot be read: %s", kind, exc)
-        return None
-
-
-def ranking_params(stored: Mapping[str, Any] | None) -> RankingParams:
-    """A ranking's stored params, or (unreadable) a ranking request's defaults."""
-    params = read_params("ranking", stored)
-    return params if isinstance(params, RankingParams) else RankingParams()

@@ -60,6 +60,7 @@ def entry_values(outcome: RankEntry) -> dict[str, Any]:
         "seconds": outcome.seconds,
         "error": outcome.error if outcome.status != "ok" else None,
         "load_report": stored_load_report(outcome),
+        "case_scores": outcome.case_scores or None,
     }
     if outcome.architecture:
         values["architecture"] = outcome.architecture
@@ -106,6 +107,7 @@ def rank_entry(row: RankingEntry) -> RankEntry:
         steps=row.steps,
         is_control=row.is_control,
         halving_round=row.halving_round,
+        case_scores=list(row.case_scores or []),
     )
 
 

@@ -23,10 +23,10 @@ from service.core import jobflow
 from service.core.errors import NotFound
 from service.core.histograms import entry_histograms, fold_histograms
 from service.core.kinds import kind_of
+from service.core.kinds.ranking import ranking_params
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Job
 from service.core.owned import owned_checkpoint, owned_dataset, owned_job
-from service.core.params import ranking_params
 from service.core.results import alchemy_view, fold_rows, owned_ranking, probe_view, ranking_views
 from service.ui import charts
 

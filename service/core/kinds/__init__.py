@@ -7,10 +7,12 @@ routes, and one registration line below; docs/layout.md lists the files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from service.core.kinds import alchemy, probe, ranking
 from service.core.kinds.base import JobKind
+from service.core.params import JobParams
 
 KINDS: dict[str, JobKind] = {}
 
@@ -32,6 +34,11 @@ KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 def kind_of(name: str) -> JobKind:
     """The kind of a stored job (KeyError for a name no version of the service wrote)."""
     return KINDS[name]
+
+
+def read_params(kind: str, stored: Mapping[str, Any] | None) -> JobParams:
+    """A stored job's params, typed by its kind (see `JobKind.read`)."""
+    return kind_of(kind).read(stored)
 
 
 def work_tables() -> list[type[Any]]:

@@ -9,7 +9,7 @@ the kind's name; the registry is `service.core.kinds.KINDS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,13 @@ class JobKind:
     """The row column units are listed in."""
     finalise: Finalise
     """Close the job when its last unit has finished (or start the next round); False while work remains."""
+
+    def read(self, stored: Mapping[str, Any] | None) -> JobParams:
+        """A job row's ``params`` as this kind's model: the one reader of stored params (raises pydantic's
+        ValidationError, a ValueError, when they cannot be read: a row written by hand or by an older version).
+        The worker then fails the work with the reason; the ranking's close-out and views fall back to the
+        model's defaults, the same defaults a request gets."""
+        return self.params.model_validate(dict(stored or {}))
 
     def message(self, job: Job, row: Any) -> tuple[str, list[Any]]:
         """The task that runs one unit of work, and its arguments: (job id, row id) or (job id, fold)."""

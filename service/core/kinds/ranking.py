@@ -11,8 +11,9 @@ sweep sends them on its next pass.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,8 +24,10 @@ from bnrank.engine.halving import halving_steps, halving_summary, halving_surviv
 from bnrank.engine.ranking import close_ranking
 from service.core.kinds.base import JobKind, Message, close_job
 from service.core.models import TERMINAL_ENTRY_STATUSES, Job, RankingEntry, utcnow
-from service.core.params import RankingParams, ranking_params
+from service.core.params import RankingParams
 from service.core.results import rank_entry
+
+log = logging.getLogger(__name__)
 
 
 def _round(entry: RankingEntry) -> int:
@@ -126,6 +129,17 @@ def finalise_ranking(session: Session, job: Job, outbox: list[Message] | None = 
         e.rank = ranks.get(e.id)
     session.flush()
     return True
+
+
+def ranking_params(stored: Mapping[str, Any] | None) -> RankingParams:
+    """A ranking's stored params, or (unreadable: logged) a ranking request's defaults."""
+    try:
+        params = KIND.read(stored)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        log.error("a ranking's stored params cannot be read (its defaults are used): %s", exc)
+        return RankingParams()
+    assert isinstance(params, RankingParams)
+    return params
 
 
 KIND = JobKind(
