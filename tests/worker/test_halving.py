@@ -19,7 +19,7 @@ from bnrank.engine.ranking import Candidate, RankConfig, rank_candidates
 from service.core.models import Job, RankingEntry, utcnow
 from service.core.params import RankingParams
 from tests.service.conftest import TINY_BUDGET, Stack, make_checkpoint, upload, wait_job
-from tests.service.test_recovery import _rows, _sweep, idle  # noqa: F401  (idle: the fixture)
+from tests.worker.test_recovery import _rows, _sweep, idle  # noqa: F401  (idle: the fixture)
 from worker.context import WorkerContext
 from worker.ranking import run_rank_entry
 
