@@ -28,13 +28,6 @@ from bnrank.engine.ranking import RankConfig, RankingResult
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def result_path(kind: str, job_id: str) -> str:
-    """Where the API serves a job's results: its kind's collection (the service's registry of job kinds)."""
-    from service.core.kinds import kind_of
-
-    return f"{kind_of(kind).path}/{job_id}"
-
-
 def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -127,7 +120,7 @@ def cmd_remote(args: argparse.Namespace) -> int:
 
 def _follow(client: Client, job_id: str) -> dict[str, Any]:
     final = client.wait(job_id, on_progress=ProgressLine())
-    _print_result(final["kind"], client.get(result_path(final['kind'], job_id)))
+    _print_result(final["kind"], client.get(final["results"]))
     return final
 
 
@@ -197,7 +190,7 @@ def _remote(args: argparse.Namespace, client: Client) -> int:
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
     elif command == "results":
         job = client.get(f"/v1/jobs/{args.job}")
-        _print_result(job["kind"], client.get(result_path(job['kind'], args.job)), args.json)
+        _print_result(job["kind"], client.get(job["results"]), args.json)
     elif command == "cancel":
         job = client.post(f"/v1/jobs/{args.job}/cancel")
         info(f"{job['id']}: cancel requested (status {job['status']})")
