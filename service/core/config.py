@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; default: SQLite file under home")
     broker_url: str = Field(default="", description="Celery broker URL; default: kombu filesystem under home")
     queue: str = Field(default="bnrank", description="Celery queue the API sends to and workers consume")
+    finetune_queue: str = Field(
+        default="",
+        description="Celery queue of fine-tuning work, the cascade strategy's race rounds (workers with a GPU can "
+        "consume it alone); empty: the queue above",
+    )
     broker_key_prefix: str = Field(
         default="", description="prefix for every Redis key of the broker (several deployments on one Redis)"
     )

@@ -40,7 +40,7 @@ def worker_command(settings: Settings, loglevel: str | None = None) -> list[str]
         "worker.celery_app",
         "worker",
         "--queues",
-        settings.queue,
+        ",".join(dict.fromkeys(q for q in (settings.queue, settings.finetune_queue) if q)),
         "--concurrency",
         str(settings.worker_concurrency),
         "--pool",
