@@ -101,6 +101,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     threads = configure_threads(threads=args.threads)
     # The ranking budget: RANKING_DEFAULTS under the flags (options without a flag keep the ranking's value too).
     config = ranking_config(**values(args, local_options(TrainConfig)))
+    rank = build(RankConfig, args)  # a strategy that cannot run is refused before the dataset is read
     dataset, task = load_task(args)
     network_def = read_network_def(args.network_def)
     candidates = [
@@ -124,7 +125,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
             candidates,
             task,
             config,
-            build(RankConfig, args),
+            rank,
             dataset_name=str(dataset.root),
             control=not args.no_control,
             on_progress=progress,
