@@ -13,6 +13,7 @@ from bnrank.engine.cascade import rank_cascade
 from bnrank.engine.ranking import Candidate
 from service.core.params import RankingParams
 from tests.service.conftest import TINY_BUDGET, Stack, make_checkpoint, upload, wait_job
+from tests.service.ui.conftest import alice_ui, ui_keys  # noqa: F401  (the dashboard's signed-in client)
 from worker.context import WorkerContext
 
 CASCADE = {
@@ -34,9 +35,9 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {f"k{i}": make_checkpoint(folder / f"k{i}.safetensors", seed=60 + i) for i in range(3)}
 
 
-def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
-    stack: Stack, worker: Any, alice: httpx.Client, three: dict[str, Path], dataset_dir: Path
-) -> None:
+@pytest.fixture(scope="module")
+def cascaded(worker: Any, alice: httpx.Client, three: dict[str, Path], dataset_dir: Path) -> dict[str, Any]:
+    """A cascade ranking the real worker ran: its job, its served ranking and its dataset id."""
     ids = {name: upload(alice, path, modality="MR").json()["id"] for name, path in three.items()}
     dataset = alice.post("/v1/datasets", json={"name": "tiny", "uri": str(dataset_dir)}).json()["id"]
     body = {"dataset_id": dataset, "checkpoint_ids": list(ids.values()), "budget": TINY_BUDGET, "seed": SEED}
@@ -47,7 +48,13 @@ def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
 
     job = wait_job(alice, response.json()["id"], timeout_s=600)
     assert job["status"] == "succeeded", job
-    ranking = alice.get(f"/v1/rankings/{job['id']}").json()
+    return {"job": job, "ranking": alice.get(f"/v1/rankings/{job['id']}").json(), "dataset": dataset}
+
+
+def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
+    stack: Stack, alice: httpx.Client, three: dict[str, Path], cascaded: dict[str, Any]
+) -> None:
+    job, ranking, dataset = cascaded["job"], cascaded["ranking"], cascaded["dataset"]
     cascade = ranking["cascade"]
     first, race = cascade["stages"]
     rows = ranking["entries"]
@@ -87,6 +94,21 @@ def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
         w["stop"],
     )
 
-    page = alice.get(f"/rankings/{job['id']}")
+
+
+def test_the_dashboard_shows_the_stages_who_was_cut_and_why(
+    alice_ui: httpx.Client,  # noqa: F811
+    cascaded: dict[str, Any],
+) -> None:
+    cascade = cascaded["ranking"]["cascade"]
+    page = alice_ui.get(f"/ui/rankings/{cascaded['job']['id']}")
     assert page.status_code == 200
-    assert "noise floor" in page.text and "race" in page.text and cascade["verdict"]["guidance"] in page.text
+    html = page.text
+    assert 'id="cascade"' in html and "noise floor of" in html and "Stage 2: fine-tuning race" in html
+    assert html.count('<tr><td>') >= len(cascade["stages"][0]["rows"])
+    assert "Verdict:" in html and cascade["stop"] in html
+    for r in cascade["stages"][1]["rounds"]:
+        assert f"round {r['round']} ({r['steps']} steps)" in html
+        for cut in r.get("cut", []):
+            assert cut["why"] in html
+    assert "Fine-tune them all" not in html  # the norm-only guidance is not shown beside the cascade's verdict
