@@ -112,3 +112,13 @@ def test_the_dashboard_shows_the_stages_who_was_cut_and_why(
         for cut in r.get("cut", []):
             assert cut["why"] in html
     assert "Fine-tune them all" not in html  # the norm-only guidance is not shown beside the cascade's verdict
+
+
+def test_bnrank_remote_prints_the_served_cascade(cascaded: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    from bnrank.cli.remote import print_ranking
+
+    print_ranking(cascaded["ranking"])
+    shown = capsys.readouterr().out
+    assert "noise floor:" in shown and "race:" in shown
+    assert f"verdict: {cascaded['ranking']['cascade']['verdict']['guidance']}" in shown
+    assert "fine-tune them all" not in shown
