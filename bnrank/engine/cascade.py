@@ -175,6 +175,8 @@ class Race:
     last: dict[str, Any] | None = None
     stop: str | None = None
     spent: float = 0.0
+    retraining: float = 0.0
+    """Steps spent re-training earlier rounds' steps (the service's tasks start from step 0), beyond ``spent``."""
 
 
 def start_race(stage: StageOne, spent: float) -> Race:
@@ -184,18 +186,20 @@ def start_race(stage: StageOne, spent: float) -> Race:
     return race
 
 
-def round_cost(race: Race, rank: RankConfig, k: int, *, retrained: bool) -> int:
+def round_cost(race: Race, rank: RankConfig, k: int, *, retrained: bool = False) -> int:
     """Training steps round ``k`` (0-based) costs: from step 0 when every round re-trains, else from the last end."""
     ends = race_ends(rank)
     start = 0 if retrained or k == 0 else ends[k - 1]
     return len(race.alive) * rank.race_seeds * (ends[k] - start)
 
 
-def may_run(race: Race, rank: RankConfig, k: int, n_candidates: int, *, retrained: bool) -> bool:
-    """Whether round ``k`` runs; if the cap forbids it, the race stops here and says so."""
+def may_run(race: Race, rank: RankConfig, k: int, n_candidates: int) -> bool:
+    """Whether round ``k`` runs; if the cap forbids it, the race stops here and says so. The cap is held against the
+    strategy's own cost (continued runs), so `bnrank rank` and the service, which re-trains each round, decide
+    alike; the service's extra re-training is reported beside it (``Race.retraining``)."""
     if race.stop is not None or k >= len(race_ends(rank)):
         return False
-    cost = round_cost(race, rank, k, retrained=retrained)
+    cost = round_cost(race, rank, k)
     if race.spent + cost > cap_steps(rank, n_candidates):
         race.stop = BUDGET_CAP
         race.rounds.append(
@@ -221,7 +225,9 @@ def close_round(
     round, so the engine and the service draw alike.
     """
     end = race_ends(rank)[k]
-    race.spent += round_cost(race, rank, k, retrained=retrained)
+    race.spent += round_cost(race, rank, k)
+    if retrained:
+        race.retraining += round_cost(race, rank, k, retrained=True) - round_cost(race, rank, k)
     for i in list(race.alive):
         failed = [e for e in runs[i] if e.status != "ok"]
         if failed:
@@ -422,6 +428,7 @@ def summary(
             else None,
             "budget_cap": rank.budget_cap,
             "reference_steps": rank.reference_steps,
+            "retraining_steps": race.retraining,
         },
     }
     return cascade, stability, ties
@@ -475,7 +482,7 @@ def rank_cascade(
     runs: dict[int, list[FineTuneRun]] = {}
     ends = race_ends(rank)
     k = 0
-    while may_run(race, rank, k, len(candidates), retrained=False):
+    while may_run(race, rank, k, len(candidates)):
         finished: dict[int, list[RankEntry]] = {}
         for i in race.alive:
             if on_progress:

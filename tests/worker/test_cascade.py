@@ -86,6 +86,9 @@ def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
         for a, b in zip(served.get("racers", []), own.get("racers", []), strict=True):
             assert a["seed_scores"] == pytest.approx(b["seed_scores"], abs=1e-3)
         assert [c["name"] for c in served.get("cut", [])] == [c["name"] for c in own.get("cut", [])]
+    assert cascade["cost"]["spent_steps"] == local["cost"]["spent_steps"]  # the cap decides alike
+    if len([r for r in race["rounds"] if "racers" in r]) > 1:
+        assert cascade["cost"]["retraining_steps"] > 0 == local["cost"]["retraining_steps"]
     v, w = cascade["verdict"], local["verdict"]
     assert (v["leader"], v["tied_group"], v["separated"], v["stop"]) == (
         w["leader"],

@@ -169,7 +169,7 @@ def finalise_cascade(
     """A cascade's close-out from its rows, with the engine's pieces (bnrank/engine/cascade.py): replay the
     norm-only stage and every finished race round; dispatch the next round if the stop rule and the budget cap
     let it run, else close with the verdict. Each race round is one task per racer and seed, re-trained from step
-    0 (its cost counted so), on the fine-tuning queue (settings ``finetune_queue``)."""
+    0 (reported as ``retraining_steps``), on the fine-tuning queue (settings ``finetune_queue``)."""
     candidates = [e for e in entries if e.stage is None and not e.is_control]
     controls: dict[str, list[RankEntry]] = {}
     bases: dict[str, str] = {}
@@ -186,7 +186,7 @@ def finalise_cascade(
     racing = [e for e in entries if e.stage == "race"]
     index = {e.checkpoint_id: i for i, e in enumerate(candidates)}
     k = 0
-    while may_run(race, rank, k, len(candidates), retrained=True):
+    while may_run(race, rank, k, len(candidates)):
         rows = [e for e in racing if e.halving_round == k + 1]
         if not rows:
             if job.cancel_requested:
