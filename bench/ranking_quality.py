@@ -96,6 +96,7 @@ VAL_EVERY = 10
 EXTENSION_DIR = "extension"  # proxies/<task>/extension/: the norm-only extension pool's proxy runs
 PROXY_SEED = 0
 COST_TARGET = 0.05  # ranking N candidates should cost at most this share of fine-tuning them to convergence
+PARAMS = "params.json"  # results/params.json: each candidate's parameter count (the size baseline)
 TIE = 0.02  # τ differences below this are ties when picking the pre-registered setting
 
 
@@ -533,16 +534,23 @@ def read_gt(task: str, candidates: Sequence[str] | None = None) -> dict[str, Any
                 for s in complete
             ]
         )
-    last = {k: r["budgets"][-1] for k, r in table.items()}
-    seconds = np.array(
-        [[last[(c, s)].get("train_cpu_seconds", last[(c, s)]["train_seconds"]) for c in cands] for s in complete]
-    )
+
+    def cpu(point: dict[str, Any]) -> float:
+        return point.get("train_cpu_seconds", point["train_seconds"])
+
+    # CPU seconds of training up to each budget (the short points are prefixes of the converged run)
+    budget_seconds = {
+        b: np.array([[cpu(table[(c, s)]["budgets"][i]) for c in cands] for s in complete])
+        for i, b in enumerate(budgets)
+    }
+    seconds = budget_seconds[budgets[-1]]
     return {
         "candidates": cands,
         "seeds": complete,
         "budgets": budgets,
         "gt": gt,
         "train_seconds": seconds,
+        "budget_seconds": budget_seconds,
         "incomplete_seeds": [s for s in seeds if s not in complete],
         "config": table[(cands[0], complete[0])]["config"],
     }
@@ -732,15 +740,41 @@ def report_zoo() -> list[str]:
             ev = f"source validation Dice {m['source_dice']:.3f} ({r['steps']} steps)"
         elif r["make"] == "damaged":
             ev = f"{r['share']:.0%} of filters of {r['parent']} replaced"
-        arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
-        if r.get("network_def"):
-            arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
-        if r["architecture"] == "nnunet":
-            cls = str(r["build"]["network_class_name"]).rsplit(".", 1)[-1].replace("ConvUNet", "Conv")
-            features = r["build"]["arch_kwargs"]["features_per_stage"]
-            arch = f"nnunet {cls} {features[0]}-{features[-1]}"
-        lines.append(f"{name:<24} {arch:<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
+        lines.append(f"{name:<24} {architecture_label(r):<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
     return lines
+
+
+def architecture_label(r: dict[str, Any]) -> str:
+    """A candidate's architecture as the benchmark groups candidates (a width is another architecture)."""
+    arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
+    if r.get("network_def"):
+        arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
+    if r["architecture"] == "nnunet":
+        cls = str(r["build"]["network_class_name"]).rsplit(".", 1)[-1].replace("ConvUNet", "Conv")
+        features = r["build"]["arch_kwargs"]["features_per_stage"]
+        arch = f"nnunet {cls} {features[0]}-{features[-1]}"
+    return arch
+
+
+def zoo_facts() -> tuple[dict[str, str], dict[str, int]]:
+    """(architecture of every candidate, its parameter count) from results/zoo*.json and params.json."""
+    arch: dict[str, str] = {}
+    for name in ("zoo.json", "zoo_extension.json"):
+        if (RESULTS / name).is_file():
+            arch.update({c: architecture_label(m["recipe"]) for c, m in load(RESULTS / name)["candidates"].items()})
+    params = load(RESULTS / PARAMS)["parameters"] if (RESULTS / PARAMS).is_file() else {}
+    return arch, params
+
+
+def run_params() -> None:
+    """Every recipe's parameter count (1 input channel, 2 classes: the head differs by task, the body not)."""
+    from bnrank.engine import zoo as Z
+
+    counts = {r.name: sum(p.numel() for p in Z._build(r, 1, 2).parameters()) for r in Z.ALL_RECIPES}
+    dump(
+        RESULTS / PARAMS,
+        {"what": "parameters of each candidate's network, 1 input channel, 2 classes", "parameters": counts},
+    )
 
 
 def report_curve() -> list[str]:
@@ -854,6 +888,257 @@ def report_task(task: str, prereg: dict[str, Any] | None, boot: int, summary: di
     lines.append(f"{'candidate':<24} {'GT':>6} " + " ".join(f"{lbl[:12]:>12}" for lbl, _ in rows))
     for i in np.argsort(-mean):
         lines.append(f"{cands[i]:<24} {mean[i]:6.3f} " + " ".join(f"{ev[k]['scores'][i]:12.3f}" for _, k in rows))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+SHORT_FT = 80  # the shortest ground-truth point: the short full fine-tuning the raw data holds
+RACE_TOP = 3  # the "norm-only top k, then short fine-tuning" cascade's k
+
+
+@dataclass
+class Row:
+    """One order of the candidates in the baselines table.
+
+    ``scores`` is one vector, or ([seeds, candidates]) one per ground-truth seed when the order is made from
+    that seed's own short fine-tuning run (then judged against the other seeds only); ``cost`` is CPU seconds
+    (per seed for the latter), ``note`` what it is."""
+
+    label: str
+    scores: Any
+    cost: Any
+    note: str = ""
+    held_out: bool = False
+
+
+def baseline_rows(task: str, gt: dict[str, Any], prereg: dict[str, Any] | None) -> tuple[list[Row], str]:
+    """Every baseline and cascade the committed raw results allow on ``task`` (and what they leave out)."""
+    import baseline_stats as bs
+
+    tuning, _ = task_names()
+    cands = gt["candidates"]
+    arch_of, params = zoo_facts()
+    archs = [arch_of.get(c, "?") for c in cands]
+    ev = evaluate_settings(gt, proxy_settings(task, cands))
+    rows: list[Row] = []
+    missing: list[str] = []
+    norm = ev.get(prereg["setting_id"]) if prereg else None
+    if norm:
+        rows.append(Row("norm-only (pre-registered)", norm["scores"], norm["seconds"], prereg["setting_id"]))
+    else:
+        missing.append("norm-only (no pre-registered run)")
+    logme = ev.get(qs.setting_id(prereg["baseline"])) if prereg else None
+    if logme:
+        rows.append(Row("LogME", logme["scores"], logme["seconds"], qs.setting_id(prereg["baseline"])))
+    tgt = read_gt(tuning)
+    if tgt is not None and not all(c in arch_of for c in (*cands, *tgt["candidates"])):
+        tgt = None
+        missing.append("architecture prior and the cascades built on it (a candidate's architecture is unknown)")
+    if tgt is not None:
+        prior = bs.architecture_prior(
+            dict(zip(tgt["candidates"], qs.gt_mean(tgt["gt"][tgt["budgets"][-1]]), strict=True)), arch_of, cands
+        )
+        rows.append(
+            Row(
+                "architecture prior",
+                prior,
+                0.0,
+                "tuning task's GT mean per architecture, no data" + (" (IN SAMPLE here)" if task == tuning else ""),
+            )
+        )
+    if params and all(c in params for c in cands):
+        rows.append(Row("parameter count", [float(params[c]) for c in cands], 0.0, "more parameters first"))
+    else:
+        missing.append("parameter count (no results/params.json: --params)")
+    rows.append(Row("random pick", None, 0.0, "expected value over uniform picks and orders"))
+    short = SHORT_FT if SHORT_FT in gt["gt"] else None
+    if short:
+        ft = qs.seed_scores(gt["gt"][short])  # [seeds, cands]: test Dice of each seed's run at `short` steps
+        ft_cost = gt["budget_seconds"][short]
+        rows.append(
+            Row(
+                f"short FT {short} st",
+                ft,
+                ft_cost.sum(axis=1),
+                "all parameters, the GT run's prefix; TEST Dice; judged vs the other seeds",
+                True,
+            )
+        )
+    else:
+        missing.append(f"short fine-tuning (no {SHORT_FT}-step ground-truth point)")
+    if tgt is not None and norm:
+        rows.append(
+            Row(
+                "prior → norm-only within arch",
+                bs.lexicographic(prior, norm["scores"]),
+                norm["seconds"],
+                "architectures by the prior, candidates of one architecture by norm-only",
+            )
+        )
+    randoms = {a: i for i, (c, a) in enumerate(zip(cands, archs, strict=True)) if c.endswith("_random")}
+    if norm and all(a in randoms for a in archs):
+        s = norm["scores"]
+        rows.append(
+            Row(
+                "norm-only gain over own random",
+                [s[i] - s[randoms[a]] for i, a in enumerate(archs)],
+                norm["seconds"],
+                "score minus its architecture's random-init candidate's score",
+            )
+        )
+    if norm and short:
+        for label, members in (
+            ("norm-only → FT race of arch leaders", bs.leaders(norm["scores"], archs)),
+            (f"norm-only top {RACE_TOP} → FT race", bs.top_k(norm["scores"], RACE_TOP)),
+        ):
+            rows.append(
+                Row(
+                    label,
+                    np.array([bs.race(norm["scores"], members, f) for f in ft]),
+                    norm["seconds"] + ft_cost[:, members].sum(axis=1),
+                    f"{len(members)} candidates race {short} FT steps; the rest by norm-only",
+                    True,
+                )
+            )
+    if tgt is not None and short:
+        top_arch = archs[int(np.argmax(prior))]
+        members = [i for i, a in enumerate(archs) if a == top_arch]
+        base = bs.lexicographic(prior, norm["scores"]) if norm else prior
+        rows.append(
+            Row(
+                "prior → FT race in top arch",
+                np.array([bs.race(base, members, f) for f in ft]),
+                ft_cost[:, members].sum(axis=1),
+                f"{len(members)} {top_arch} candidates race {short} FT steps",
+                True,
+            )
+        )
+    return rows, "; ".join(missing)
+
+
+def report_baselines(
+    task: str, prereg: dict[str, Any] | None, boot: int, summary: dict[str, dict] | None = None
+) -> list[str]:
+    """Every baseline and cascade beside norm-only, with τw, top-1 regret, the pick's place in the ground
+    truth's tied top group and the cost, over all candidates and within each architecture; each row's measures
+    go into ``summary[task]`` (for the summary over the evaluation tasks)."""
+    import baseline_stats as bs
+
+    gt = read_gt(task)
+    if gt is None:
+        return []
+    cands = gt["candidates"]
+    conv = gt["gt"][gt["budgets"][-1]]
+    ft_all = float(gt["train_seconds"].mean(axis=0).sum())
+    rows, missing = baseline_rows(task, gt, prereg)
+    group, sd = bs.tied_top_group(conv, n=boot), bs.seed_sd(conv)
+    fixed = {r.label: r.scores for r in rows if r.scores is not None and not r.held_out}
+    ci = qs.bootstrap(conv, fixed, n=boot)
+    lines = [
+        f"BASELINES AND CASCADES {task}: truth = converged GT mean over seeds {gt['seeds']}; seed s.d. {sd:.4f}; "
+        f"tied top group (paired bootstrap, one-sided 95 %): {', '.join(cands[i] for i in group)}",
+        f"{'order':<37} {'τw [95% CI]':<21} {'regret':>7} {'/ sd':>6} {'pick':<22} {'in tied':>7} {'× FT':>7}",
+    ]
+    measured: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.scores is None:
+            m = bs.random_pick(qs.gt_mean(conv), group)
+            m["regret_sd"] = m["regret"] / sd
+            lines.append(
+                f"{r.label:<37} {f2(m['wtau']):>5} (expected)".ljust(59) + f" {m['regret']:7.3f} "
+                f"{f2(m['regret_sd'], '.1f'):>6} {'(any)':<22} {m['in_group']:7.2f} {0:7.3f}  {r.note}"
+            )
+            measured[r.label] = {**m, "cost": 0.0}
+            continue
+        if r.held_out:
+            m = bs.held_out_seed(np.asarray(r.scores), conv, n=boot)
+            cost = float(np.mean(r.cost)) / ft_all
+            span = f"{f2(m['wtau']):>5} [{f2(m['wtau_lo'])}, {f2(m['wtau_hi'])}]*"
+            pick = "per seed"
+        else:
+            m = bs.measures(r.scores, conv, group, sd)
+            cost = float(r.cost) / ft_all
+            span = f"{f2(ci[r.label]['value']):>5} [{f2(ci[r.label]['lo'])}, {f2(ci[r.label]['hi'])}]"
+            p = bs.picks(r.scores)
+            pick = cands[p[0]] if len(p) == 1 else f"{len(p)} tied"
+        measured[r.label] = {**m, "cost": cost}
+        lines.append(
+            f"{r.label:<37} {span:<21} {m['regret']:7.3f} {f2(m['regret_sd'], '.1f'):>6} {pick:<22} "
+            f"{m['in_group']:7.2f} {cost:7.3f}  {r.note}"
+        )
+    lines.append(
+        "  regret: Dice of the GT best minus that of the pick (/ sd: in the GT's seed s.d.); in tied: share "
+        "of the pick inside the tied top group; × FT: CPU seconds / fine-tuning every candidate to "
+        "convergence (same machine, one thread); * judged per seed against the other seeds' mean, [min, "
+        "max] over seeds, not a bootstrap interval" + (f"; not available: {missing}" if missing else "")
+    )
+    if summary is not None:
+        summary[task] = measured
+    lines += _within_architecture(task, gt, rows, boot)
+    return lines
+
+
+def report_baselines_summary(baselines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Every order over the evaluation tasks: mean τw, worst and mean regret, picks in the tied group, cost."""
+    if not baselines:
+        return []
+    tasks = list(baselines)
+    labels = list(dict.fromkeys(k for t in tasks for k in baselines[t]))
+    lines = [
+        f"BASELINES OVER THE EVALUATION TASKS ({', '.join(tasks)}; out of sample)",
+        f"{'order':<37} {'mean τw':>7} {'mean regret':>11} {'worst':>6} {'mean / sd':>9} {'in tied':>8} {'× FT':>6}",
+    ]
+    for label in labels:
+        ms = [baselines[t][label] for t in tasks if label in baselines[t]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            tau = float(np.nanmean([m["wtau"] for m in ms]))
+        lines.append(
+            f"{label:<37} {f2(tau):>7} {np.mean([m['regret'] for m in ms]):11.3f} "
+            f"{max(m['regret'] for m in ms):6.3f} {np.mean([m['regret_sd'] for m in ms]):9.1f} "
+            f"{sum(m['in_group'] for m in ms):4.1f}/{len(ms):<3} {np.mean([m['cost'] for m in ms]):6.3f}"
+        )
+    return lines
+
+
+def _within_architecture(task: str, gt: dict[str, Any], rows: list[Row], boot: int) -> list[str]:
+    """The baselines table restricted to each architecture with ≥ 2 candidates: choosing among weights of one
+    architecture (τw / regret in seed s.d. / in tied group; the ceiling is that subset's leave-one-seed-out τw)."""
+    import baseline_stats as bs
+
+    cands = gt["candidates"]
+    conv = gt["gt"][gt["budgets"][-1]]
+    arch_of, _ = zoo_facts()
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        groups.setdefault(arch_of.get(c, "?"), []).append(i)
+    groups = {a: idx for a, idx in groups.items() if len(idx) >= 2}
+    if not groups:
+        return []
+    lines = [
+        f"WITHIN EACH ARCHITECTURE {task} (τw / regret in seed s.d. / pick in the tied group; n/a: no order)",
+        f"{'order':<37} " + " ".join(f"{a[:24]:>24}" for a in groups),
+    ]
+    cells = []
+    for idx in groups.values():
+        sub = conv[:, idx, :]
+        cells.append(f"{f2(qs.ceiling(sub))} ({len(idx)}; sd {bs.seed_sd(sub):.3f})".rjust(24))
+    lines.append(f"{'ceiling (n; seed s.d.)':<37} " + " ".join(cells))
+    for r in rows:
+        cells = []
+        for idx in groups.values():
+            sub = conv[:, idx, :]
+            if r.scores is None:
+                m = bs.random_pick(qs.gt_mean(sub), bs.tied_top_group(sub, n=boot))
+                m["regret_sd"] = m["regret"] / bs.seed_sd(sub)
+            elif r.held_out:
+                m = bs.held_out_seed(np.asarray(r.scores)[:, idx], sub, n=boot)
+            else:
+                sub_scores = [r.scores[i] for i in idx]
+                m = bs.measures(sub_scores, sub, bs.tied_top_group(sub, n=boot), bs.seed_sd(sub))
+            cells.append(f"{f2(m['wtau'])} / {f2(m['regret_sd'], '.1f')} / {m['in_group']:.2f}".rjust(24))
+        lines.append(f"{r.label:<37} " + " ".join(cells))
     return lines
 
 
@@ -1101,11 +1386,14 @@ def report(boot: int = 1000, sweep: bool = False) -> str:
     out.append(f"PRE-REGISTRATION: {prereg['setting_id'] if prereg else 'none yet (--tune)'}")
     out.append("")
     summary: dict[str, dict[str, Any]] = {}
+    baselines: dict[str, dict[str, dict[str, float]]] = {}
     for task in (tuning, *evaluation):
         out += [*report_task(task, prereg, boot, summary if task != tuning else None), ""]
+        out += [*report_baselines(task, prereg, boot, baselines if task != tuning else None), ""]
         if sweep or task == tuning:
             out += [*report_sweep(task), ""]
     out += [*report_gamma(prereg, (tuning, *evaluation), evaluation), ""]
+    out += [*report_baselines_summary(baselines), ""]
     out += [*report_verify(prereg, evaluation), ""]
     extension = report_extension(prereg, evaluation, boot)
     out += [*extension, ""] if extension else []
@@ -1146,6 +1434,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--proxies", metavar="TASK", help="run the proxies (tuning: the sweep; else: pre-registered)")
     g.add_argument("--tune", action="store_true", help="pick the proxy setting on the tuning task; write the file")
     g.add_argument("--report", action="store_true", help="every table from bench/results, no training")
+    g.add_argument("--params", action="store_true", help="write results/params.json (parameter counts, no training)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"zoo and task cache ({DEFAULT_CACHE})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
@@ -1175,6 +1464,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.tune:
         run_tune()
+        return 0
+    if args.params:
+        run_params()
         return 0
     from bnrank.engine.threads import configure_threads
 

@@ -135,6 +135,11 @@ def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
     text = rq.report(boot=50)
     assert "TASK tuning" in text and "pre-registered" in text and "logme b8" in text
     assert "ceiling (leave-one-seed-out τw)" in text
+    baselines = text[text.index("BASELINES AND CASCADES tuning") :]
+    assert "random pick" in baselines and "norm-only (pre-registered)" in baselines and "LogME" in baselines
+    # what the fixture's raw files cannot give is named, not silently dropped
+    assert "short fine-tuning (no 80-step ground-truth point)" in baselines
+    assert "parameter count (no results/params.json" in baselines
     # An evaluation task's ground truth exists: tuning again is refused.
     (results / "ground_truth" / "ct_head").mkdir(parents=True)
     with pytest.raises(SystemExit):
