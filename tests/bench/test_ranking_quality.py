@@ -191,6 +191,22 @@ def test_verify_trials_count_false_alarms_and_misses():
     assert (wrong["right"], wrong["false_alarms"], wrong["misses"]) == (0, 0, 2)
 
 
+
+def test_verify_trials_with_the_verify_seed_held_out_of_the_truth():
+    proxy = [0.9, 0.8, 0.1]  # verify with k=1 checks candidates 0 and 2... and k=2 adds 1
+    converged = np.array([[0.9, 0.5, 0.1], [0.5, 0.9, 0.1], [0.5, 0.9, 0.1], [0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
+    held = qs.held_out_truths(converged)
+    assert held[0] == pytest.approx(converged[1:].mean(axis=0))
+    assert held[3] == pytest.approx(np.delete(converged, 3, axis=0).mean(axis=0))
+    # In sample the truth ranks 0 above 1 (0.74 vs 0.66): seeds 1 and 2 disagree with it -> 2 false alarms.
+    in_sample = qs.verify_trials(proxy, converged.mean(axis=0), converged, k=2)
+    assert (in_sample["right"], in_sample["false_alarms"], in_sample["misses"]) == (5, 2, 0)
+    # Held out, a seed that ranks 0 first is judged by truths that lean less its way: seeds 0, 3 and 4 are each
+    # judged against a truth with 0 and 1 at 0.7 (a tie is not concordant: "order wrong"), and they say
+    # "agrees": 3 misses; seeds 1 and 2 are judged against 0 ahead (0.8 vs 0.6) and say "no": 2 false alarms.
+    out = qs.verify_trials(proxy, held, converged, k=2)
+    assert (out["runs"], out["right"], out["false_alarms"], out["misses"]) == (5, 2, 2, 3)
+
 def test_spearman_is_nan_for_a_constant_figure():
     assert math.isnan(qs.spearman([0.0, 0.0, 0.0], [0.1, 0.5, 0.9]))
     assert qs.spearman([1, 2, 3], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
