@@ -191,7 +191,6 @@ def test_verify_trials_count_false_alarms_and_misses():
     assert (wrong["right"], wrong["false_alarms"], wrong["misses"]) == (0, 0, 2)
 
 
-
 def test_verify_trials_with_the_verify_seed_held_out_of_the_truth():
     proxy = [0.9, 0.8, 0.1]  # verify with k=1 checks candidates 0 and 2... and k=2 adds 1
     converged = np.array([[0.9, 0.5, 0.1], [0.5, 0.9, 0.1], [0.5, 0.9, 0.1], [0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
@@ -206,6 +205,7 @@ def test_verify_trials_with_the_verify_seed_held_out_of_the_truth():
     # "agrees": 3 misses; seeds 1 and 2 are judged against 0 ahead (0.8 vs 0.6) and say "no": 2 false alarms.
     out = qs.verify_trials(proxy, held, converged, k=2)
     assert (out["runs"], out["right"], out["false_alarms"], out["misses"]) == (5, 2, 2, 3)
+
 
 def test_spearman_is_nan_for_a_constant_figure():
     assert math.isnan(qs.spearman([0.0, 0.0, 0.0], [0.1, 0.5, 0.9]))
