@@ -68,7 +68,7 @@ COST_CAP = 0.10  # the default strategy may cost at most this share of fine-tuni
 def recipes() -> dict[str, list]:
     """The candidates per family (v1's recipes reused where identical, so their cache is shared) and the
     random-init controls (proxies only)."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     v1 = {r.name: r for r in Z.ALL_RECIPES}
     u8, nn = Z.U8, Z.NNUNET_PLAIN_ARCH
@@ -125,7 +125,7 @@ def family_of(name: str) -> str:
 
 def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "controls")):
     """Build (or reuse) the zoo of the named families; check no task subject made any candidate."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     rs = recipes()
     recipe = [r for f in families for r in rs[f]]
@@ -253,7 +253,7 @@ def require_prereg(task: str, repo: Path) -> None:
 
 
 def _task(name: str, cache: Path, families=("unet3d", "nnunet", "controls")):
-    from bnrank.engine.training import TaskData
+    from bnrank.engine.training.patches import TaskData
 
     spec = T.TASKS[name]
     zoo = build(cache, families)
@@ -298,7 +298,7 @@ def run_ground_truth(tasks: list[str], cache: Path, repo: Path) -> None:
 
 
 def _norm_config(spec: T.TaskSpec, lr: float, seed: int, score: str):
-    from bnrank.engine.training import TrainConfig
+    from bnrank.engine.configs.training import TrainConfig
 
     return TrainConfig(
         max_steps=NORM_MAX,
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(threads=args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.data:
-        from bnrank.engine import zoo as Z
+        import zoo as Z
 
         for spec in Z.SOURCES.values():
             Z.write_data(spec, args.cache)

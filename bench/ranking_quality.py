@@ -772,7 +772,7 @@ def zoo_facts() -> tuple[dict[str, str], dict[str, int]]:
 
 def run_params() -> None:
     """Every recipe's parameter count (1 input channel, 2 classes: the head differs by task, the body not)."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     counts = {r.name: sum(p.numel() for p in Z._build(r, 1, 2).parameters()) for r in Z.ALL_RECIPES}
     dump(

@@ -135,7 +135,8 @@ def _deep(label_csf: np.ndarray, brain: np.ndarray, spacing: tuple[float, ...]) 
 
 def synthetic_case(kind: str, rng: np.random.Generator, spacing_mm: float):
     """(image, label, affine, anatomy hash) of a synthetic kind, from the demo's warped MNI anatomy."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
+
     from bnrank.engine.demo_volumes import make_subject
 
     if kind == "ct_head":
@@ -179,7 +180,8 @@ def real_head(folder: Path = ITK_DATA) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def real_case(kind: str, rng: np.random.Generator, spacing_mm: float):
     """The real head through a random affine (±10°, ×0.9-1.1, ±4 mm) and elastic warp (3 mm s.d. on a ~40 mm
     control grid), resampled to ``spacing_mm`` isotropic around the head, with the demo's scanner changes."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
+
     from bnrank.engine.demo_volumes import _rotation, _scanner_intensities, _smooth_field
 
     image, tissue, affine = real_head()
@@ -222,7 +224,7 @@ def make_case(spec: TaskSpec, rng: np.random.Generator):
 
 
 def spec_key(spec: TaskSpec) -> str:
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     return Z.spec_key({"v2": asdict(spec)})
 
@@ -276,7 +278,7 @@ def load_task(spec: TaskSpec, folder: Path, cache: Path, pre_root: Path | None =
     """The task preprocessed by the engine at its spacing: {train, val, test: [Volume]} (preprocessed volumes
     cached under ``pre_root``, by default the cache's ``pre-v2``)."""
     from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
-    from bnrank.engine.training import Volume
+    from bnrank.engine.training.patches import Volume
 
     meta = json.loads((folder / "dataset.json").read_text())
     pre = preprocess(

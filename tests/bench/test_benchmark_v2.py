@@ -45,7 +45,7 @@ def test_the_committed_preregistration_matches_the_declarations():
 @pytest.mark.parametrize("name", ["tuning", "t2_ventricles"])
 def test_synthetic_small_structures_are_small_and_present(name):
     spec = T.TASKS[name]
-    image, label, affine, ident = T.make_case(spec, np.random.default_rng(np.random.SeedSequence(7).spawn(1)[0]))
+    image, label, affine, _ident = T.make_case(spec, np.random.default_rng(np.random.SeedSequence(7).spawn(1)[0]))
     assert image.shape == label.shape and affine[0, 0] == spec.spacing_mm
     small = label == max(T.LABELS[spec.kind].values())
     assert 0.0005 < small.mean() < 0.02
