@@ -162,3 +162,35 @@ def held_out_seed(
     taus = [r["wtau"] for r in rows if math.isfinite(r["wtau"])]
     out["wtau_lo"], out["wtau_hi"] = (min(taus), max(taus)) if taus else (float("nan"), float("nan"))
     return out
+
+
+def bootstrap_proxy_seeds(
+    gt: np.ndarray, proxy: np.ndarray, n: int = 1000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """τw and top-1 regret of a proxy run at several seeds, with 95 % intervals over ground-truth seeds, proxy
+    seeds and test cases together (each draw resamples all three with replacement; the proxy is the mean of
+    the drawn proxy seeds' scores). ``proxy`` is [proxy seeds, candidates].
+
+    Also the proxy's own seed-to-seed agreement (mean τw of each proxy seed against the mean of the others):
+    the noise floor of the proxy, which one proxy seed cannot show."""
+    p = np.asarray(proxy, float)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"wtau": [], "regret": []}
+    for _ in range(n):
+        seeds = rng.integers(0, gt.shape[0], gt.shape[0])
+        cases = rng.integers(0, gt.shape[2], gt.shape[2])
+        rows = rng.integers(0, len(p), len(p))
+        truth = qs.gt_mean(gt[seeds][:, :, cases])
+        scores = p[rows].mean(axis=0)
+        draws["wtau"].append(qs.wtau(scores, truth))
+        draws["regret"].append(regret(scores, truth))
+    truth, scores = qs.gt_mean(gt), p.mean(axis=0)
+    point = {"wtau": qs.wtau(scores, truth), "regret": regret(scores, truth)}
+    out = {}
+    for k, values in draws.items():
+        v = np.asarray([x for x in values if math.isfinite(x)])
+        lo, hi = np.percentile(v, [2.5, 97.5]) if v.size else (float("nan"), float("nan"))
+        out[k] = {"value": float(point[k]), "lo": float(lo), "hi": float(hi)}
+    agree = [t for t in qs.loso(p) if math.isfinite(t)] if len(p) > 1 else []
+    out["self_agreement"] = {"value": float(np.mean(agree)) if agree else float("nan")}
+    return out

@@ -103,3 +103,17 @@ def test_held_out_seed_never_judges_a_seed_by_its_own_outcome():
     assert in_sample == 0.0
     assert m["regret"] > 0.0  # seed 0's pick is wrong for seeds 1-3
     assert m["wtau_lo"] < m["wtau_hi"]
+
+
+def test_proxy_seed_noise_widens_the_interval_and_shows_in_self_agreement():
+    gt = _gt([0.9, 0.8, 0.7, 0.6, 0.5], sd=0.005, seed=1)
+    steady = np.tile([5.0, 4.0, 3.0, 2.0, 1.0], (3, 1))
+    b = bs.bootstrap_proxy_seeds(gt, steady, n=200)
+    assert b["wtau"]["value"] == pytest.approx(1.0) and b["self_agreement"]["value"] == pytest.approx(1.0)
+    assert b["regret"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    rng = np.random.default_rng(0)
+    noisy = np.array([5.0, 4.0, 3.0, 2.0, 1.0]) + rng.normal(0, 2.0, (3, 5))
+    n = bs.bootstrap_proxy_seeds(gt, noisy, n=200)
+    assert n["self_agreement"]["value"] < 0.9
+    assert n["wtau"]["hi"] - n["wtau"]["lo"] > b["wtau"]["hi"] - b["wtau"]["lo"]
+    assert n["regret"]["hi"] > 0.0  # some draw of proxy seeds picks a worse candidate
