@@ -509,13 +509,14 @@ def extension_candidates() -> list[str]:
     return list(load(path)["keys"]) if path.is_file() else []
 
 
-def read_gt(task: str, candidates: Sequence[str] | None = None) -> dict[str, Any] | None:
+def read_gt(task: str, candidates: Sequence[str] | None = None, root: Path | None = None) -> dict[str, Any] | None:
     """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}.
 
     Of ``candidates`` only; by default of the pre-registered pool, so the headline tables stay computed over
-    the candidates they were registered on when extension candidates' runs sit beside theirs.
+    the candidates they were registered on when extension candidates' runs sit beside theirs. ``root`` is
+    another benchmark's results folder (v2's), by default this one's.
     """
-    folder = RESULTS / "ground_truth" / task
+    folder = (root or RESULTS) / "ground_truth" / task
     if not folder.is_dir():
         return None
     wanted = set(candidates) if candidates is not None else headline_candidates()
