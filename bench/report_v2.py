@@ -79,7 +79,8 @@ def proxy_table(task: str, cands: list[str]) -> dict[str, dict[str, Any]]:
         rows = [[e[c]["budgets"][i]["dice"] for c in cands] for e in runs]
         cpu = [
             sum(
-                e[c]["budgets"][i]["train_cpu_seconds"] + e[c]["eval_seconds"] * (i + 1) / len(e[c]["budgets"])
+                e[c]["budgets"][i]["train_cpu_seconds"]
+                + e[c].get("eval_cpu_seconds", e[c]["eval_seconds"]) * (i + 1) / len(e[c]["budgets"])
                 for c in cands
             )
             for e in runs
