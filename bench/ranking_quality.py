@@ -384,9 +384,22 @@ def sweep_extras() -> list[dict[str, Any]]:
 
 def proxy_dir(task: str, extension: bool = False) -> Path:
     """Where a task's raw proxy runs are: the pre-registered pool's, or (``extension``) the norm-only
-    extension pool's runs of the same settings, in a subfolder the headline tables never read."""
+    extension pool's runs of the same settings, in a subfolder the headline tables never read. Runs at
+    another proxy seed than ``PROXY_SEED``'s registered 0 go to ``seed<k>/`` (read by the proxy-noise lines)."""
     folder = RESULTS / "proxies" / task
+    if PROXY_SEED != 0:
+        folder = folder / f"seed{PROXY_SEED}"
     return folder / EXTENSION_DIR if extension else folder
+
+
+def proxy_seed_dirs(task: str) -> dict[int, Path]:
+    """{proxy seed: folder} of a task's proxy runs: the registered seed 0 and every ``seed<k>/`` beside it."""
+    folder = RESULTS / "proxies" / task
+    found = {0: folder} if folder.is_dir() else {}
+    for d in sorted(folder.glob("seed*")) if folder.is_dir() else []:
+        if d.is_dir() and d.name[4:].isdigit():
+            found[int(d.name[4:])] = d
+    return found
 
 
 def run_bn_only(
@@ -563,14 +576,17 @@ def read_gt(task: str, candidates: Sequence[str] | None = None, root: Path | Non
     }
 
 
-def proxy_settings(task: str, cands: Sequence[str], extension: bool = False) -> dict[str, dict[str, Any]]:
+def proxy_settings(
+    task: str, cands: Sequence[str], extension: bool = False, folder: Path | None = None
+) -> dict[str, dict[str, Any]]:
     """Every setting readable off the task's raw proxy runs: {id: {setting, scores [cands], seconds}}.
 
     With ``extension``, each run's entries are joined with the extension pool's run of the same setting
-    (same file name in the extension folder), so the pooled candidates are scored by one setting.
+    (same file name in the extension folder), so the pooled candidates are scored by one setting. ``folder``
+    reads another proxy seed's runs (``proxy_seed_dirs``) instead of the registered seed's.
     """
     out: dict[str, dict[str, Any]] = {}
-    folder = RESULTS / "proxies" / task
+    folder = folder or RESULTS / "proxies" / task
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         run = load(path)
         e = run["entries"]
@@ -1086,6 +1102,37 @@ def report_baselines(
     return lines
 
 
+def report_proxy_noise(task: str, prereg: dict[str, Any] | None, boot: int) -> list[str]:
+    """The pre-registered norm-only setting and LogME at every proxy seed run so far (``--proxy-seed``): τw
+    and regret of the mean over proxy seeds, with intervals over GT seeds, proxy seeds and test cases, and
+    each proxy's seed-to-seed agreement. Nothing is printed while only the registered seed exists."""
+    import baseline_stats as bs
+
+    gt = read_gt(task)
+    dirs = proxy_seed_dirs(task)
+    if gt is None or prereg is None or len(dirs) < 2:
+        return []
+    cands, conv = gt["candidates"], gt["gt"][gt["budgets"][-1]]
+    lines = [f"PROXY NOISE {task}: proxy seeds {sorted(dirs)} (intervals over GT seeds × proxy seeds × test cases)"]
+    for sid in (prereg["setting_id"], qs.setting_id(prereg["baseline"])):
+        rows, seeds = [], []
+        for seed, folder in dirs.items():
+            got = proxy_settings(task, cands, folder=folder).get(sid)
+            if got is not None:
+                rows.append(got["scores"])
+                seeds.append(seed)
+        if len(rows) < 2:
+            lines.append(f"  {sid}: {len(rows)} proxy seed(s) with every candidate")
+            continue
+        b = bs.bootstrap_proxy_seeds(conv, np.asarray(rows), n=boot)
+        w, r = b["wtau"], b["regret"]
+        lines.append(
+            f"  {sid} at seeds {seeds}: τw {f2(w['value'])} [{f2(w['lo'])}, {f2(w['hi'])}], regret "
+            f"{r['value']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}], seed-to-seed τw {f2(b['self_agreement']['value'])}"
+        )
+    return lines
+
+
 def report_baselines_summary(baselines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """Every order over the evaluation tasks: mean τw, worst and mean regret, picks in the tied group, cost."""
     if not baselines:
@@ -1409,6 +1456,8 @@ def report(boot: int = 1000, sweep: bool = False) -> str:
     for task in (tuning, *evaluation):
         out += [*report_task(task, prereg, boot, summary if task != tuning else None), ""]
         out += [*report_baselines(task, prereg, boot, baselines if task != tuning else None), ""]
+        noise = report_proxy_noise(task, prereg, boot)
+        out += [*noise, ""] if noise else []
         if sweep or task == tuning:
             out += [*report_sweep(task), ""]
     out += [*report_gamma(prereg, (tuning, *evaluation), evaluation), ""]
@@ -1445,6 +1494,7 @@ def report_targets(summary: dict[str, dict[str, Any]], tasks: Sequence[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROXY_SEED
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--zoo", action="store_true", help="build (or reuse) the zoo and tasks; write zoo.json, tasks.json")
@@ -1456,6 +1506,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--params", action="store_true", help="write results/params.json (parameter counts, no training)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"zoo and task cache ({DEFAULT_CACHE})")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--proxy-seed",
+        type=int,
+        default=PROXY_SEED,
+        help="--proxies: run at this proxy seed (not 0: into proxies/<task>/seed<k>/, for the proxy-noise lines; "
+        "never a ground-truth seed)",
+    )
     p.add_argument(
         "--only",
         nargs="*",
@@ -1504,6 +1561,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
             extra[key] = value
+        if args.proxy_seed in GT.seeds:
+            raise SystemExit(f"proxy seed {args.proxy_seed} is a ground-truth seed {GT.seeds}")
+        PROXY_SEED = args.proxy_seed
         run_proxies(args.proxies, args.cache, extra, args.only)
     return 0
 

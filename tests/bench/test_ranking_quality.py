@@ -140,6 +140,26 @@ def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
     # what the fixture's raw files cannot give is named, not silently dropped
     assert "short fine-tuning (no 80-step ground-truth point)" in baselines
     assert "parameter count (no results/params.json" in baselines
+    assert "PROXY NOISE" not in text  # one proxy seed: no noise line
+    # A second proxy seed that orders the candidates the other way: the proxy's own seed-to-seed agreement
+    # shows it, and the interval over proxy seeds widens to include the reversed order.
+    reversed_entries = {
+        c: {"curve": _curve([1 - truth[c] * 0.5] * 10, secs=0.01), "overhead": 0.0, "score": 1 - truth[c]}
+        for c in cands
+    }
+    rq.dump(
+        results / "proxies" / "tuning" / "seed7" / "bnonly_lr0.1_100.json",
+        {"method": "bnonly", "lr": 0.1, "max_steps": 100, "extra": {}, "entries": reversed_entries},
+    )
+    rq.dump(
+        results / "proxies" / "tuning" / "seed7" / "logme_b8.json", {"method": "logme", "batches": 8, "entries": logme}
+    )
+    noise = rq.report(boot=50).split("PROXY NOISE tuning")[1].split("\n\n")[0]
+    setting = next(line for line in noise.splitlines() if line.strip().startswith(prereg["setting_id"]))
+    assert "seeds [0, 7]" in setting and "seed-to-seed τw -1.00" in setting
+    assert "logme b8 at seeds [0, 7]" in noise and "seed-to-seed τw 1.00" in noise
+    with pytest.raises(SystemExit, match="ground-truth seed"):
+        rq.main(["--proxies", "tuning", "--proxy-seed", "2", "--cache", str(tmp_path / "cache")])
     # An evaluation task's ground truth exists: tuning again is refused.
     (results / "ground_truth" / "ct_head").mkdir(parents=True)
     with pytest.raises(SystemExit):
