@@ -419,6 +419,8 @@ def write_tasks(cache: Path) -> None:
             load_cpu = time.process_time() - c0
         finally:
             shutil.rmtree(cold, ignore_errors=True)
+        # and into the shared cache once, here, so the ground-truth and proxy processes never write it at once
+        T.load_task(spec, folder, cache)
         manifest = json.loads((folder / "manifest.json").read_text())
         out[name] = {
             **manifest,
