@@ -125,3 +125,15 @@ def test_bnrank_remote_prints_the_served_cascade(cascaded: dict[str, Any], capsy
     assert "noise floor:" in shown and "race:" in shown
     assert f"verdict: {cascaded['ranking']['cascade']['verdict']['guidance']}" in shown
     assert "fine-tune them all" not in shown
+
+
+def test_a_checkpoints_results_hold_its_norm_only_row_not_its_race_runs(
+    alice: httpx.Client, cascaded: dict[str, Any]
+) -> None:
+    rows = cascaded["ranking"]["entries"]
+    racer = next(e for e in rows if e["stage"] == "race")
+    results = alice.get(f"/v1/checkpoints/{racer['checkpoint_id']}/results").json()["items"]
+    mine = [r for r in results if r["job_id"] == cascaded["job"]["id"]]
+    norm_only = next(e for e in rows if e["checkpoint_id"] == racer["checkpoint_id"] and e["stage"] is None)
+    # the candidate's norm-only row only; its race rows (one per seed and round) are fine-tuning runs, not results
+    assert [r["entry_id"] for r in mine] == [norm_only["id"]]
