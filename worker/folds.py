@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.training import TaskData, TrainConfig
+from bnrank.engine.training.patches import TaskData
 from service.core.kinds import alchemy, probe
 from service.core.models import Artifact, Checkpoint, Job
 from service.core.params import AlchemyParams, FoldParams, ProbeParams

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.halving import halving_steps
-from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate, evaluate_round
+from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round
 from service.core.kinds.ranking import KIND
 from service.core.models import Job, RankingEntry
 from service.core.params import RankingParams

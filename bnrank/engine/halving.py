@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bnrank.engine.ranking import RankEntry
+    from bnrank.engine.entries import RankEntry
 
 CONTINUED = "kept in memory between rounds: model, optimiser, patch schedule and RNG state of every candidate"
 RETRAINED = (

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnrank.engine.training import point_value
+from bnrank.engine.training.validation import point_value
 
 if TYPE_CHECKING:
-    from bnrank.engine.ranking import RankEntry
+    from bnrank.engine.entries import RankEntry
 
 
 def _score_matrices(members: Sequence[RankEntry], window: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.training import point_value
+from bnrank.engine.training.validation import point_value
 from service.core import checkpoints as records
 from service.core import datasets as dataset_records
 from service.core import jobflow

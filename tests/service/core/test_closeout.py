@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from bnrank.engine.ranking import RankConfig, RankEntry, close_ranking, ranking_config
+from bnrank.engine.configs.ranking import RankConfig, ranking_config
+from bnrank.engine.entries import RankEntry
+from bnrank.engine.ranking import close_ranking
 from service.core.jobflow import finalise
 from service.core.models import Job, RankingEntry
 from service.core.params import RankingParams
