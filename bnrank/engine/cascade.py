@@ -36,6 +36,7 @@ from bnrank.engine.configs.ranking import RankConfig
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.finetune_run import FineTuneRun
 from bnrank.engine.halving import halving_steps
 from bnrank.engine.ranking import Candidate, control_candidates, evaluate_candidate
 from bnrank.engine.separation import p_best, resampled_means, tied_with
@@ -461,8 +462,6 @@ def rank_cascade(
 ) -> RankingResult:
     """Rank ``candidates`` by the cascade (module docstring) in this process; ``config`` is the norm-only budget.
     The racers' runs continue in memory from round to round (the same runs as re-trained ones, see finetune_run)."""
-    from bnrank.engine.finetune_run import FineTuneRun
-
     started = time.perf_counter()
     budget, small = stage_config(config, data)
     entries = []
