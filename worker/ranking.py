@@ -10,7 +10,7 @@ from bnrank.engine.errors import BNRankError
 from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate, evaluate_round, halving_steps
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
-from service.core.jobs import Message, send_tasks
+from service.core.jobs import Message
 from service.core.models import (
     GammaStat,
     Job,
@@ -111,7 +111,7 @@ def _send(ctx: WorkerContext, messages: list[Message]) -> None:
     """Send the next halving round; if the broker refuses, the rows wait queued and the recovery sweep re-sends
     them once ``requeue_after_s`` has passed (the broker holds none of their task ids)."""
     try:
-        send_tasks(make_celery(ctx.settings), ctx.settings.queue, messages)
+        ctx.queues.send(make_celery(ctx.settings), messages)
     except Exception as exc:  # kombu raises a zoo of connection errors
         log.warning("next halving round not sent (the recovery sweep will): %s", exc)
 

@@ -43,13 +43,15 @@ from service.api.routes import (
     probes,
     rankings,
 )
-from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
 from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
+from service.core.objectstore import open_blob_store
+from service.core.queues import QueueRouter
+from service.core.s3datasets import remote_datasets
 from service.ui.routes import mount as mount_dashboard
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.auth_limiter.close()
         await app.state.submission_limiter.close()
         broker.close()
+        app.state.queues.close()
         db.dispose()
 
     app = FastAPI(
@@ -147,7 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.blobs = BlobStore(settings.blobs)
+    app.state.blobs = open_blob_store(settings)
+    app.state.remote_datasets = remote_datasets(settings)
+    app.state.queues = QueueRouter(settings)
     app.state.celery = celery
     app.state.broker = broker
     app.state.metrics = metrics

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
+from service.api.deps import CeleryDep, QueuesDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import AlchemyIn, AlchemyOut, AlchemyResultOut, ErrorOut, JobOut
 from service.core.jobs import submit_folds
 from service.core.owned import owned_job
@@ -22,13 +22,19 @@ router = APIRouter(prefix="/v1/alchemy", tags=["alchemy"])
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 def create_alchemy(
-    body: AlchemyIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
+    body: AlchemyIn,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    queues: QueuesDep,
+    owner: Submitter,
 ) -> JobOut:
     """Identification → modification → maximization of one checkpoint on one dataset (or k folds of it)."""
     job = submit_folds(
         session,
         celery,
-        settings.queue,
+        queues.queue_for("alchemy"),
         owner,
         "alchemy",
         body.dataset_id,

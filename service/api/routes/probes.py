@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
+from service.api.deps import CeleryDep, QueuesDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
 from service.core.jobs import submit_folds
 from service.core.owned import owned_job
@@ -26,13 +26,19 @@ router = APIRouter(prefix="/v1/probes", tags=["probes"])
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 def create_probe(
-    body: ProbeIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
+    body: ProbeIn,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    queues: QueuesDep,
+    owner: Submitter,
 ) -> JobOut:
     """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
     job = submit_folds(
         session,
         celery,
-        settings.queue,
+        queues.queue_for("probe"),
         owner,
         "probe",
         body.dataset_id,

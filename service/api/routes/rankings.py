@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, DatabaseDep, FinishedDep, LiveDep, Reads, ReadsDep, SettingsDep
+from service.api.deps import CeleryDep, DatabaseDep, FinishedDep, LiveDep, QueuesDep, Reads, ReadsDep, SettingsDep
 from service.api.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
 from service.api.singleflight import single_flight
 from service.core.cache import FinishedCache, LiveCache
@@ -30,7 +30,13 @@ router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 async def create_ranking(
-    body: RankingIn, response: Response, db: DatabaseDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
+    body: RankingIn,
+    response: Response,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    queues: QueuesDep,
+    owner: Submitter,
 ) -> JobOut:
     """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture).
 
@@ -44,7 +50,7 @@ async def create_ranking(
             job = submit_ranking(
                 session,
                 celery,
-                settings.queue,
+                queues.queue_for("ranking"),
                 owner,
                 body.dataset_id,
                 body.checkpoint_ids,
