@@ -30,7 +30,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -82,7 +82,9 @@ class S3BlobWriter(BlobWriter):
     def __init__(self, store: S3BlobStore, limit: int | None) -> None:
         super().__init__(store, limit)
         self.s3 = store
-        self.key = store.key(f"tmp/{self.path.stem}")
+        # The start time is part of the key: the sweep reads it there, because some servers (moto) report no
+        # real ``Initiated`` time for a multipart upload.
+        self.key = store.key(f"tmp/{int(time.time())}-{self.path.stem}")
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
         self._part = bytearray()
@@ -249,18 +251,23 @@ class S3BlobStore(BlobStore):
         """Local spool files, unfinished multipart uploads and temporary objects older than ``older_than_s``."""
         now = time.time() if now is None else now
         removed = sweep_partials(self, older_than_s, now)
-        cutoff = datetime.fromtimestamp(now - older_than_s, tz=timezone.utc)
+        cutoff = now - older_than_s
         tmp = self.key("tmp/")
+
+        def started(key: str, reported: datetime) -> float:
+            stamp = key[len(tmp) :].split("-", 1)[0]
+            return float(stamp) if stamp.isdigit() else reported.timestamp()
+
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=tmp):
             for upload in page.get("Uploads", []):
-                if upload["Initiated"] < cutoff:
+                if started(upload["Key"], upload["Initiated"]) < cutoff:
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     removed += 1
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=tmp):
             for item in page.get("Contents", []):
-                if item["LastModified"] < cutoff:
+                if item["LastModified"].timestamp() < cutoff:
                     self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                     removed += 1
         return removed
