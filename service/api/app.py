@@ -44,7 +44,7 @@ from service.api.routes import (
     rankings,
 )
 from service.core.broker import BrokerProbe
-from service.core.cache import FinishedCache, LiveCache
+from service.core.cache import FinishedCache, LiveCache, shared_generation
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
@@ -140,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.submission_limiter.close()
         broker.close()
         app.state.queues.close()
+        if generation is not None:
+            await generation.close()
         db.dispose()
 
     app = FastAPI(
@@ -157,8 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
-    app.state.finished_rankings = FinishedCache()
-    app.state.live_rankings = LiveCache(settings.live_cache_s)
+    generation = shared_generation(settings.broker_url, settings.broker_key_prefix, settings.queue)
+    app.state.finished_rankings = FinishedCache(generation=generation)
+    app.state.live_rankings = LiveCache(settings.live_cache_s, generation=generation)
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
     app.state.auth_limiter = make_limiter(settings, "auth", settings.auth_failures_per_minute)
     app.state.submission_limiter = make_limiter(settings, "submit", settings.submissions_per_minute)

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="address `bnrank serve` listens on")
     api_port: int = Field(default=8000, ge=0, le=65535, description="port `bnrank serve` listens on")
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `bnrank serve` runs behind its one port; more than 1 needs a Redis broker, "
+        "where the rate limits and the caches' invalidations are shared",
+    )
     progress_interval_s: float = Field(
         default=2.0, gt=0, description="how often a running task writes progress and checks for cancel"
     )
@@ -244,6 +251,19 @@ class Settings(BaseSettings):
                 f"lease_s ({self.lease_s}) must be at least 3 × progress_interval_s ({self.progress_interval_s}):"
                 " a live task renews its heartbeat only that often"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> Settings:
+        if self.api_processes > 1 and (
+            not self.broker_url.startswith(("redis://", "rediss://")) or self.rate_limit_store == "process"
+        ):
+            raise ValueError(
+                f"api_processes {self.api_processes} needs the rate limits and cache invalidations shared in Redis: "
+                "set a redis:// broker_url (and rate_limit_store auto or redis), or run one process"
+            )
+        if self.api_processes > 1 and self.metrics_port:
+            raise ValueError("metrics_port is one port per process: with api_processes > 1 scrape /metrics instead")
         return self
 
     @model_validator(mode="after")

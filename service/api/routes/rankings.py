@@ -15,7 +15,7 @@ from service.api.auth import Owner, Submitter
 from service.api.deps import CeleryDep, DatabaseDep, FinishedDep, LiveDep, QueuesDep, Reads, ReadsDep, SettingsDep
 from service.api.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
 from service.api.singleflight import single_flight
-from service.core.cache import FinishedCache, LiveCache
+from service.core.cache import FinishedCache, LiveCache, up_to_date
 from service.core.jobs import submit_ranking
 from service.core.models import TERMINAL_JOB_STATUSES
 from service.core.results import owned_ranking, ranking_views
@@ -74,6 +74,7 @@ async def get_ranking(job_id: str, reads: ReadsDep, finished: FinishedDep, live:
     unfinished one is read at most every ``BNRANK_LIVE_CACHE_S`` per process, however many clients poll it,
     and in the background once its body is older than that (no request waits for that read).
     """
+    await up_to_date(finished.generation, finished, live)
     body = finished.get(job_id, owner)
     if body is None:
         cached = live.lookup(job_id, owner)
