@@ -294,7 +294,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for the service (settings from BNRANK_* variables)")
-    p.add_argument("--concurrency", type=int, help="tasks at once (BNRANK_WORKER_CONCURRENCY, default 1)")
+    p.add_argument(
+        "--concurrency", type=int, help="tasks at once (BNRANK_WORKER_CONCURRENCY; default: one per GPU, else 1)"
+    )
     p.add_argument("--pool", choices=["prefork", "solo", "threads"], help="Celery pool (BNRANK_WORKER_POOL)")
     p.add_argument("--loglevel", help="default: BNRANK_LOG_LEVEL")
     p.set_defaults(func=cmd_worker)

@@ -144,3 +144,14 @@ def test_registering_an_s3_dataset_through_the_api(stack: Stack, alice: httpx.Cl
     assert again.status_code == 200 and again.json()["id"] == body["id"]
     refused = alice.post("/v1/datasets", json={"name": "x", "uri": "s3://somebody-elses-bucket/ds"})
     assert refused.status_code == 422 and "somebody-elses-bucket" in refused.json()["detail"]
+
+
+def test_blob_url_and_dataset_buckets_settings() -> None:
+    from service.core.config import Settings
+
+    for bad in ("s3:/bucket", "s3:///prefix", "gs://bucket/x", "/var/blobs"):
+        with pytest.raises(ValueError, match="blob_url must be s3://bucket"):
+            Settings(blob_url=bad)
+    assert Settings(dataset_buckets="a, b").dataset_buckets == ["a", "b"]
+    assert Settings(dataset_buckets='["a"]').dataset_buckets == ["a"]
+    assert Settings(dataset_buckets="").dataset_buckets == []

@@ -108,3 +108,15 @@ def test_two_api_processes_share_limits_caches_metrics_and_sessions(
     assert cookies, signed_in.text
     pages = [httpx.get(serve.url + "/ui/jobs", cookies=cookies, timeout=30) for _ in range(10)]
     assert all(p.status_code == 200 and "alice" in p.text for p in pages)
+
+
+def test_several_processes_need_redis_and_the_api_metrics_port() -> None:
+    from service.core.config import Settings
+
+    with pytest.raises(ValueError, match="needs the rate limits and cache invalidations shared in Redis"):
+        Settings(api_processes=2, broker_url="")
+    with pytest.raises(ValueError, match="needs the rate limits"):
+        Settings(api_processes=2, broker_url="redis://127.0.0.1:6379/0", rate_limit_store="process")
+    with pytest.raises(ValueError, match="metrics_port is one port per process"):
+        Settings(api_processes=2, broker_url="redis://127.0.0.1:6379/0", metrics_port=9100)
+    assert Settings(api_processes=2, broker_url="redis://127.0.0.1:6379/0").api_processes == 2
