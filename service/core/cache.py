@@ -13,11 +13,13 @@ Redis broker, every discard also increments one counter in Redis (`Generation`),
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
+log = logging.getLogger(__name__)
 
 class Generation:
     """A counter in the broker's Redis, incremented by every discard in any API process."""
@@ -32,11 +34,19 @@ class Generation:
         self.seen: bytes | None = None
 
     def bump(self) -> None:
-        self._sync.incr(self.key)
+        try:
+            self._sync.incr(self.key)
+        except Exception as exc:  # the other processes then serve what they cached, as before any sharing
+            log.warning("cannot tell the other API processes to drop their cached rankings: %s", exc)
 
     async def changed(self) -> bool:
-        """Whether some process discarded something since this process last looked."""
-        value = await self._async.get(self.key)
+        """Whether some process discarded something since this process last looked (True when Redis cannot
+        say: the caches are then not trusted, and bodies come from the database)."""
+        try:
+            value = await self._async.get(self.key)
+        except Exception:
+            self.seen = None
+            return True
         if value == self.seen:
             return False
         self.seen = value

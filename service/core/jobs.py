@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
@@ -26,6 +26,7 @@ from bnrank.engine.budget_limits import check_step_memory
 from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, RankEntry, control_candidates
 from service.core.errors import Invalid, NotFound, Unavailable
+from service.core.inserts import insert_job
 from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
 from service.core.owned import owned_checkpoint, owned_dataset
 from service.core.params import AlchemyParams, FoldParams, JobParams, RankingParams
@@ -146,7 +147,7 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
     for row in rows:
         name, args = task_message(job, row)
         messages.append((stamp_dispatch(job, row), name, args))
-    session.add(job)
+    insert_job(session, job, rows)  # one statement for the job and its rows (service/core/inserts.py)
     session.commit()
     try:
         send_tasks(celery, queue, messages)
@@ -154,6 +155,9 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
         log.error("cannot enqueue job %s: %s", job.id, exc)
         session.rollback()
         job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
+        session.execute(
+            update(Job).where(Job.id == job.id).values(status=job.status, error=job.error, finished_at=job.finished_at)
+        )
         session.commit()
         raise Unavailable(f"the task broker is unreachable: {exc}") from exc
     return job

@@ -67,6 +67,10 @@ def make_client(endpoint_url: str, region: str, access_key_id: str, secret_acces
         retries={"max_attempts": 4, "mode": "standard"},
         # Path-style addressing works with every S3-compatible server (MinIO, moto, Ceph) without DNS names.
         s3={"addressing_style": "path"},
+        # Checksums only where the operation needs them: the bytes are hashed with sha256 anyway, and several
+        # S3-compatible servers refuse the extra checksum headers newer botocore adds to every part.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
         connect_timeout=5,
         read_timeout=60,
     )
