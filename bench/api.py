@@ -21,8 +21,10 @@ they answer on localhost (else the embedded SQLite + filesystem broker; ``--back
    the transport + hashing + disk path alone. Once per blob backend (``--blobs``): the folder, and an S3
    object store (moto's server on 127.0.0.1, tests/s3server.py), where the upload also goes up as a
    multipart upload; beside the S3 figure, the same server's own single-stream rate (one boto3 PUT of
-   the same file). Sent twice: as the raw body (``application/octet-stream``,
-   the fast path; the target applies to it) and as a multipart form (beside it, for comparison). Peak RSS
+   the same file). The filesystem upload runs once per ``--receive-buffers`` size (uvicorn's own 64 KiB
+   and the default 4 MiB of ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
+   (``application/octet-stream``, the fast path; the target applies to it) and as a multipart form (beside
+   it, for comparison). Peak RSS
    growth of the API process is read from /proc/<pid>/status (VmHWM after resetting it through
    /proc/<pid>/clear_refs); the target is ±50 MB on either backend. Beside it, the machine's one-core
    sha256 rate (hashlib over 256 MiB in this process): the filesystem upload target is 0.8 × that.
@@ -439,18 +441,20 @@ def latency_runs(args: Any, work: Path, processes: int, counts: list[int], spy_f
         cleanup()
 
 
-def upload_runs(args: Any, work: Path, blobs: str, path: Path, spy_folder: Path | None) -> dict[str, Any]:
+def upload_runs(
+    args: Any, work: Path, blobs: str, path: Path, spy_folder: Path | None, receive_buffer: int | None = None
+) -> dict[str, Any]:
     """Step 5 on one blob backend: raw and form uploads, the API's RSS; on S3 the server's own PUT rate."""
     from service.api.auth import create_key
     from service.core.db import Database, migrate
     from tests.s3server import moto_server
 
     with contextlib.ExitStack() as stack:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"receive_buffer_bytes": receive_buffer} if receive_buffer else {}
         server = None
         if blobs == "s3":
             server = stack.enter_context(moto_server(work / "moto.log"))
-            extra = server.settings(server.new_bucket(), prefix="bench")
+            extra.update(server.settings(server.new_bucket(), prefix="bench"))
         settings, serve, cleanup = deployment(args, work, args.backend, **extra)
         stack.callback(cleanup)
         stack.callback(serve.stop)
@@ -460,11 +464,16 @@ def upload_runs(args: Any, work: Path, blobs: str, path: Path, spy_folder: Path 
             _, key = create_key(session, "bench")
         db.dispose()
         url, pid = serve.url, serve.process.pid
-        spy = Spy(spy_folder if blobs == "filesystem" else None, pid)
+        spy = Spy(spy_folder if blobs == "filesystem" and receive_buffer is None else None, pid)
         with spy.sampling("upload"):
             raw = upload(url, key, path, pid, raw=True)
         form = upload(url, key, path, pid, raw=False)
-        result: dict[str, Any] = {"blobs": blobs, "raw": raw, "form": form}
+        result: dict[str, Any] = {
+            "blobs": blobs,
+            "receive_buffer_bytes": settings.receive_buffer_bytes,
+            "raw": raw,
+            "form": form,
+        }
         if server is not None:
             # The same server's own single-stream rate: one PUT of the same file, from disk, by boto3.
             client, bucket = server.client(), extra["blob_url"].split("/")[2]
@@ -482,6 +491,11 @@ def main() -> int:
     parser.add_argument("--clients", default="16,64", help="concurrent clients, comma-separated (%(default)s)")
     parser.add_argument("--processes", default="1,2", help="API process counts, one deployment each (%(default)s)")
     parser.add_argument("--blobs", default="filesystem,s3", help="blob backends of the upload step (%(default)s)")
+    parser.add_argument(
+        "--receive-buffers",
+        default="65536,4194304",
+        help="BNRANK_RECEIVE_BUFFER_BYTES of the filesystem uploads, one deployment each (%(default)s)",
+    )
     parser.add_argument("--gets", type=int, default=40, help="GET requests per client")
     parser.add_argument("--posts", type=int, default=8, help="POST requests per client")
     parser.add_argument("--upload-mib", type=int, default=2048)
@@ -500,7 +514,12 @@ def main() -> int:
     try:
         latency = [latency_runs(args, work, p, counts, spy_folder) for p in process_counts]
         path = write_upload_file(args.upload_mib, work)
-        uploads = [upload_runs(args, work, b, path, spy_folder) for b in args.blobs.split(",") if b]
+        uploads = [
+            upload_runs(args, work, "filesystem", path, spy_folder, int(size))
+            for size in args.receive_buffers.split(",")
+            if size
+        ]
+        uploads += [upload_runs(args, work, b, path, None) for b in args.blobs.split(",") if b and b != "filesystem"]
         path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -514,9 +533,10 @@ def main() -> int:
     for up in uploads:
         raw, form, b = up["raw"], up["form"], up["blobs"]
         if b == "filesystem":
+            b = f"fs, {up['receive_buffer_bytes'] // 1024} KiB buffer"
             rows.append(
                 (
-                    f"upload {raw['bytes'] / 2**30:.2f} GiB raw, fs (HTTP {raw['status']})",
+                    f"upload {raw['bytes'] / 2**30:.2f} GiB raw, {b} (HTTP {raw['status']})",
                     f"{raw['mb_s']:.0f} MB/s",
                     f"≥ {upload_target:.0f} MB/s",
                     raw["mb_s"] >= upload_target,

@@ -32,6 +32,7 @@ from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import make_limiter, retry_header
+from service.api.receive import set_receive_buffer
 from service.api.routes import (
     alchemy,
     artifacts,
@@ -126,6 +127,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_folders()
+    set_receive_buffer(settings.receive_buffer_bytes)
     db = Database(settings)
     celery = make_celery(settings)
     broker = BrokerProbe(settings, celery)
