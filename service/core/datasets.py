@@ -58,7 +58,11 @@ def check_dataset(
 
 def _remote(remote: RemoteDatasets | None, uri: str) -> RemoteDatasets:
     if remote is None:
-        raise Invalid(f"uri {uri!r}: this service takes no s3:// datasets (BNRANK_DATASET_BUCKETS is empty)")
+        bucket = uri.strip()[len("s3://") :].split("/", 1)[0]
+        raise Invalid(
+            f"uri {uri!r}: bucket {bucket!r} is not one datasets may come from; allowed: none "
+            "(BNRANK_DATASET_BUCKETS is empty)"
+        )
     return remote
 
 
