@@ -33,6 +33,7 @@ from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import make_limiter, retry_header
 from service.api.receive import set_receive_buffer
+from service.api.refusals import status_of
 from service.api.routes import (
     alchemy,
     artifacts,
@@ -49,17 +50,13 @@ from service.core.cache import FinishedCache, LiveCache, shared_generation
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
-from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
+from service.core.errors import Limited, ServiceError
 from service.core.objectstore import open_blob_store
 from service.core.queues import QueueRouter
 from service.core.s3datasets import remote_datasets
 from service.ui.routes import mount as mount_dashboard
 
 log = logging.getLogger(__name__)
-
-# How core's refusals (service/core/errors.py) are answered; any other ServiceError is a 400.
-STATUS_OF = {NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422, Limited: 429, Unavailable: 503}
-
 
 def _where(loc: tuple | list) -> str:
     """``("body", "budget", "max_steps")`` → ``body.budget.max_steps``."""
@@ -79,7 +76,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
-    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
+    status = status_of(exc)
     headers = {"Retry-After": retry_header(exc.retry_after)} if isinstance(exc, Limited) else None
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 

@@ -23,7 +23,13 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GiB = 1024**3
-JOB_KINDS = ("ranking", "alchemy", "probe")  # the kinds of job the service runs (service/core/jobs.py)
+
+
+def job_kinds() -> tuple[str, ...]:
+    """The kinds of job the service runs: the registry's (imported when settings are read, not with this module)."""
+    from service.core.kinds import KIND_NAMES
+
+    return KIND_NAMES
 
 
 class Settings(BaseSettings):
@@ -96,11 +102,11 @@ class Settings(BaseSettings):
         "cpu otherwise",
     )
     gpu_kinds: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(JOB_KINDS),
+        default_factory=lambda: list(job_kinds()),
         description="job kinds sent to the GPU queue when a GPU worker is there (JSON list or comma-separated)",
     )
     cpu_fallback_kinds: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(JOB_KINDS),
+        default_factory=lambda: list(job_kinds()),
         description="of gpu_kinds, those sent to the CPU queue while no GPU worker is there; the others wait for "
         "one in the GPU queue",
     )
@@ -221,9 +227,9 @@ class Settings(BaseSettings):
     @field_validator("gpu_kinds", "cpu_fallback_kinds")
     @classmethod
     def _check_kinds(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(JOB_KINDS))
+        unknown = sorted(set(value) - set(job_kinds()))
         if unknown:
-            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}; known: {', '.join(JOB_KINDS)}")
+            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}; known: {', '.join(job_kinds())}")
         return value
 
     @field_validator("blob_url")

@@ -139,11 +139,11 @@ class QueueRouter:
     """The queue for a job kind's tasks (module docstring); ``for_task`` maps a Celery task name."""
 
     def __init__(self, settings: Settings, presence: Presence | None = None) -> None:
-        from service.core.jobs import JOB_TASKS
+        from service.core.kinds import KINDS
 
         self.settings = settings
         self.presence = presence or Presence(settings)
-        self._kind_of_task = {task: kind for kind, task in JOB_TASKS.items()}
+        self._kind_of_task = {kind.task: name for name, kind in KINDS.items()}
 
     def queue_for(self, kind: str) -> str:
         settings = self.settings

@@ -21,7 +21,7 @@ from service.core.config import Settings
 from service.core.launcher import WorkerProcess
 from tests.engine.volumes import write_nnunet_dataset
 from tests.service.conftest import TINY_BUDGET, Stack, upload, wait_for, wait_job
-from tests.service.test_objectstore import upload_folder
+from tests.service.core.test_objectstore import upload_folder
 
 
 def _host(stack: Stack, folder: Path, queue: str) -> Settings:
