@@ -51,6 +51,9 @@ def test_a_ranking_and_its_entries_are_one_insert(
         entries = s.scalars(select(RankingEntry).where(RankingEntry.job_id == job["id"])).all()
     assert len(entries) == 3  # two candidates and their control
     assert {e.task_id for e in entries} == set(stored.task_ids)
+    # No worker reads that queue: cancelled, so the job does not hold its checkpoints for the other tests.
+    assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
+    assert alice.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
 
 
 def test_a_submission_the_broker_refuses_fails_its_job_with_503(

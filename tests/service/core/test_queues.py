@@ -86,6 +86,7 @@ def test_a_submission_lands_in_the_gpu_queue_the_sweep_sees_it_there(
             response = client.post("/v1/rankings", json=body)
             assert response.status_code == 202, response.text
             job = client.get(f"/v1/rankings/{response.json()['id']}").json()
+            assert client.post(f"/v1/jobs/{job['job']['id']}/cancel").status_code in (200, 202)  # no GPU worker
         task_ids = {e["id"] for e in job["entries"]}
         assert len(task_ids) == 2  # the candidate and its control
         assert probe.queue_length() == 2  # both queues counted: /readyz and the metrics see GPU work too
