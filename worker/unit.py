@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from bnrank.engine.errors import BNRankError
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
-from service.core.jobs import send_tasks
 from service.core.kinds.base import JobKind, Message
 from service.core.models import GammaStat, utcnow
 from worker.claims import cancel_row, gamma_of
@@ -138,7 +137,7 @@ def _send(ctx: WorkerContext, messages: list[Message]) -> None:
     """Send what finalising queued; if the broker refuses, the rows wait queued and the recovery sweep re-sends
     them once ``requeue_after_s`` has passed (the broker holds none of their task ids)."""
     try:
-        send_tasks(make_celery(ctx.settings), ctx.settings.queue, messages)
+        ctx.queues.send(make_celery(ctx.settings), messages)
     except Exception as exc:  # kombu raises a zoo of connection errors
         log.warning("next tasks not sent (the recovery sweep will): %s", exc)
 
