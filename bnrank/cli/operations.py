@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.api.app import create_app
     from service.core.db import migrate
-    from service.core.launcher import WorkerProcess
+    from service.core.launcher import SupervisedWorker
     from service.core.logs import configure_logging
 
     settings = _settings(api_host=args.host, api_port=args.port)
@@ -70,15 +70,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
     # installed before it started; this one turns it into a normal exit, so the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker = None if args.no_worker else WorkerProcess(settings)
+    # The embedded worker is restarted when it dies and reported by /readyz; it exits when serve does.
+    worker = None if args.no_worker else SupervisedWorker(settings).start()
+    app = create_app(settings)
+    app.state.worker = worker
     try:
         uvicorn.run(
-            create_app(settings),
+            app,
             host=settings.api_host,
             port=settings.api_port,
             log_level=settings.log_level.lower(),
             log_config=None,  # configure_logging above: the same text or JSON format as the worker
             access_log=args.access_log,
+            # Forwarded headers are read by the app, from BNRANK_TRUSTED_PROXIES only (service/api/app.py):
+            # uvicorn's own default would believe any X-Forwarded-For that comes from 127.0.0.1.
+            proxy_headers=False,
         )
     except KeyboardInterrupt:
         pass

@@ -54,6 +54,29 @@ class Settings(BaseSettings):
     upload_validations: int = Field(
         default=2, ge=1, description="checkpoint validations run at once by one API process (each loads the file)"
     )
+    dataset_checks: int = Field(
+        default=1,
+        ge=1,
+        description="dataset registrations checked at once by one API process (each in a child process that reads "
+        "one volume at a time); a registration that finds every slot busy waits up to dataset_check_wait_s, then 503",
+    )
+    dataset_check_wait_s: float = Field(
+        default=10.0, ge=0, description="how long a registration waits for a free dataset-check slot before 503"
+    )
+    dataset_check_time_limit_s: float = Field(
+        default=900.0, gt=0, description="a dataset registration whose check (in a child process) takes longer is 422"
+    )
+    max_volume_bytes: int = Field(
+        default=2 * GiB,
+        ge=1024**2,
+        description="largest decompressed volume a registration reads (from the NIfTI header, before decompressing); "
+        "the checking child's memory limit is derived from it",
+    )
+    orphan_grace_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="`bnrank blobs sweep --delete` deletes a blob no row refers to only once it is this old",
+    )
     device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
     worker_concurrency: int = Field(default=1, ge=1, description="tasks one worker runs at once")
     worker_pool: Literal["prefork", "solo", "threads"] = Field(default="prefork", description="Celery pool")
@@ -121,6 +144,11 @@ class Settings(BaseSettings):
         description="where rate-limit counters live: redis (the broker's Redis, one limit across every API "
         "process), process (per API process), auto (redis when the broker is Redis, else process)",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses (or networks, or *) of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated or a JSON list); default: none, the TCP peer is the client",
+    )
     metrics_key: str = Field(
         default="", description="when set, GET /metrics requires 'Authorization: Bearer <metrics_key>'"
     )
@@ -153,6 +181,16 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("device")

@@ -15,7 +15,7 @@ import pytest
 from service.core.config import Settings
 from service.core.launcher import WorkerProcess
 from tests.service.conftest import TINY_BUDGET, wait_job
-from tests.service.ui.conftest import XSS_NAME
+from tests.service.ui.conftest import XSS_NAME, sign_in
 
 
 def _csrf(html: str) -> str:
@@ -40,12 +40,12 @@ def test_pages_need_a_session(anonymous: httpx.Client) -> None:
 
 def test_sign_in_sets_a_strict_http_only_cookie(api: str, ui_keys: dict[str, str]) -> None:
     with httpx.Client(base_url=api) as client:
-        wrong = client.post("/ui/login", data={"api_key": "bnr_wrong"})
+        wrong = sign_in(client, "bnr_wrong")
         assert wrong.status_code == 401 and "invalid or revoked API key" in wrong.text
-        assert "set-cookie" not in wrong.headers
-        right = client.post("/ui/login", data={"api_key": ui_keys["alice"], "next": "https://evil.example/"})
+        assert not any(c.startswith("bnrank_session=") for c in wrong.headers.get_list("set-cookie"))
+        right = sign_in(client, ui_keys["alice"], "https://evil.example/")
         assert right.status_code == 303 and right.headers["location"] == "/ui/jobs"  # never off-site
-        cookie = right.headers["set-cookie"]
+        cookie = next(c for c in right.headers.get_list("set-cookie") if c.startswith("bnrank_session="))
         assert cookie.startswith("bnrank_session=") and ui_keys["alice"] not in cookie
         flags = {part.strip().lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "samesite=strict", "path=/ui"} <= flags
