@@ -147,6 +147,29 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blobs(args: argparse.Namespace) -> int:
+    """Blobs no row refers to: listed (dry run), or deleted once older than the grace period."""
+    from service.core.blobs import BlobStore  # deferred: the service stack (module docstring)
+    from service.core.db import Database
+    from service.core.orphans import sweep_orphans
+
+    settings = _settings()
+    grace_s = settings.orphan_grace_s if args.grace_s is None else args.grace_s
+    db = Database(settings, pool_size=1)
+    try:
+        with db.session() as session:
+            report = sweep_orphans(session, BlobStore(settings.blobs), grace_s=grace_s, delete=args.delete)
+    finally:
+        db.dispose()
+    for orphan in report.orphans:
+        print(f"{orphan.relpath}  {orphan.size:>12,} bytes  {orphan.age_s / 3600:8.1f} h old")
+    verb = f"deleted {len(report.deleted)} (older than {grace_s:g} s)" if args.delete else "dry run: nothing deleted"
+    info(
+        f"{len(report.orphans)} orphaned blob(s), {report.orphan_bytes:,} bytes; {report.kept_in_use} in use; {verb}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- keys
 
 
@@ -295,6 +318,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("recover", help="re-send work whose broker message was lost or whose worker died")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("blobs", help="blob store upkeep: find (and delete) blobs no record refers to")
+    blobs = p.add_subparsers(dest="blobs_command", required=True)
+    b = blobs.add_parser("sweep", help="list orphaned blobs; with --delete, delete those past the grace period")
+    b.add_argument("--delete", action="store_true", help="delete orphans older than the grace period")
+    b.add_argument("--grace-s", type=float, help="grace period in seconds (default: BNRANK_ORPHAN_GRACE_S)")
+    p.set_defaults(func=cmd_blobs)
 
     p = sub.add_parser("keys", help="manage API keys of the service")
     keys = p.add_subparsers(dest="keys_command", required=True)
