@@ -323,11 +323,19 @@ def test_a_dead_embedded_worker_is_restarted_and_reported(stack: Stack) -> None:
     assert supervisor.state == "stopped"
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """The Celery workers among the children of ``pid`` (serve also has an inspection forkserver)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+    return [c for c in found if b"celery" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _alive(pid: int) -> bool:
@@ -345,7 +353,7 @@ def test_serve_reports_its_worker_and_takes_it_down_when_killed(stack: Stack, tm
         serve.wait_ready()
         ready = httpx.get(f"{serve.url}/readyz").json()
         assert ready["checks"]["worker"] == "ok", ready
-        (worker_pid,) = _children(serve.process.pid)
+        (worker_pid,) = _workers(serve.process.pid)
         os.killpg(worker_pid, signal.SIGKILL)
 
         def unready() -> dict[str, Any] | None:
@@ -355,7 +363,7 @@ def test_serve_reports_its_worker_and_takes_it_down_when_killed(stack: Stack, tm
         down = wait_for(unready, 60, "/readyz to report the dead worker")
         assert "the worker exited" in down["checks"]["worker"]
         wait_for(lambda: httpx.get(f"{serve.url}/readyz").status_code == 200, 120, "the restarted worker")
-        (restarted,) = wait_for(lambda: [p for p in _children(serve.process.pid) if _alive(p)], 60, "a worker")
+        (restarted,) = wait_for(lambda: [p for p in _workers(serve.process.pid) if _alive(p)], 60, "a worker")
         assert restarted != worker_pid
         os.kill(serve.process.pid, signal.SIGKILL)  # no clean stop: the worker must notice on its own
         wait_for(lambda: not _alive(restarted), 120, "the worker to exit after serve died")
