@@ -133,8 +133,8 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         default=30,
         ge=0,
-        description="failed authentications allowed per client address and per presented key in a minute, "
-        "then 429 with Retry-After; 0 turns the limit off",
+        description="failed authentications allowed in a minute, counted in separate buckets: requests without a "
+        "key per client address, wrong keys per address and per key; then 429 with Retry-After; 0 turns it off",
     )
     submissions_per_minute: int = Field(
         default=120, ge=0, description="jobs one owner may submit in a minute, then 429; 0 turns the limit off"
