@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnrank.engine.errors import BNRankError, CheckpointTooLargeError
+from bnrank.engine.errors import BNRankError, CheckpointTooLargeError, NetworkTooLargeError
 from bnrank.engine.inspect_isolated import inspect_checkpoint_isolated, memory_limit_for
 from service.core.blobs import BlobStore, BlobWriter
 from service.core.cache import FinishedCache
@@ -44,7 +44,8 @@ class CheckpointRejected(Invalid):
 
 
 class CheckpointTooLarge(TooLarge):
-    """The file unpacks to more than the upload limit allows (a zip bomb, or simply too big)."""
+    """The file unpacks to more than the upload limit allows (a zip bomb, or simply too big), or the network
+    it describes (an nnU-Net plan, a MONAI network_def) has more parameters than allowed: 413 for all."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def inspect_checkpoint(
             memory_limit_mib=limits.memory_limit_mib,
             time_limit_s=limits.time_limit_s,
         )
-    except CheckpointTooLargeError as exc:
+    except (CheckpointTooLargeError, NetworkTooLargeError) as exc:  # too large, whatever the format: 413
         raise CheckpointTooLarge(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
     except BNRankError as exc:  # engine refusals and exhausted limits alike (LimitExceededError is one)
         raise CheckpointRejected(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc

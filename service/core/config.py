@@ -12,6 +12,7 @@ switches the same code to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -191,6 +192,18 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        """Addresses or networks only (or ``*``): a typo must not silently trust nobody, or everybody."""
+        for entry in value:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"trusted_proxies: {entry!r} is not an IP address, a network or *") from exc
         return value
 
     @field_validator("device")

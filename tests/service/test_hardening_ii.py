@@ -265,6 +265,8 @@ def test_trusted_proxies_are_read_from_the_environment() -> None:
     settings = Settings(_env_file=None, trusted_proxies="10.0.0.1, 10.0.0.2")  # type: ignore[call-arg]
     assert settings.trusted_proxies == ["10.0.0.1", "10.0.0.2"]
     assert Settings.model_validate({"trusted_proxies": '["10.1.0.0/16"]'}).trusted_proxies == ["10.1.0.0/16"]
+    with pytest.raises(ValueError, match="not an IP address"):
+        Settings(trusted_proxies="proxy.example")
 
 
 # ---------------------------------------------------------------- 6: sign-out, CSRF on sign-in, page headers
