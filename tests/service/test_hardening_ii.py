@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from bnrank.cli import main as cli_main
 from service.api.app import _leaf_routes, create_app
 from service.api.auth import current_owner
 from service.api.uploads import FORM_FIELDS
@@ -229,6 +230,22 @@ def test_the_sweep_reports_orphans_and_deletes_them_after_the_grace(stack: Stack
         assert young.deleted == [] and stray.exists()
         old = sweep_orphans(session, store, grace_s=0, delete=True)
         assert old.deleted == [store.relpath("ab" + "0" * 62)] and not stray.exists()
+
+
+def test_bnrank_blobs_sweep_is_a_dry_run_unless_told(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = stack.settings.model_copy(update={"blob_dir": tmp_path / "cli-blobs"})
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    store = BlobStore(settings.blobs)
+    stray = store.root / store.relpath("cd" + "1" * 62)
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x" * 10)
+    assert cli_main(["blobs", "sweep"]) == 0
+    assert store.relpath("cd" + "1" * 62) in capsys.readouterr().out and stray.exists()
+    assert cli_main(["blobs", "sweep", "--delete"]) == 0 and stray.exists()  # younger than the default day
+    assert cli_main(["blobs", "sweep", "--delete", "--grace-s", "0"]) == 0 and not stray.exists()
 
 
 # ---------------------------------------------------------------- 5 and 7: whose address, which bucket
