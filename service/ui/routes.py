@@ -220,8 +220,10 @@ async def datasets_page(request: Request, who: Who, reads: ReadsDep, offset: Off
 
 
 @router.get("/datasets/{dataset_id}")
-async def dataset_page(request: Request, dataset_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
-    return await show(request, who, "dataset.html", reads, views.dataset_page, dataset_id)
+async def dataset_page(
+    request: Request, dataset_id: str, who: Who, reads: ReadsDep, settings: SettingsDep
+) -> HTMLResponse:
+    return await show(request, who, "dataset.html", reads, views.dataset_page, dataset_id, settings.data_roots)
 
 
 @router.get("/jobs")

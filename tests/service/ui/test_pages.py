@@ -14,7 +14,7 @@ import pytest
 
 from service.core.config import Settings
 from service.core.launcher import WorkerProcess
-from tests.service.conftest import TINY_BUDGET, wait_job
+from tests.service.conftest import TINY_BUDGET, Stack, wait_job
 from tests.service.ui.conftest import XSS_NAME, sign_in
 
 
@@ -134,7 +134,7 @@ def test_user_supplied_names_are_escaped(alice_ui: httpx.Client, xss_checkpoint:
 
 
 def test_checkpoint_dataset_jobs_and_leaderboard_pages(
-    alice_ui: httpx.Client, ranked: dict[str, Any], candidates: dict[str, str], dataset_id: str
+    alice_ui: httpx.Client, ranked: dict[str, Any], candidates: dict[str, str], dataset_id: str, stack: Stack
 ) -> None:
     job_id = ranked["job"]["id"]
     checkpoint = alice_ui.get(f"/ui/checkpoints/{candidates['good_a']}").text
@@ -143,6 +143,7 @@ def test_checkpoint_dataset_jobs_and_leaderboard_pages(
     assert any(job_id in row for row in _rows(checkpoint, "checkpoint-results"))
     dataset = alice_ui.get(f"/ui/datasets/{dataset_id}").text
     assert "tumor" in dataset and "edema" in dataset and "good_a" in dataset
+    assert "<code>Dataset001_Tiny</code>" in dataset and str(stack.data_root) not in dataset  # no server path
     board = alice_ui.get("/ui/leaderboard", params={"dataset_id": dataset_id}).text
     rows = _rows(board, "leaderboard")[1:]
     names = [re.search(r'/ui/checkpoints/[^"]+">([^<]+)</a>', row).group(1) for row in rows]  # type: ignore[union-attr]
