@@ -185,6 +185,11 @@ class SupervisedWorker:
             if self._stopping.is_set():
                 return
             code = self.worker.process.returncode if self.worker is not None else None
+            if self.worker is not None:
+                # Celery's pool children share the dead worker's process group: take them down too.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.worker.process.pid, signal.SIGKILL)
+                self.worker.stop(0)  # reaps nothing more; removes its ready file
             if time.monotonic() - started >= self.stable_s:
                 backoff = 1.0
             self.restarts += 1
