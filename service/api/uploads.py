@@ -41,7 +41,7 @@ PIECE_BYTES = 4 * 1024 * 1024  # the writer thread hashes and writes the file in
 # Multipart headers and the text fields, allowed on top of the file size limit: every field at its limit,
 # plus room for part headers. The whole body is held to this, before the file part and after it.
 FORM_OVERHEAD = len(FORM_FIELDS) * FIELD_LIMIT + 64 * 1024
-HEADER_LIMIT = 8 * 1024  # one part's headers (a content disposition with a file name)
+HEADER_LIMIT = 8 * 1024  # one part's headers together (a content disposition with a file name, a type)
 MODALITIES = ("CT", "MR", "other")
 
 
@@ -73,6 +73,7 @@ class _Collector:
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, str] = {}
+        self._header_bytes = 0
         self._name: str | None = None
         self._text: bytearray | None = None
         self._in_file = False
@@ -80,19 +81,22 @@ class _Collector:
     # parser callbacks -------------------------------------------------------------------------------
     def on_part_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
         self._name, self._text, self._in_file = None, None, False
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
-        self._check_header()
+        self._count_header(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
-        self._check_header()
+        self._count_header(end - start)
 
-    def _check_header(self) -> None:
-        if len(self._header_field) + len(self._header_value) > HEADER_LIMIT:
-            raise UploadError(422, f"a multipart part header is longer than {HEADER_LIMIT} bytes")
+    def _count_header(self, n: int) -> None:
+        """All of one part's headers together are bounded: they are held in memory until the part's data."""
+        self._header_bytes += n
+        if self._header_bytes > HEADER_LIMIT:
+            raise UploadError(422, f"a multipart part's headers are longer than {HEADER_LIMIT} bytes")
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
