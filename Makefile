@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install demo demo-local serve test lint clean
+.PHONY: install demo demo-local serve test lint browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +32,11 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+# The browser test drives Debian's Chromium: installed (apt-get, sudo when not root) only when it is missing.
+browser:
+	./.ci/install-chromium
+
+test: install lint browser
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -1,8 +1,9 @@
 """Celery tasks: one evaluates one ranking entry, the others run one alchemy or probe fold; each writes its row.
 
-The Celery functions here are thin; the work is in plain functions taking a `WorkerContext`
-(worker/ranking.py, worker/folds.py over worker/claims.py and worker/progress.py), so tests can run a task
-body in-process against the same database to check what a redelivery does.
+The Celery functions here are thin and generated, one per job kind; the work is the one unit-of-work loop
+(worker/unit.py) over each kind's `Unit` (worker/ranking.py, worker/folds.py), plain functions taking a
+`WorkerContext`, so tests can run a task body in-process against the same database to check what a
+redelivery does.
 
 A task never raises for a problem with its input (bad file, NaN loss, dataset changed): its row is marked
 failed with the reason, and the rest of the job goes on. Cancel is cooperative: a reporter thread writes
@@ -24,14 +25,13 @@ from celery.signals import worker_ready, worker_shutting_down
 from service.core.broker import BrokerProbe
 from service.core.config import get_settings
 from service.core.db import Database
-from service.core.jobs import TASK_ALCHEMY, TASK_PROBE, TASK_RANK_ENTRY
 from service.core.launcher import READY_FILE_ENV
 from service.core.logs import job_context
 from service.core.recovery import Sweeper
+from worker import folds, ranking
 from worker.celery_app import app
 from worker.context import context
-from worker.folds import run_alchemy_fold, run_probe_fold
-from worker.ranking import run_rank_entry
+from worker.unit import Unit, run_unit
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,19 @@ def _on_shutdown(**_: Any) -> None:
         _sweeper.stop()
 
 
-@app.task(name=TASK_RANK_ENTRY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def rank_entry(job_id: str, entry_id: str) -> str:
-    with job_context(job_id, entry_id=entry_id):
-        return run_rank_entry(context(), job_id, entry_id)
+# The worker side of every job kind (service/core/kinds/): one registration line each.
+UNITS: tuple[Unit, ...] = (ranking.UNIT, folds.ALCHEMY_UNIT, folds.PROBE_UNIT)
 
 
-@app.task(name=TASK_ALCHEMY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def alchemy_fold(job_id: str, fold: int) -> str:
-    with job_context(job_id, fold=str(fold)):
-        return run_alchemy_fold(context(), job_id, fold)
+def _task(unit: Unit) -> Any:
+    """The Celery task of a kind: one unit of work, by (job id, entry id or fold), under its log context."""
+
+    def run(job_id: str, key: Any) -> str:
+        with job_context(job_id, **{unit.log_key: str(key)}):
+            return run_unit(context(), unit, job_id, key)
+
+    run.__name__ = run.__qualname__ = unit.kind.task_label
+    return app.task(name=unit.kind.task, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run)
 
 
-@app.task(name=TASK_PROBE, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def probe_fold(job_id: str, fold: int) -> str:
-    with job_context(job_id, fold=str(fold)):
-        return run_probe_fold(context(), job_id, fold)
+TASKS = {unit.kind.name: _task(unit) for unit in UNITS}

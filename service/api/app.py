@@ -34,6 +34,7 @@ from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import make_limiter, retry_header
+from service.api.refusals import status_of
 from service.api.routes import (
     alchemy,
     artifacts,
@@ -52,14 +53,10 @@ from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.datasets import CheckLimits
 from service.core.db import Database
-from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
+from service.core.errors import Limited, ServiceError
 from service.ui.routes import mount as mount_dashboard
 
 log = logging.getLogger(__name__)
-
-# How core's refusals (service/core/errors.py) are answered; any other ServiceError is a 400.
-STATUS_OF = {NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422, Limited: 429, Unavailable: 503}
-
 
 def _where(loc: tuple | list) -> str:
     """``("body", "budget", "max_steps")`` → ``body.budget.max_steps``."""
@@ -79,7 +76,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
-    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
+    status = status_of(exc)
     headers = {"Retry-After": retry_header(exc.retry_after)} if isinstance(exc, Limited) else None
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 

@@ -5,7 +5,7 @@ FastAPI reads and parses a request's body before it resolves the route's depende
 among them, so a request with no key and a 1 GB body would be read whole before its 401. This middleware
 sits outside the body limit and the routes: it runs `service.api.auth.authenticate` on the headers alone
 and puts the owner in the request's state, where the routes' `Owner` dependency finds it. Every ``/v1``
-route acts for an owner (`tests/service/test_hardening_ii.py` checks that none is left out), so nothing
+route acts for an owner (`tests/service/api/test_hardening_ii.py` checks that none is left out), so nothing
 under ``/v1`` is answered to a request without a key, not even a 404 or a 405.
 """
 

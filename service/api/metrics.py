@@ -22,7 +22,8 @@ from sqlalchemy import case, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.db import Database
-from service.core.models import JOB_STATUSES, AlchemyResult, Job, RankingEntry
+from service.core.kinds import KINDS, work_tables
+from service.core.models import JOB_STATUSES, Job
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _duration_histograms(session: Any) -> Iterator[Metric]:
     family = HistogramMetricFamily(
         "bnrank_task_duration_seconds", "Run time of finished tasks", labels=["task", "status"]
     )
-    for rows in (RankingEntry, AlchemyResult):
+    for rows in work_tables():
         buckets = [func.sum(case((rows.seconds <= b, 1), else_=0)) for b in TASK_BUCKETS]
         query = (
             select(Job.kind, rows.status, func.count(), func.sum(rows.seconds), *buckets)
@@ -52,7 +53,7 @@ def _duration_histograms(session: Any) -> Iterator[Metric]:
     yield family
 
 
-TASK_LABELS = {"ranking": "rank_entry", "alchemy": "alchemy_fold", "probe": "probe_fold"}
+TASK_LABELS = {kind.name: kind.task_label for kind in KINDS.values()}
 
 
 class StateCollector(Collector):

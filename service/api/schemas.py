@@ -12,9 +12,10 @@ from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, field_validator
 
 from bnrank.engine.alchemy import AlchemyConfig
+from service.core.kinds import kind_of
 from service.core.params import (
     AlchemyBudget,
     AlchemyOptions,
@@ -195,6 +196,10 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    @computed_field(description="where the job's results are served: its kind's collection (e.g. /v1/rankings/{id})")
+    def results(self) -> str:
+        return f"{kind_of(self.kind).path}/{self.id}"
 
 
 class EntryOut(BaseModel):

@@ -32,11 +32,14 @@ router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
 async def create_ranking(
     body: RankingIn, response: Response, db: DatabaseDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
 ) -> JobOut:
-    """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture).
+    """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture) on the dataset.
 
-    Async, with all the database and broker work in one thread-pool call: a sync endpoint with a session
-    dependency costs three thread hops, which under concurrent submissions were a tenth of the CPU time.
+    One task per candidate (and per successive-halving round); the answer is the queued job, and ``Location``
+    names the ranking to poll. Refused before anything is queued when a checkpoint or the dataset is not the
+    caller's, the budget cannot run, or the broker is unreachable.
     """
+    # Async, with the database and broker work in one thread-pool call: a sync endpoint with a session dependency
+    # costs three thread hops (docs/benchmarks.md).
     params = body.params()
 
     def submit() -> JobOut:

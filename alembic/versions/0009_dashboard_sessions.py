@@ -4,8 +4,8 @@ The cookie holds a random token (signed); the row, keyed by the token's sha256, 
 opened with and when it expires. Signing out deletes the row, so the old cookie opens nothing. Sessions
 from before this revision were cookies only: they end at the upgrade (their row does not exist).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 """
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

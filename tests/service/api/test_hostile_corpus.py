@@ -14,7 +14,7 @@ from service.core.blobs import BlobStore
 from service.core.orphans import find_orphans
 from tests.service.conftest import Stack, upload
 
-CORPUS = Path(__file__).parents[1] / "fixtures" / "hostile"
+CORPUS = Path(__file__).parents[2] / "fixtures" / "hostile"
 MANIFEST: dict[str, Any] = json.loads((CORPUS / "manifest.json").read_text())
 MARKER = Path(MANIFEST["marker"])
 
