@@ -1,8 +1,8 @@
 """The registry of job kinds: every kind the service runs, each declared once in its own module.
 
-Submission, cancel, progress, recovery, metrics, the API's job filter, the dashboard and `bnrank remote` read
-their kinds from here. Adding a kind is its module here (a `JobKind`), its worker unit (worker/units.py), its
-routes, and one registration line below; docs/layout.md lists the files.
+Submission, cancel, progress, recovery, metrics, the API's job filter and result links, and the dashboard read
+their kinds from here. Adding a kind is its module here (a `JobKind`), its worker `Unit` (listed in
+worker/tasks.py), its routes, and one registration line below; docs/layout.md lists the files.
 """
 
 from __future__ import annotations

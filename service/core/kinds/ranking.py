@@ -102,8 +102,8 @@ def finalise_ranking(session: Session, job: Job, outbox: list[Message] | None = 
     ends = halving_steps(config.max_steps, rank.halving_rounds, rank.halving_eta)
     if len(ends) > 1 and advance_halving(session, job, entries, ends, rank.halving_eta, outbox):
         return False
-    # The engine's close-out, as `bnrank rank` runs it: order, stability and tie guidance with the ranking's seed
-    # (from the stored curves: rows keep no per-case scores, so ties use the spread of the last validations).
+    # The engine's close-out, as `bnrank rank` runs it: order, stability and tie guidance with the ranking's seed,
+    # over the per-case scores each row keeps (rows from before 0008 have none: the spread of the last validations).
     ordered, closed = close_ranking([rank_entry(e) for e in entries], config, rank)
     result: dict[str, Any] = {"stability": closed["stability"], "ranked": [e.checkpoint for e in ordered if e.rank]}
     if len(ends) > 1:
