@@ -119,7 +119,7 @@ def read_work(
         assert ckpt is not None  # the foreign keys set checkpoint_id to NULL on delete
         work.candidate = Candidate(
             name=name,
-            path=ctx.blobs.path(ckpt.blob_path),
+            path=ctx.blobs.fetch(ckpt.blob_path, ckpt.sha256),
             architecture=None if ckpt.network_def else ckpt.architecture,
             network_def=ckpt.network_def,
         )

@@ -28,6 +28,7 @@ from service.core.db import Database
 from service.core.kinds.ranking import RACE_TASK
 from service.core.launcher import READY_FILE_ENV
 from service.core.logs import job_context
+from service.core.queues import Announcer, gpu_count, gpu_queue, worker_queues
 from service.core.recovery import Sweeper
 from worker import folds, ranking
 from worker.celery_app import app
@@ -38,16 +39,20 @@ log = logging.getLogger(__name__)
 
 
 _sweeper: Sweeper | None = None
+_announcer: Announcer | None = None
 
 
 @worker_ready.connect
-def _on_ready(**_: Any) -> None:
-    """Start the recovery sweep in the worker's main process, then tell a parent that started this worker
-    (service.core.launcher) that it now consumes from the queue."""
-    global _sweeper
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    """Start the recovery sweep in the worker's main process (and, on a worker that takes the GPU queue, its
+    presence announcements), then tell a parent that started this worker (service.core.launcher) that it now
+    consumes from the queue."""
+    global _sweeper, _announcer
     settings = get_settings()
     db = Database(settings, pool_size=1)
     _sweeper = Sweeper(db, app, settings, BrokerProbe(settings, app).pending_task_ids).start()
+    if gpu_queue(settings) in worker_queues(settings, gpu_count(settings)):
+        _announcer = Announcer(settings, getattr(sender, "hostname", None) or f"worker-{os.getpid()}").start()
     ready_file = os.environ.get(READY_FILE_ENV)
     if ready_file:
         Path(ready_file).touch()
@@ -58,6 +63,8 @@ def _on_shutdown(**_: Any) -> None:
     """Warm shutdown (SIGTERM): Celery finishes the tasks in flight; the sweep stops now."""
     if _sweeper is not None:
         _sweeper.stop()
+    if _announcer is not None:
+        _announcer.stop()
 
 
 # The worker side of every job kind (service/core/kinds/): one registration line each.
@@ -80,6 +87,6 @@ TASKS = {unit.kind.name: _task(unit) for unit in UNITS}
 
 @app.task(name=RACE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def race_entry(job_id: str, entry_id: str) -> str:
-    """A cascade's race row (a fine-tuning run), sent to the fine-tuning queue: the ranking's unit of work."""
+    """A cascade's race row (a fine-tuning run), routed to GPU workers first: the ranking's unit of work."""
     with job_context(job_id, entry_id=str(entry_id)):
         return run_unit(context(), ranking.UNIT, job_id, entry_id)

@@ -20,9 +20,7 @@ from sqlalchemy.orm import Session
 from bnrank.engine.errors import BNRankError
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
-from service.core.jobs import send_tasks
 from service.core.kinds.base import JobKind, Message
-from service.core.kinds.ranking import RACE_TASK
 from service.core.models import GammaStat, utcnow
 from worker.claims import cancel_row, gamma_of
 from worker.context import WorkerContext
@@ -138,13 +136,8 @@ def save(ctx: WorkerContext, unit: Unit, work: Work, outcome: Outcome) -> None:
 def _send(ctx: WorkerContext, messages: list[Message]) -> None:
     """Send what finalising queued; if the broker refuses, the rows wait queued and the recovery sweep re-sends
     them once ``requeue_after_s`` has passed (the broker holds none of their task ids)."""
-    finetune = [m for m in messages if m[1] == RACE_TASK]
-    rest = [m for m in messages if m[1] != RACE_TASK]
     try:
-        celery = make_celery(ctx.settings)
-        for queue, batch in ((ctx.settings.queue, rest), (ctx.settings.finetune_queue or ctx.settings.queue, finetune)):
-            if batch:
-                send_tasks(celery, queue, batch)
+        ctx.queues.send(make_celery(ctx.settings), messages)
     except Exception as exc:  # kombu raises a zoo of connection errors
         log.warning("next tasks not sent (the recovery sweep will): %s", exc)
 

@@ -22,7 +22,10 @@ from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache
 from service.core.config import Settings
+from service.core.datasets import CheckLimits as DatasetCheckLimits
 from service.core.db import Database
+from service.core.queues import QueueRouter
+from service.core.s3datasets import RemoteDatasets
 
 T = TypeVar("T")
 
@@ -86,8 +89,25 @@ async def get_live(request: Request) -> LiveCache:
     return request.app.state.live_rankings
 
 
+async def get_remote_datasets(request: Request) -> RemoteDatasets | None:
+    return request.app.state.remote_datasets
+
+
+async def get_queues(request: Request) -> QueueRouter:
+    return request.app.state.queues
+
+
 async def get_validation_slots(request: Request) -> threading.BoundedSemaphore:
     return request.app.state.validation_slots
+
+
+async def get_dataset_checks(request: Request) -> DatasetCheckLimits:
+    return request.app.state.dataset_checks
+
+
+async def get_worker(request: Request) -> Any:
+    """The embedded worker's supervisor under `bnrank serve` (service/core/launcher.py), else None."""
+    return getattr(request.app.state, "worker", None)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -100,7 +120,11 @@ BrokerDep = Annotated[BrokerProbe, Depends(get_broker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 FinishedDep = Annotated[FinishedCache, Depends(get_finished)]
 LiveDep = Annotated[LiveCache, Depends(get_live)]
+RemoteDatasetsDep = Annotated[RemoteDatasets | None, Depends(get_remote_datasets)]
+QueuesDep = Annotated[QueueRouter, Depends(get_queues)]
 SlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_validation_slots)]
+WorkerDep = Annotated[Any, Depends(get_worker)]
+DatasetChecksDep = Annotated[DatasetCheckLimits, Depends(get_dataset_checks)]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 # A ceiling far above any real table, low enough that the database never sees an integer it cannot hold.

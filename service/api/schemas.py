@@ -97,7 +97,10 @@ class DatasetIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=300)
     uri: str = Field(
-        min_length=1, max_length=4096, description="folder under a data root: absolute, file://, or root-relative"
+        min_length=1,
+        max_length=4096,
+        description="folder under a data root: absolute, file://, or root-relative; or s3://bucket/prefix in an "
+        "allowed bucket (BNRANK_DATASET_BUCKETS)",
     )
     modality: Literal["CT", "MR", "other"] | None = Field(
         default=None, description="default: from the dataset's channel names"

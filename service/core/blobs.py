@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,6 +117,10 @@ class BlobWriter:
 
 
 class BlobStore:
+    """Blobs in a folder (the embedded default); service/core/objectstore.py keeps them in an S3 bucket."""
+
+    remote = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
@@ -166,6 +171,24 @@ class BlobStore:
 
     def delete(self, relpath: str) -> None:
         self.path(relpath).unlink(missing_ok=True)
+
+    def stored(self) -> Iterator[tuple[str, int, float]]:
+        """Every blob at a store address as (address, size, last written); partial uploads are not listed."""
+        for path in sorted((self.root / "sha256").glob("*/*")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted while we looked
+                continue
+            if path.is_file():
+                yield path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime
+
+    def fetch(self, relpath: str, sha256: str) -> Path:
+        """The blob as a local file to load: here the stored file itself (its address is its hash)."""
+        return self.path(relpath)
+
+    def sweep(self, older_than_s: float, now: float | None = None) -> int:
+        """Remove what interrupted uploads left behind; returns how many."""
+        return sweep_partials(self, older_than_s, now)
 
 
 def sweep_partials(store: BlobStore, older_than_s: float, now: float | None = None) -> int:

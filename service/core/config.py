@@ -12,6 +12,7 @@ switches the same code to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -25,6 +26,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 GiB = 1024**3
 
 
+def job_kinds() -> tuple[str, ...]:
+    """The kinds of job the service runs: the registry's (imported when settings are read, not with this module)."""
+    from service.core.kinds import KIND_NAMES
+
+    return KIND_NAMES
+
+
 class Settings(BaseSettings):
     """Settings read from ``BNRANK_*`` environment variables (or passed explicitly, as tests do)."""
 
@@ -36,11 +44,6 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; default: SQLite file under home")
     broker_url: str = Field(default="", description="Celery broker URL; default: kombu filesystem under home")
     queue: str = Field(default="bnrank", description="Celery queue the API sends to and workers consume")
-    finetune_queue: str = Field(
-        default="",
-        description="Celery queue of fine-tuning work, the cascade strategy's race rounds (workers with a GPU can "
-        "consume it alone); empty: the queue above",
-    )
     broker_key_prefix: str = Field(
         default="", description="prefix for every Redis key of the broker (several deployments on one Redis)"
     )
@@ -53,20 +56,97 @@ class Settings(BaseSettings):
         default_factory=lambda: [Path.cwd()],
         description="folders datasets must live in (JSON list or os.pathsep-separated); default: the cwd",
     )
-    blob_dir: Path | None = Field(default=None, description="content-addressed blob store; default: home/blobs")
+    blob_dir: Path | None = Field(
+        default=None,
+        description="content-addressed blob store; default: home/blobs. With blob_url set, the local cache of "
+        "blobs read from the object store and the spool of uploads",
+    )
+    blob_url: str = Field(
+        default="",
+        description="s3://bucket/prefix: keep blobs in an S3-compatible object store (workers on other hosts need "
+        "no shared folder); empty: the folder blob_dir",
+    )
+    s3_endpoint_url: str = Field(default="", description="object store endpoint (MinIO, Ceph, ...); empty: AWS S3")
+    s3_region: str = Field(default="us-east-1", description="object store region")
+    s3_access_key_id: str = Field(default="", description="object store key id; empty: boto3's own credential chain")
+    s3_secret_access_key: str = Field(default="", description="object store secret key")
+    s3_part_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * GiB,
+        description="part size of multipart uploads (the memory one upload holds); S3 needs at least 5 MiB",
+    )
+    dataset_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="buckets datasets may be registered from as s3://bucket/prefix (JSON list or comma-separated); "
+        "empty: none",
+    )
     cache_dir: Path | None = Field(default=None, description="preprocessing cache; default: home/cache")
     max_upload_bytes: int = Field(default=2 * GiB, ge=1, description="largest accepted checkpoint upload")
+    receive_buffer_bytes: int = Field(
+        default=4 * 1024**2,
+        ge=64 * 1024,
+        le=64 * 1024**2,
+        description="request body bytes uvicorn reads ahead of the app before it stops reading the socket "
+        "(uvicorn's own: 64 KiB), per connection",
+    )
     upload_validations: int = Field(
         default=2, ge=1, description="checkpoint validations run at once by one API process (each loads the file)"
     )
+    dataset_checks: int = Field(
+        default=1,
+        ge=1,
+        description="dataset registrations checked at once by one API process (each in a child process that reads "
+        "one volume at a time); a registration that finds every slot busy waits up to dataset_check_wait_s, then 503",
+    )
+    dataset_check_wait_s: float = Field(
+        default=10.0, ge=0, description="how long a registration waits for a free dataset-check slot before 503"
+    )
+    dataset_check_time_limit_s: float = Field(
+        default=900.0, gt=0, description="a dataset registration whose check (in a child process) takes longer is 422"
+    )
+    max_volume_bytes: int = Field(
+        default=2 * GiB,
+        ge=1024**2,
+        description="largest decompressed volume a registration reads (from the NIfTI header, before decompressing); "
+        "the checking child's memory limit is derived from it",
+    )
+    orphan_grace_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="`bnrank blobs sweep --delete` deletes a blob no row refers to only once it is this old",
+    )
     device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
-    worker_concurrency: int = Field(default=1, ge=1, description="tasks one worker runs at once")
+    worker_concurrency: int = Field(
+        default=0, ge=0, description="tasks one worker runs at once; 0: one per GPU on a GPU worker, else 1"
+    )
+    worker_queues: Literal["auto", "gpu", "cpu", "all"] = Field(
+        default="auto",
+        description="queues a worker consumes: gpu (<queue>.gpu), cpu (<queue>), all; auto: all on a GPU worker, "
+        "cpu otherwise",
+    )
+    gpu_kinds: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(job_kinds()),
+        description="job kinds sent to the GPU queue when a GPU worker is there (JSON list or comma-separated)",
+    )
+    cpu_fallback_kinds: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(job_kinds()),
+        description="of gpu_kinds, those sent to the CPU queue while no GPU worker is there; the others wait for "
+        "one in the GPU queue",
+    )
     worker_pool: Literal["prefork", "solo", "threads"] = Field(default="prefork", description="Celery pool")
     torch_threads: int = Field(
         default=0, ge=0, description="torch threads per task; 0: the cores this worker may use / worker_concurrency"
     )
     api_host: str = Field(default="127.0.0.1", description="address `bnrank serve` listens on")
     api_port: int = Field(default=8000, ge=0, le=65535, description="port `bnrank serve` listens on")
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `bnrank serve` runs behind its one port; more than 1 needs a Redis broker, "
+        "where the rate limits and the caches' invalidations are shared",
+    )
     progress_interval_s: float = Field(
         default=2.0, gt=0, description="how often a running task writes progress and checks for cancel"
     )
@@ -115,8 +195,8 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         default=30,
         ge=0,
-        description="failed authentications allowed per client address and per presented key in a minute, "
-        "then 429 with Retry-After; 0 turns the limit off",
+        description="failed authentications allowed in a minute, counted in separate buckets: requests without a "
+        "key per client address, wrong keys per address and per key; then 429 with Retry-After; 0 turns it off",
     )
     submissions_per_minute: int = Field(
         default=120, ge=0, description="jobs one owner may submit in a minute, then 429; 0 turns the limit off"
@@ -125,6 +205,11 @@ class Settings(BaseSettings):
         default="auto",
         description="where rate-limit counters live: redis (the broker's Redis, one limit across every API "
         "process), process (per API process), auto (redis when the broker is Redis, else process)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses (or networks, or *) of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated or a JSON list); default: none, the TCP peer is the client",
     )
     metrics_key: str = Field(
         default="", description="when set, GET /metrics requires 'Authorization: Bearer <metrics_key>'"
@@ -160,6 +245,42 @@ class Settings(BaseSettings):
             return [part for part in text.split(os.pathsep) if part]
         return value
 
+    @field_validator("dataset_buckets", "gpu_kinds", "cpu_fallback_kinds", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """A JSON list or a comma-separated one."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
+        return value
+
+    @field_validator("gpu_kinds", "cpu_fallback_kinds")
+    @classmethod
+    def _check_kinds(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(job_kinds()))
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}; known: {', '.join(job_kinds())}")
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str) -> str:
+        if value and (not value.startswith("s3://") or len(value) <= len("s3://") or value[5] == "/"):
+            raise ValueError(f"blob_url must be s3://bucket[/prefix] (or empty for the folder blob_dir), got {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        """Addresses or networks only (or ``*``): a typo must not silently trust nobody, or everybody."""
+        for entry in value:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"trusted_proxies: {entry!r} is not an IP address, a network or *") from exc
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -185,6 +306,19 @@ class Settings(BaseSettings):
                 f"lease_s ({self.lease_s}) must be at least 3 × progress_interval_s ({self.progress_interval_s}):"
                 " a live task renews its heartbeat only that often"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> Settings:
+        if self.api_processes > 1 and (
+            not self.broker_url.startswith(("redis://", "rediss://")) or self.rate_limit_store == "process"
+        ):
+            raise ValueError(
+                f"api_processes {self.api_processes} needs the rate limits and cache invalidations shared in Redis: "
+                "set a redis:// broker_url (and rate_limit_store auto or redis), or run one process"
+            )
+        if self.api_processes > 1 and self.metrics_port:
+            raise ValueError("metrics_port is one port per process: with api_processes > 1 scrape /metrics instead")
         return self
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
@@ -28,6 +28,7 @@ from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, control_candidates
 from service.core.errors import Invalid, NotFound, Unavailable
+from service.core.inserts import insert_job
 from service.core.kinds import kind_of
 from service.core.kinds.base import Message
 from service.core.kinds.ranking import KIND as RANKING_KIND
@@ -161,7 +162,7 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
     for row in rows:
         name, args = task_message(job, row)
         messages.append((stamp_dispatch(job, row), name, args))
-    session.add(job)
+    insert_job(session, job, rows)  # one statement for the job and its rows (service/core/inserts.py)
     session.commit()
     try:
         send_tasks(celery, queue, messages)
@@ -169,6 +170,9 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
         log.error("cannot enqueue job %s: %s", job.id, exc)
         session.rollback()
         job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
+        session.execute(
+            update(Job).where(Job.id == job.id).values(status=job.status, error=job.error, finished_at=job.finished_at)
+        )
         session.commit()
         raise Unavailable(f"the task broker is unreachable: {exc}") from exc
     return job

@@ -34,9 +34,10 @@ from sqlalchemy.orm import Session
 from service.core.config import Settings
 from service.core.db import Database
 from service.core.jobflow import ACTIVE_JOB, finalise
-from service.core.jobs import Message, send_tasks, task_message
+from service.core.jobs import Message, task_message
 from service.core.kinds import work_tables
 from service.core.models import TERMINAL_ENTRY_STATUSES, Job, utcnow
+from service.core.queues import QueueRouter
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,11 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
             report.closed += [job_id for job_id in s.scalars(unclosed).all() if finalise(s, job_id, messages)]
     # Committed before sending: a task that starts at once must find its row with this task id.
     if messages:
-        send_tasks(celery, settings.queue, messages)
+        router = QueueRouter(settings)
+        try:
+            router.send(celery, messages)
+        finally:
+            router.close()
     if report:
         log.warning(
             "recovery: re-sent %d orphaned and %d lost task(s), closed %d job(s)",

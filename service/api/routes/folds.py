@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
+from service.api.deps import CeleryDep, QueuesDep, ReadsDep, SessionDep, SettingsDep
 from service.api.schemas import ErrorOut, JobOut
 from service.core.jobs import submit_folds
 from service.core.kinds.base import JobKind
@@ -53,12 +53,13 @@ def fold_router(
         session: SessionDep,
         settings: SettingsDep,
         celery: CeleryDep,
+        queues: QueuesDep,
         owner: Submitter,
     ) -> JobOut:
         job = submit_folds(
             session,
             celery,
-            settings.queue,
+            queues.queue_for(kind.name),
             owner,
             kind.name,
             body.dataset_id,  # type: ignore[attr-defined]

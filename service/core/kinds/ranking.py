@@ -46,8 +46,9 @@ from service.core.results import rank_entry
 log = logging.getLogger(__name__)
 
 RACE_TASK = "bnrank.race_entry"
-"""The task of a cascade's race row: the ranking's unit of work under a name of its own, so the worker sends it to
-the fine-tuning queue (settings ``finetune_queue``); the recovery sweep re-sends it as an ordinary ranking task."""
+"""The task of a cascade's race row (a fine-tuning run): the ranking's unit of work under a name of its own, routed
+as ranking work (service/core/queues.py: the GPU queue while a GPU worker is there); the recovery sweep re-sends it
+as an ordinary ranking task."""
 
 
 def _round(entry: RankingEntry) -> int:
@@ -169,7 +170,7 @@ def finalise_cascade(
     """A cascade's close-out from its rows, with the engine's pieces (bnrank/engine/cascade.py): replay the
     norm-only stage and every finished race round; dispatch the next round if the stop rule and the budget cap
     let it run, else close with the verdict. Each race round is one task per racer and seed, re-trained from step
-    0 (reported as ``retraining_steps``), on the fine-tuning queue (settings ``finetune_queue``)."""
+    0 (reported as ``retraining_steps``), sent as :data:`RACE_TASK` (GPU workers first, service/core/queues.py)."""
     candidates = [e for e in entries if e.stage is None and not e.is_control]
     controls: dict[str, list[RankEntry]] = {}
     bases: dict[str, str] = {}
