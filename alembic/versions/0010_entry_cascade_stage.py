@@ -3,8 +3,8 @@ random-init controls at several seeds (``seed``, grouped with their candidates b
 leaders by short fine-tuning, one row per racer, seed and round (``stage`` = 'race'). Rows of norm-only rankings
 keep NULL in all three.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-05
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
