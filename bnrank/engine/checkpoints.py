@@ -58,6 +58,7 @@ from bnrank.engine.errors import (
 )
 from bnrank.engine.formats import bundle as bundle_format
 from bnrank.engine.formats import nnunet as nnunet_format
+from bnrank.engine.formats import onnx_graph, onnx_network
 from bnrank.engine.formats import torchscript as torchscript_format
 from bnrank.engine.formats.zips import ModelTree, declared_entry_count, is_zip, open_folder, open_zip, read_json
 
@@ -137,7 +138,7 @@ class LoadReport:
 
 
 def sniff_format(path: Path) -> str:
-    """'safetensors' or 'torch', from the bytes rather than the file name (uploads lose their names)."""
+    """'safetensors', 'onnx' or 'torch', from the bytes rather than the file name (uploads lose their names)."""
     with path.open("rb") as f:
         head = f.read(16)
     if len(head) < 8:
@@ -147,8 +148,10 @@ def sniff_format(path: Path) -> str:
     (header_len,) = struct.unpack("<Q", head[:8])
     if head[8:9] == b"{" and 0 < header_len < 100_000_000:
         return "safetensors"
+    if onnx_graph.looks_like_onnx(head):
+        return "onnx"
     raise CorruptCheckpointError(
-        f"{path.name}: neither a .safetensors file nor a PyTorch checkpoint (first bytes {head[:8]!r})"
+        f"{path.name}: neither a .safetensors file, an ONNX model nor a PyTorch checkpoint (first bytes {head[:8]!r})"
     )
 
 
@@ -495,6 +498,8 @@ def _read_raw(path: Path, max_bytes: int) -> tuple[Any, dict[str, Any]]:
                 f"{path.name}: the file is {_size(path.stat().st_size)}, above the {_size(max_bytes)} limit"
             )
         return _read_safetensors(path), {"format": fmt}
+    if fmt == "onnx":
+        return onnx_candidate(path, max_bytes)
     if is_zip(path):
         with open_zip(path, max_bytes=max_bytes) as tree:
             found = _read_tree(tree, max_bytes, zipped=True)
@@ -504,6 +509,17 @@ def _read_raw(path: Path, max_bytes: int) -> tuple[Any, dict[str, Any]]:
     if nnunet_format.is_nnunet_checkpoint(raw):
         return raw, _nnunet(raw, None, None, None, path.name)
     return raw, {"format": fmt}
+
+
+def onnx_candidate(path: Path, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An ONNX file's weights keyed by the converted network's modules, and the graph to build it from."""
+    graph = onnx_graph.read_onnx(path, max_bytes)
+    try:
+        spec, state = onnx_network.structure(graph)
+    except CheckpointError as exc:
+        raise type(exc)(f"{path.name}: {exc}") from exc
+    source = {"conversion": spec.report(), "opset": graph.opset, "producer": graph.producer}
+    return state, {"format": "onnx", "onnx": spec, "source": source}
 
 
 def read_state_dict(
@@ -542,6 +558,7 @@ def read_state_dict(
         "architecture": found.get("architecture"),
         "build_kwargs": found.get("build_kwargs"),
         "network_def": found.get("network_def"),
+        "onnx": found.get("onnx"),
         "source": found.get("source", {}),
     }
     return state, meta
@@ -649,6 +666,9 @@ def _architecture_for(
             )
         kwargs = {**meta["build_kwargs"], **_described_channels(state)}
         return get_architecture(described), kwargs
+    if meta.get("onnx") is not None:
+        arch = onnx_network.onnx_architecture(meta["onnx"])
+        return _DESCRIBED.setdefault(arch.name, arch), onnx_network.channels(meta["onnx"])
     if network_def is None and architecture is None and meta.get("network_def") is not None:
         bundle_def = meta["network_def"]
         kwargs = {k: bundle_def[k] for k in ("in_channels", "out_channels") if isinstance(bundle_def.get(k), int)}
