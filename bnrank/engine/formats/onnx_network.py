@@ -44,6 +44,7 @@ from bnrank.engine.formats.onnx_graph import OnnxGraph, OnnxNode
 PARAMETRIC = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "PRelu"}
 NORM_OPS = ("BatchNormalization", "InstanceNormalization")
 # Ops that pass the head's output on unchanged in channel count: the head is looked for through them.
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 _THROUGH = {"Identity", "Dropout", "Softmax", "LogSoftmax", "Sigmoid", "Resize", "Cast", "Tanh", "Clip"}
 _DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
            9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
@@ -74,9 +75,12 @@ class GraphSpec:
     inputs: list[str]
     outputs: list[str]
     rank: int
-    head: str | None
+    head: list[str]
+    """Keys of the layers on the output's channels (`_find_head`)."""
     affine: dict[str, bool] = field(default_factory=dict)
     """InstanceNormalization modules: whether the file's scale/bias are more than the identity."""
+    head_inputs: list[str] = field(default_factory=list)
+    """Head layers whose input is another head layer's output: their input channels follow the task too."""
 
     def report(self) -> dict[str, Any]:
         """The conversion report shown with the candidate: operators, norms found, head chosen."""
@@ -90,7 +94,7 @@ class GraphSpec:
             "norms": norms,
             "norms_without_affine": len(without),
             "head": self.head,
-            "head_rule": "the last convolution feeding the first output",
+            "head_rule": "the convolutions feeding the first output (through activations, resizing, norms, sums)",
             "spatial_dims": self.rank,
         }
 
@@ -106,22 +110,54 @@ def _key(name: str, used: set[str], op: str, index: int) -> str:
     return key
 
 
-def _find_head(nodes: list[OnnxNode], outputs: list[str], keys: dict[int, str]) -> str | None:
-    """The convolution whose output reaches the first graph output through channel-preserving ops only."""
+def _find_head(nodes: list[OnnxNode], outputs: list[str], keys: dict[int, str]) -> list[str]:
+    """The layers whose channel count is the first output's: the convolutions feeding it, through ops that keep
+    the channel count (activations, resizing, norms, and the sums of a residual unit, whose every branch ends in
+    a head convolution), and the norms on that path. These are resized and re-initialised for a task."""
     producer = {out: i for i, node in enumerate(nodes) for out in node.outputs}
-    value = outputs[0] if outputs else None
-    for _ in range(len(nodes)):
-        index = producer.get(value) if value else None
-        if index is None:
-            break
+    found: list[str] = []
+    seen: set[int] = set()
+    todo = [outputs[0]] if outputs else []
+    while todo:
+        index = producer.get(todo.pop())
+        if index is None or index in seen:
+            continue
+        seen.add(index)
         node = nodes[index]
         if node.op in ("Conv", "ConvTranspose"):
-            return keys[index]
-        if node.op not in _THROUGH or not node.inputs:
-            break
-        value = node.inputs[0]
-    convs = [keys[i] for i, n in enumerate(nodes) if n.op in ("Conv", "ConvTranspose")]
-    return convs[-1] if convs else None
+            found.append(keys[index])
+        elif node.op in PARAMETRIC:  # a norm or PRelu on the head's channels
+            found.append(keys[index])
+            todo.append(node.inputs[0])
+        elif node.op in _THROUGH:
+            todo.append(node.inputs[0])
+        elif node.op in _ELEMENTWISE:
+            todo.extend(name for name in node.inputs if name)
+    if not any(keys.get(i) in found and nodes[i].op in ("Conv", "ConvTranspose") for i in seen):
+        convs = [keys[i] for i, n in enumerate(nodes) if n.op in ("Conv", "ConvTranspose")]
+        return convs[-1:]
+    return sorted(found)
+
+
+def _fed_by_head(steps: list[Step], head: list[str]) -> set[str]:
+    """Layers whose input carries a head layer's channels (a convolution after another in a residual head): their
+    input side is resized with the head, so they are re-initialised with it."""
+    carries: set[str] = set()
+    fed: set[str] = set()
+    for step in steps:
+        inputs = step.inputs[:1] if step.key is not None else step.inputs
+        derived = any(name in carries for name in inputs)
+        if step.op in ("Conv", "ConvTranspose"):
+            if derived:
+                fed.add(step.key)  # type: ignore[arg-type]
+            derived = step.key in head
+        elif step.key is not None and derived:  # a norm or PRelu on the head's channels
+            fed.add(step.key)
+        elif step.key is None and step.op not in _THROUGH and step.op not in _ELEMENTWISE:
+            derived = False
+        if derived:
+            carries.update(step.outputs[:1])
+    return fed
 
 
 def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
@@ -167,7 +203,9 @@ def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
         raise ConversionError("the graph has no convolution; BNRank ranks convolutional segmentation networks")
     constants = {name: t for name, t in inits.items() if name not in consumed}
     head = _find_head(graph.nodes, graph.outputs, keys)
-    spec = GraphSpec(steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine)
+    fed = _fed_by_head(steps, head)
+    head = sorted(set(head) | fed)
+    spec = GraphSpec(steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine, sorted(fed))
     return spec, state
 
 
@@ -241,7 +279,7 @@ def _conv(step: Step, spec: GraphSpec, in_channels: int | None, out_channels: in
 def _module(step: Step, spec: GraphSpec, in_channels: int | None, out_channels: int | None) -> nn.Module:
     if step.op in ("Conv", "ConvTranspose"):
         return _conv(step, spec, in_channels, out_channels)
-    channels = spec.shapes[step.key][0]  # type: ignore[index]
+    channels = out_channels or in_channels or spec.shapes[step.key][0]  # type: ignore[index]
     eps = float(step.attrs.get("epsilon", 1e-5))
     if step.op == "BatchNormalization":
         cls = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[spec.rank - 1]
@@ -249,7 +287,8 @@ def _module(step: Step, spec: GraphSpec, in_channels: int | None, out_channels: 
     if step.op == "InstanceNormalization":
         cls = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[spec.rank - 1]
         return cls(channels, eps=eps, affine=spec.affine[step.key])  # type: ignore[index]
-    return Slope(spec.shapes[step.key])  # type: ignore[index]
+    shape = spec.shapes[step.key]  # type: ignore[index]
+    return Slope((out_channels, *shape[1:]) if out_channels and len(shape) > 1 else shape)
 
 
 class OnnxNetwork(nn.Module):
@@ -268,8 +307,8 @@ class OnnxNetwork(nn.Module):
         for step in spec.steps:
             if step.key is None:
                 continue
-            cin = in_channels if step.key in first else None
-            cout = out_channels if step.key == spec.head else None
+            cin = in_channels if step.key in first else out_channels if step.key in spec.head_inputs else None
+            cout = out_channels if step.key in spec.head else None
             self.layers[step.key] = _module(step, spec, cin, cout)
         self.constants = nn.Module()
         self._constant_names: dict[str, str] = {}
@@ -569,7 +608,7 @@ def channels(spec: GraphSpec) -> dict[str, int]:
     if first is not None:
         shape = spec.shapes[first.key]  # type: ignore[index]
         found["in_channels"] = shape[1] * int(first.attrs.get("group", 1))
-    head = next((s for s in spec.steps if s.key is not None and s.key == spec.head), None)
+    head = next((s for s in spec.steps if s.key in spec.head and s.op in ("Conv", "ConvTranspose")), None)
     if head is not None:
         shape = spec.shapes[head.key]  # type: ignore[index]
         found["out_channels"] = shape[0] if head.op == "Conv" else shape[1] * int(head.attrs.get("group", 1))
@@ -589,6 +628,6 @@ def onnx_architecture(spec: GraphSpec) -> Architecture:
         name=f"onnx:{_digest(spec)}",
         description=f"an ONNX graph of {len(spec.steps)} nodes ({described})",
         build=build,
-        head=(f"layers.{spec.head}.",) if spec.head else (),
+        head=tuple(f"layers.{key}." for key in spec.head),
         infer=lambda shapes: None,
     )
