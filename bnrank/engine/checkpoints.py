@@ -39,6 +39,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
+from bnrank.engine import families
 from bnrank.engine.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -592,12 +593,7 @@ def recognise(shapes: Mapping[str, tuple[int, ...]]) -> tuple[Architecture, dict
         kwargs = arch.infer(shapes)
         if kwargs is not None:
             return arch, kwargs
-    sample = ", ".join(list(shapes)[:4])
-    closest = ", ".join(f"{name} ({share:.0%} of key names shared)" for name, share in closest_architectures(shapes))
-    raise UnknownArchitectureError(
-        f"the checkpoint's keys ({sample}, ...) match no registered architecture; closest: {closest}. "
-        "Pass the architecture explicitly or a MONAI network definition"
-    )
+    raise UnknownArchitectureError(families.unrecognised(shapes, closest_architectures(shapes)))
 
 
 # Architectures built from a description inside a file (a MONAI bundle's network_def), by name. A ranking
