@@ -39,7 +39,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
-from bnrank.engine import families
+from bnrank.engine import families, sandbox
 from bnrank.engine.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -747,7 +747,20 @@ def load_checkpoint(
     anything is allocated).
     """
     state, meta = read_state_dict(path, max_bytes=max_bytes)
-    arch, kwargs = _architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
+    try:
+        arch, kwargs = _architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
+    except UnknownArchitectureError:
+        if meta["format"] != "torchscript" or not sandbox.enabled():
+            raise
+        # an architecture BNRank cannot rebuild: the archive's own program, run in the sandbox, exports it to ONNX
+        converted = sandbox.converted_torchscript(Path(path), state)
+        model, report = load_checkpoint(
+            converted, out_channels=out_channels, in_channels=in_channels, min_match=min_match,
+            max_bytes=max_bytes, max_parameters=max_parameters,
+        )
+        report.format = "torchscript"
+        report.source["converted"] = "TorchScript archive exported to ONNX in the sandbox (BNRANK_SANDBOX)"
+        return model, report
     kwargs = dict(kwargs)
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
