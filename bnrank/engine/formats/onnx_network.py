@@ -28,6 +28,7 @@ and bias are anything but the identity, and without one when they are exactly 1 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,13 @@ def _fed_by_head(steps: list[Step], head: list[str]) -> set[str]:
 
 def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
     """Split a checked graph into its build description and the state dict of its weights."""
-    inits = graph.initializers
+    # Exporters write some weights as Constant nodes (an InstanceNorm without affine: its ones and zeros)
+    computed = {
+        node.outputs[0]: node.attrs["value"]
+        for node in graph.nodes
+        if node.op == "Constant" and isinstance(node.attrs.get("value"), torch.Tensor)
+    }
+    inits = {**computed, **graph.initializers}
     used: set[str] = set()
     steps: list[Step] = []
     state: dict[str, torch.Tensor] = {}
@@ -201,7 +208,7 @@ def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
         steps.append(Step(node.op, key, node.inputs, node.outputs, node.attrs))
     if rank == 0:
         raise ConversionError("the graph has no convolution; BNRank ranks convolutional segmentation networks")
-    constants = {name: t for name, t in inits.items() if name not in consumed}
+    constants = {name: t for name, t in graph.initializers.items() if name not in consumed}
     head = _find_head(graph.nodes, graph.outputs, keys)
     fed = _fed_by_head(steps, head)
     head = sorted(set(head) | fed)
@@ -543,6 +550,21 @@ def _flatten(net: OnnxNetwork, a: dict, args: list) -> torch.Tensor:
     return x.reshape(int(torch.tensor(x.shape[:axis]).prod()), -1)
 
 
+MAX_COMPUTED_ELEMENTS = 1 << 31
+"""Largest tensor a graph may ask for by shape (ConstantOfShape): a shape is data, and a file's data can lie."""
+
+
+def _constant_of_shape(net: OnnxNetwork, a: dict, args: list) -> torch.Tensor:
+    shape = _ints(args[0])
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_COMPUTED_ELEMENTS:
+        raise ConversionError(
+            f"ConstantOfShape asks for a tensor of shape {shape}, above {MAX_COMPUTED_ELEMENTS:,} elements"
+        )
+    value = a.get("value")
+    fill = value.reshape(-1)[0].item() if value is not None else 0.0
+    return torch.full(shape, fill, dtype=value.dtype if value is not None else torch.float32, device=args[0].device)
+
+
 _FUNCTIONS: dict[str, Callable[[OnnxNetwork, dict, list], Any]] = {
     "Relu": lambda n, a, x: F.relu(x[0]),
     "LeakyRelu": lambda n, a, x: F.leaky_relu(x[0], float(a.get("alpha", 0.01))),
@@ -578,10 +600,7 @@ _FUNCTIONS: dict[str, Callable[[OnnxNetwork, dict, list], Any]] = {
     "Reshape": _reshape,
     "Transpose": lambda n, a, x: x[0].permute(a.get("perm", list(range(x[0].dim()))[::-1])),
     "Cast": lambda n, a, x: x[0].to(_DTYPES.get(int(a["to"]), torch.float32)),
-    "ConstantOfShape": lambda n, a, x: torch.full(
-        _ints(x[0]), a["value"].reshape(-1)[0].item() if "value" in a else 0.0,
-        dtype=a["value"].dtype if "value" in a else torch.float32, device=x[0].device,
-    ),
+    "ConstantOfShape": _constant_of_shape,
     "Gather": _gather,
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,

@@ -100,3 +100,50 @@ def custom_domain(path: Path) -> Path:
     with path.open("wb") as f:
         f.write(model.SerializeToString())
     return path
+
+
+# ------------------------------------------------------------------------------------------- TorchScript
+
+
+class _Unregistered(nn.Module):
+    """A network no registered architecture has (a LinkNet-like encoder with InstanceNorm without affine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv3d(1, 4, 3, padding=1)
+        self.norm = nn.InstanceNorm3d(4)
+        self.down = nn.Conv3d(4, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm3d(8)
+        self.up = nn.ConvTranspose3d(8, 4, 2, stride=2)
+        self.out = nn.Conv3d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.relu(self.norm(self.enc(x)))
+        return self.out(self.up(torch.relu(self.bn(self.down(skip)))) + skip)
+
+
+class _Greedy(nn.Module):
+    """Its program asks for 100 GB while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3, padding=1)
+        self.norm = nn.BatchNorm3d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hoard = torch.empty([25_000_000_000])  # 100 GB of float32
+        return self.norm(self.conv(x)) + hoard[0]
+
+
+def unregistered_torchscript(path: Path, seed: int = 0) -> tuple[Path, nn.Module]:
+    """Traced, as releases usually are (a scripted InstanceNorm keeps its input checks as control flow, which
+    the export writes as If/Loop nodes: refused by the operator allow-list)."""
+    torch.manual_seed(seed)
+    model = _Unregistered().eval()
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 1, 16, 16, 16)), str(path))
+    return path, model
+
+
+def greedy_torchscript(path: Path) -> Path:
+    torch.jit.save(torch.jit.script(_Greedy()), str(path))
+    return path
