@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install demo demo-local serve test lint clean
+.PHONY: install sandbox-deps demo demo-local serve test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's bubblewrap, which the sandboxed TorchScript conversion (BNRANK_SANDBOX=bwrap) and its tests run under.
+sandbox-deps:
+	command -v bwrap >/dev/null 2>&1 || apt-get install -y --no-install-recommends bubblewrap \
+		|| (apt-get update && apt-get install -y --no-install-recommends bubblewrap)
 
 # The whole product on the embedded default: demo data, API + worker, uploads, dataset, ranking, table.
 demo: install
@@ -32,7 +37,7 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+test: install lint sandbox-deps
 	$(VENV)/bin/pytest -q
 
 clean:
