@@ -160,7 +160,8 @@ def _limit_memory(limit_mib: int) -> None:
 def _failure(exc: BaseException, name: str, memory_limit_mib: int) -> tuple[Any, ...]:
     """The child's answer for an exception: an exhausted limit, an engine refusal, or any other failure."""
     text = str(exc)
-    if isinstance(exc, MemoryError) or any(marker in text.lower() for marker in _OUT_OF_MEMORY_MARKERS):
+    boxed = isinstance(exc, sandbox.SandboxError)  # the box's own limits, reported as the box saw them
+    if not boxed and (isinstance(exc, MemoryError) or any(m in text.lower() for m in _OUT_OF_MEMORY_MARKERS)):
         return ("limit", f"{name}: inspection ran out of the {memory_limit_mib} MiB memory limit")
     if isinstance(exc, BNRankError):
         extra = getattr(exc, "report", None)
