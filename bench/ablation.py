@@ -37,12 +37,14 @@ sys.path.insert(0, str(ROOT))
 from bnrank.engine.alchemy import AlchemyConfig, AlchemyResult, alchemy_checkpoint  # noqa: E402
 from bnrank.engine.architectures import build_model  # noqa: E402
 from bnrank.engine.checkpoints import save_weights  # noqa: E402
+from bnrank.engine.configs.training import TrainConfig  # noqa: E402
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess  # noqa: E402
 from bnrank.engine.demo import DEMO_ARCH, DEMO_PATCH, DEMO_WIDTH, write_demo  # noqa: E402
 from bnrank.engine.demo_volumes import write_demo_task  # noqa: E402
 from bnrank.engine.task import make_task  # noqa: E402
 from bnrank.engine.threads import configure_threads  # noqa: E402
-from bnrank.engine.training import TaskData, TrainConfig, Volume, train  # noqa: E402
+from bnrank.engine.training.patches import TaskData, Volume  # noqa: E402
+from bnrank.engine.training.trainer import train  # noqa: E402
 
 DATASET = "Dataset501_MNIBrain"
 

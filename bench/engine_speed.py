@@ -208,7 +208,9 @@ def _bn_only_trainers(k: int, width: int, patch: int, batch: int, **config_kw) -
 
     from bnrank.engine.architectures import build_model, get_architecture
     from bnrank.engine.bn_only import bn_only_setup
-    from bnrank.engine.training import TaskData, TrainConfig, Trainer, Volume
+    from bnrank.engine.configs.training import TrainConfig
+    from bnrank.engine.training.patches import TaskData, Volume
+    from bnrank.engine.training.trainer import Trainer
 
     rng = np.random.default_rng(0)
     side = 2 * patch
@@ -247,7 +249,7 @@ def torch_seed(seed: int) -> None:
 def batched_worker(k: int, width: int, patch: int, batch: int, steps: int, threads: int = 0) -> dict:
     """Seconds per candidate-step: K candidates stepped one at a time vs together (torch.func vmap)."""
     from bnrank.engine.threads import configure_threads
-    from bnrank.engine.training import train_together
+    from bnrank.engine.training.batched import train_together
 
     threads = configure_threads(threads=threads)
     out = {"threads": threads}
@@ -271,15 +273,11 @@ def validation_worker(width: int, patch: int, batch: int, side: int, n_val: int,
     import numpy as np
 
     from bnrank.engine.architectures import build_model
+    from bnrank.engine.configs.training import TrainConfig
     from bnrank.engine.threads import configure_threads
-    from bnrank.engine.training import (
-        TaskData,
-        TrainConfig,
-        Validator,
-        Volume,
-        recalibrate_batchnorm,
-        recalibration_batches,
-    )
+    from bnrank.engine.training.patches import TaskData, Volume
+    from bnrank.engine.training.trainer import recalibrate_batchnorm, recalibration_batches
+    from bnrank.engine.training.validation import Validator
 
     threads = configure_threads(threads=threads)
     rng = np.random.default_rng(0)

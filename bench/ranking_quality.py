@@ -1,6 +1,6 @@
 """Ranking quality: does a proxy (BN-only evaluation, LogME) order candidates as fine-tuning to convergence does?
 
-The instrument (method: docs/ranking-quality.md; zoo and tasks: bnrank/engine/zoo.py):
+The instrument (method: docs/ranking-quality.md; zoo and tasks: bench/zoo.py):
 
 - ground truth: every candidate fine-tuned (all parameters, fresh head, Adam, cosine decay to 0 over the
   converged budget) on a task's train split, scored by Dice on its test split, which no proxy sees;
@@ -124,7 +124,7 @@ def prepare(cache: Path, names: Sequence[str] = ()):
     ``names`` may also name the norm-only extension pool's candidates (``Z.NNUNET_RECIPE``), whose manifests
     go to results/zoo_extension.json; the whole zoo (no names) is the 12 pre-registered candidates only.
     """
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     recipe = list(Z.ZOO_RECIPE)
     if names:
@@ -161,8 +161,9 @@ def prepare(cache: Path, names: Sequence[str] = ()):
 
 def task_data(task: str, cache: Path, names: Sequence[str] = ()):
     """(zoo, TaskData of the train and validation splits, test volumes) of a task."""
-    from bnrank.engine import zoo as Z
-    from bnrank.engine.training import TaskData
+    import zoo as Z
+
+    from bnrank.engine.training.patches import TaskData
 
     zoo, folders = prepare(cache, names)
     split = Z.load_split(folders[task], cache)
@@ -183,8 +184,11 @@ def finetune(candidate, data, test, seed: int, budgets: Sequence[int], cfg: GTCo
     from monai.losses import DiceCELoss
 
     from bnrank.engine.bn_only import reinit_head
+    from bnrank.engine.configs.training import TrainConfig
     from bnrank.engine.ranking import build_candidate
-    from bnrank.engine.training import PatchSchedule, TrainConfig, autocast, evaluate, mean_foreground
+    from bnrank.engine.training.patches import PatchSchedule
+    from bnrank.engine.training.precision import autocast
+    from bnrank.engine.training.validation import evaluate, mean_foreground
 
     total = budgets[-1]
     config = TrainConfig(
@@ -275,7 +279,7 @@ def prereg_committed() -> bool:
 def run_ground_truth(
     task: str, cache: Path, threads: int, only: Sequence[str] = (), allow_uncommitted: bool = False
 ) -> None:
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     if task != Z.TUNING_TASK and not (PREREGISTRATION.is_file() and (allow_uncommitted or prereg_committed())):
         raise SystemExit(
@@ -312,7 +316,7 @@ def run_ground_truth(
 
 
 def run_learning_curve(cache: Path, threads: int) -> None:
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     zoo, data, test = task_data(Z.TUNING_TASK, cache, CURVE_CANDIDATES)
     path = RESULTS / "learning_curve.json"
@@ -344,7 +348,7 @@ def run_learning_curve(cache: Path, threads: int) -> None:
 
 
 def proxy_config(lr: float, steps: int, extra: dict[str, Any]):
-    from bnrank.engine.training import TrainConfig
+    from bnrank.engine.configs.training import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(extra) - known)
@@ -366,7 +370,7 @@ def proxy_config(lr: float, steps: int, extra: dict[str, Any]):
 def sweep_extras() -> list[dict[str, Any]]:
     """Engine options the tuning sweep crosses with the learning rates: the engine's defaults, and, where
     the engine has them, a continuous score with a whole-volume validation pass (issue 10, item 6)."""
-    from bnrank.engine.training import TrainConfig
+    from bnrank.engine.configs.training import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     extras: list[dict[str, Any]] = [{}]
@@ -462,7 +466,7 @@ def run_logme(task: str, cands, data, zoo, batches: int, extension: bool = False
 def run_proxies(task: str, cache: Path, extra: dict[str, Any], only: Sequence[str] = ()) -> None:
     """The proxies of a task; with ``only`` (extension-pool candidates), those candidates alone, at the
     pre-registered setting and LogME, into the task's extension folder."""
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     extension = bool(only)
     if extension:
@@ -654,7 +658,7 @@ def digest(paths: Sequence[Path]) -> str:
 
 
 def run_tune() -> None:
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     evaluation_gt = [t for t in Z.EVALUATION_TASKS if (RESULTS / "ground_truth" / t).is_dir()]
     if evaluation_gt:
@@ -1089,7 +1093,7 @@ def task_names() -> tuple[str, tuple[str, ...]]:
         return next(t for t, v in tasks.items() if not v["evaluation"]), tuple(
             t for t, v in tasks.items() if v["evaluation"]
         )
-    from bnrank.engine import zoo as Z
+    import zoo as Z
 
     return Z.TUNING_TASK, tuple(Z.EVALUATION_TASKS)
 

@@ -15,7 +15,7 @@ from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_datas
 from bnrank.engine.errors import DatasetError
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TaskData
+from bnrank.engine.training.patches import TaskData
 from service.core.blobs import BlobStore
 from service.core.config import Settings, get_settings
 from service.core.db import Database

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.training import TaskData, TrainConfig
+from bnrank.engine.training.patches import TaskData
 from service.core.jobflow import finalise
 from service.core.models import (
     AlchemyResult,

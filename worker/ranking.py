@@ -6,8 +6,9 @@ import logging
 
 from sqlalchemy import delete, update
 
+from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, RankEntry, evaluate_candidate, evaluate_round, halving_steps
+from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round, halving_steps
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
 from service.core.jobs import Message, send_tasks

@@ -1,9 +1,10 @@
 """The `bnrank` command line: run the engine locally, no server needed, or run and talk to the service.
 
 The package is layered so no module imports one above it: ``options`` (flags generated from the engine's
-option declarations) ← ``local`` (engine-only commands and the shared table and progress display) ←
-``alchemy``; ``client`` (HTTP) ← ``remote`` ← ``operations`` (serve, worker, keys, demo ...). This module
-only assembles their parsers and runs the chosen command.
+option declarations) and ``table`` (the ranking table) ← ``local`` (engine-only commands and the shared
+progress display) ← ``alchemy``; ``client`` (HTTP) ← ``remote`` ← ``operations`` (serve, worker, keys,
+demo ...). This module only assembles their parsers and runs the chosen command; building them loads no
+torch (each command imports the engine code it runs).
 """
 
 from __future__ import annotations

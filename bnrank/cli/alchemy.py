@@ -1,29 +1,26 @@
 """`bnrank alchemy` and `bnrank probe`: network alchemy and the γ-clipping probe of one checkpoint, locally.
 
 Their options are AlchemyConfig's and ProbeConfig's flags (bnrank/cli/options.py); alchemy's budget flags
-default to the fine-tuning budget, FINETUNE_DEFAULTS, the probe's to a ranking's.
+default to the fine-tuning budget, FINETUNE_DEFAULTS, the probe's to a ranking's. The engine code that runs
+them (and torch) is imported by the command that runs, not by the parser.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnrank.cli.local import add_network_flags, load_task, progress_printer, read_network_def
 from bnrank.cli.options import add_budget, add_flags, build, local_options
-from bnrank.engine.alchemy import (
-    FINETUNE_DEFAULTS,
-    AlchemyConfig,
-    AlchemyResult,
-    FoldsResult,
-    alchemy_checkpoint,
-    alchemy_kfold,
-    write_json,
-)
-from bnrank.engine.probe import ProbeConfig, ProbeResult, probe_checkpoint
+from bnrank.engine.configs.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TrainConfig
+
+if TYPE_CHECKING:
+    from bnrank.engine.alchemy import AlchemyResult, FoldsResult
+    from bnrank.engine.probe import ProbeResult
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -63,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_alchemy(args: argparse.Namespace) -> int:
+    from bnrank.engine.alchemy import alchemy_checkpoint, alchemy_kfold, write_json
+
     threads = configure_threads(threads=args.threads)
     config = build(TrainConfig, args)
     options = build(AlchemyConfig, args)
@@ -189,6 +188,9 @@ def print_folds(res: FoldsResult) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from bnrank.engine.alchemy import write_json
+    from bnrank.engine.probe import probe_checkpoint
+
     configure_threads(threads=args.threads)
     config = build(TrainConfig, args)
     probe = build(ProbeConfig, args)

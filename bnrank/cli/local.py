@@ -1,8 +1,9 @@
 """Engine-only commands: `bnrank rank`, `inspect`, `demo-data` and `pretrain` run on this machine, no server.
 
 Also the pieces the other command modules share with them: the progress display, reading a dataset into a
-task, reading a --network-def file and the ranking table (`bnrank remote` and `bnrank demo` print a
-service's ranking with the same table).
+task, reading a --network-def file. Module-level imports are the option declarations and plain types only;
+each command imports the engine code it runs (and with it torch), so building the parser, `--help` and the
+commands that never train start without loading torch.
 """
 
 from __future__ import annotations
@@ -12,40 +13,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scipy.stats import kendalltau
-from torch import nn
-
-from bnrank.cli.options import add_budget, add_flags, build, local_options, sides, values
-from bnrank.engine.checkpoints import load_checkpoint
-from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
-from bnrank.engine.demo import write_demo
+from bnrank.cli.options import add_budget, add_flags, build, local_options, values
+from bnrank.cli.table import print_ranking
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.configs.pretrain import PretrainConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, VERIFY_LR, VERIFY_STEPS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
-from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
-from bnrank.engine.norms import without_affine
-from bnrank.engine.pretrain import PretrainConfig, pretrain_folder
-from bnrank.engine.ranking import (
-    RANKING_DEFAULTS,
-    Candidate,
-    RankConfig,
-    RankEntry,
-    RankingResult,
-    rank_candidates,
-    ranking_config,
-)
-from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
-from bnrank.engine.training import TrainConfig
-from bnrank.engine.verify import (
-    VERIFY_LR,
-    VERIFY_STEPS,
-    control_candidates,
-    format_verify,
-    verify_config,
-    verify_ranking,
-)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # ------------------------------------------------------------------------------------------ shared
 
@@ -74,6 +55,9 @@ def progress_printer(quiet: bool = False):
 
 def load_task(args: argparse.Namespace):
     """The dataset of --dataset, preprocessed (or read from the cache), and its seeded train/validation task."""
+    from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
+    from bnrank.engine.task import make_task
+
     dataset = open_dataset(args.dataset)
     for problem in dataset.problems:
         print(f"warning: skipping {problem.case_id}: {problem.message}", file=sys.stderr)
@@ -105,90 +89,14 @@ def add_network_flags(p: argparse.ArgumentParser) -> None:
     arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
 
 
-def _fmt(x: float | None) -> str:
-    return "   -  " if x is None else f"{x:6.3f}"
-
-
-def _after_bn(entry: RankEntry, key: str) -> float | None:
-    """One figure of the γ summary after BN-only training (the table's γ columns)."""
-    phase = entry.gamma.get("after_bn") or {}
-    return phase.get("summary", {}).get(key)
-
-
-def _norms(entry: RankEntry) -> str:
-    """The normalisation kinds norm-only evaluation trained, for the table's norm column."""
-    return ",".join(entry.norm_kinds) or "-"
-
-
-def _trained(entry: RankEntry) -> str:
-    return f"{entry.trained_parameters:>9,}" if entry.trained_parameters is not None else f"{'-':>9}"
-
-
-def _share(x: float | None) -> str:
-    return f"{x:7.1%}" if x is not None else f"{'-':>7}"
-
-
-def print_ranking(result: RankingResult, logme: dict[str, float | None] | None = None) -> None:
-    """The ranking table; ``logme`` (checkpoint → LogME score) adds a column beside the BN-only score."""
-    classes = list(next((e.dice_per_class for e in result.entries if e.dice_per_class), {}))
-    header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
-    if logme is not None:
-        header += f"  {'LogME':>6}"
-    # trained: parameters norm-only evaluation trained (γ/β + head); norm: the normalisation kinds they belong to
-    # ("+affine-inserted" where an identity affine was added after a norm without one), so a mixed pool reads.
-    norm_w = max([4, *(len(_norms(e)) for e in result.entries)])
-    trained_header = f"{'trained':>9}  {'norm':<{norm_w}}"
-    # γ<0.05: the absolute share the thesis reads; γ<.1med: the share under a tenth of its own layer's median
-    # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10); |Δγ|: the mean
-    # change of γ during BN-only training (RankEntry.gamma_change).
-    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'|Δγ|':>7}  {'steps':>5}  {'sec':>6}  "
-    header += f"{trained_header}  checkpoint"
-    print(header)
-    print("-" * len(header))
-    for e in result.entries:
-        cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
-        rank = str(e.rank) if e.rank else "-"
-        gamma = f"{_share(_after_bn(e, 'share_below'))}  {_share(_after_bn(e, 'share_below_relative'))}"
-        gamma += f"  {e.gamma_change:7.4f}" if e.gamma_change is not None else f"  {'-':>7}"
-        tie = str(e.tie_group) if e.tie_group is not None else "-"
-        if logme is not None:
-            cells += f"  {_fmt(logme.get(e.checkpoint))}"
-        trained = f"{_trained(e)}  {_norms(e):<{norm_w}}"
-        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {tie:>3}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {trained}  "
-        line += e.checkpoint
-        if e.status != "ok":
-            line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
-        print(line)
-    print_ties(result.ties)
-    s = result.stability
-    if s.get("kendall_tau") is not None:
-        print(
-            f"stability: order at {s['at_fraction']:.0%} of the budget vs the end, Kendall τ = "
-            f"{s['kendall_tau']:.2f}, same top-1: {'yes' if s['same_top1'] else 'no'}"
-        )
-
-
-def print_ties(ties: dict[str, Any]) -> None:
-    """What the order is worth at this budget: who the top cannot be told apart from, and what to do."""
-    top = ties.get("top_group") or []
-    if not top:
-        return
-    p = ties.get("p_top_is_best")
-    odds = f"; P(rank 1 is best) = {p:.2f}" if p is not None else ""
-    if len(top) == 1:
-        print(f"ties: rank 1 stands apart at this budget{odds}")
-    else:
-        names = ", ".join(Path(n).stem if n.endswith(".safetensors") else n for n in top)
-        print(
-            f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune them all, or rank again "
-            "with more steps"
-        )
-
-
 # -------------------------------------------------------------------------------------------- rank
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
+    from bnrank.engine.ranking import Candidate, rank_candidates
+    from bnrank.engine.verify import control_candidates, format_verify, verify_config, verify_ranking
+
     threads = configure_threads(threads=args.threads)
     # The ranking budget: RANKING_DEFAULTS under the flags (options without a flag keep the ranking's value too).
     config = ranking_config(**values(args, local_options(TrainConfig)))
@@ -256,6 +164,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def _logme_agreement(entries: list[RankEntry], logme: dict[str, float | None]) -> dict[str, Any]:
     """Kendall τ between the BN-only and the LogME order of the entries both scored."""
+    from scipy.stats import kendalltau
+
     both = [e for e in entries if e.status == "ok" and logme.get(e.checkpoint) is not None]
     out: dict[str, Any] = {"kendall_tau": None, "same_top1": None}
     if len(both) >= 2:
@@ -272,6 +182,8 @@ def _logme_agreement(entries: list[RankEntry], logme: dict[str, float | None]) -
 
 def _no_gamma(model: nn.Module) -> str:
     """Why a checkpoint has no γ as loaded: no normalisation at all, or normalisations without affine."""
+    from bnrank.engine.norms import without_affine
+
     bare = without_affine(model)
     if not bare:
         return "no normalisation layers (norm-only evaluation refuses this network)"
@@ -283,6 +195,9 @@ def _no_gamma(model: nn.Module) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from bnrank.engine.fitting import load_checkpoint
+    from bnrank.engine.gamma import gamma_stats
+
     model, report = load_checkpoint(
         args.checkpoint, architecture=args.architecture, network_def=read_network_def(args.network_def)
     )
@@ -319,6 +234,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bnrank.engine.demo import write_demo
+
     configure_threads()
     out = write_demo(args.out, n_cases=args.cases, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in out.items()}, indent=2))
@@ -326,18 +243,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bnrank.engine.pretrain import pretrain_folder
+
     threads = configure_threads(threads=args.threads)
     config = PretrainConfig(
-        architecture=args.architecture,
-        build_kwargs={"width": args.width} if args.width else {},
-        steps=args.steps,
-        patch_size=sides(args.patch_size),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        modality=args.modality,
-        device=args.device,
-        precision=args.precision,
+        build_kwargs={"width": args.width} if args.width else {}, **values(args, local_options(PretrainConfig))
     )
     print(f"pretraining {args.architecture} for {args.steps} steps, {threads} thread(s)", file=sys.stderr)
     path, result = pretrain_folder(args.volumes, args.out, config, on_progress=progress_printer(args.quiet))
@@ -396,9 +306,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
 
-    # PretrainConfig is not an option declaration (its fields are offered nowhere else), so its flags are
-    # written out here; its defaults still come from the dataclass.
-    d = PretrainConfig()
     p = sub.add_parser(
         "pretrain",
         help="self-supervised Models Genesis pretraining on a folder of unlabeled NIfTI volumes",
@@ -406,18 +313,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with MSE; writes a candidate checkpoint. See bnrank/engine/pretrain.py.",
     )
     p.add_argument("--volumes", required=True, help="folder of unlabeled *.nii.gz / *.nii volumes")
-    p.add_argument("--architecture", default=d.architecture, help="registered architecture (%(default)s)")
     p.add_argument("--width", type=int, default=None, help="unet3d width (default: the architecture's own, 32)")
-    p.add_argument(
-        "--modality", choices=["MR", "CT"], default=d.modality, help="MR: z-score; CT: window → [0,1] (%(default)s)"
-    )
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--patch-size", type=int, nargs="+", default=[d.patch_size[0]], help="patch side(s) (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="%(default)s")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="%(default)s")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    # --steps has no default on the command line: a pretraining run's length is the user's call.
+    add_flags(p, local_options(PretrainConfig), defaults={"steps": None})
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")

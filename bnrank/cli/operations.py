@@ -3,7 +3,7 @@
 Deferred imports: each command imports the service stack it uses (FastAPI, SQLAlchemy, Celery, uvicorn and
 the settings they read) inside its function, so `bnrank rank` and the other local commands neither pay for
 nor depend on it, and `worker.celery_app`, which builds its Celery app from the settings when imported, is
-only imported by `bnrank worker`. (bnrank/cli/remote.py defers the service's result mapping likewise.)
+only imported by `bnrank worker`. `demo` imports the engine's demo writer (and torch) the same way.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Any
 from bnrank.cli.client import Client
 from bnrank.cli.options import add_flags, remote_options, values
 from bnrank.cli.remote import ProgressLine, info, print_ranking
-from bnrank.engine.demo import write_demo
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import Option
 from bnrank.engine.threads import available_cores, configure_threads
-from bnrank.engine.training import TrainConfig
 
 DEMO_DATASET = "Dataset501_MNIBrain"
 DEMO_CANDIDATES = ("brain_supervised", "brain_early", "brain_damaged", "random_init")
@@ -189,6 +188,7 @@ def _demo_ready(out: Path) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole service path on the embedded defaults: serve, key, uploads, dataset, ranking, table."""
+    from bnrank.engine.demo import write_demo  # deferred: the engine's runtime (torch)
     from service.api.auth import create_key  # deferred: the service stack (module docstring)
     from service.core.db import Database, migrate
     from service.core.launcher import ServeProcess, free_port

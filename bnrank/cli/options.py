@@ -16,9 +16,9 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import Option, offered, problems, three_sides
-from bnrank.engine.training import TrainConfig
 
 C = TypeVar("C")
 

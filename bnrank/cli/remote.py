@@ -2,7 +2,8 @@
 
 A remote job's options are generated from the same engine declarations as the local commands' flags, but
 default to None: only what the user gives is sent, and the service fills in the rest with its defaults.
-A served ranking is read back with the service's own mapping of results, imported where it is printed.
+A served ranking's JSON is read back into the engine's plain result types (bnrank/engine/entries.py) and
+printed with `bnrank rank`'s table; nothing here imports torch, SQLAlchemy or the service.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 import httpx
 
 from bnrank.cli.client import TERMINAL, ApiError, Client
-from bnrank.cli.local import print_ranking as print_engine_ranking
 from bnrank.cli.options import add_flags, add_remote_budget, remote_budget, remote_options, values
-from bnrank.engine.alchemy import AlchemyConfig
+from bnrank.cli.table import print_ranking as print_engine_ranking
+from bnrank.engine.configs.alchemy import AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.entries import RankingResult, entry_from_view
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RankConfig, RankingResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RESULT_PATHS = {"ranking": "/v1/rankings", "alchemy": "/v1/alchemy", "probe": "/v1/probes"}
@@ -65,11 +67,6 @@ class ProgressLine:
 
 def print_ranking(ranking: dict[str, Any]) -> None:
     """The ranking table of `bnrank rank`, from the service's representation of a ranking."""
-    # Deferred: the service's one mapping of results (service/core/results.py) reads a served entry back as
-    # the engine's RankEntry, and it comes with SQLAlchemy and the service's models, which the local
-    # commands need not load.
-    from service.core.results import entry_from_view
-
     entries = [entry_from_view(e) for e in ranking["entries"]]
     print_engine_ranking(
         RankingResult(

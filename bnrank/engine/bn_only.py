@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from bnrank.engine.architectures import Architecture, head_keys
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import TrainingError
 from bnrank.engine.gamma import gamma_stats, gamma_values
 from bnrank.engine.norms import has_norm, insert_affines, kinds_of, no_norm_message, norm_layers
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, TrainResult, train
 
 
 @dataclass

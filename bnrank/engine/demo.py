@@ -19,10 +19,11 @@ import torch
 
 from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo_volumes import write_demo_task
 from bnrank.engine.task import make_task
-from bnrank.engine.training import TrainConfig, train
+from bnrank.engine.training.trainer import train
 
 DEMO_ARCH = "unet3d"
 DEMO_WIDTH = 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.training import TaskData
+from bnrank.engine.training.patches import TaskData
 
 
 class FoldError(BNRankError):

@@ -34,9 +34,9 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.norms import NormLayer, kinds_of, norm_layers
 
-DEFAULT_THRESHOLD = 0.05
 RELATIVE_THRESHOLD = 0.1
 """A channel counts as relatively small when |γ| < RELATIVE_THRESHOLD × median |γ| of its own layer."""
 HIST_EDGES: list[float] = [round(0.05 * i, 2) for i in range(41)] + [float("inf")]

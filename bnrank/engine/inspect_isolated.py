@@ -30,10 +30,13 @@ import torch
 from bnrank.engine import errors, sandbox
 from bnrank.engine.architectures import head_keys
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
-from bnrank.engine.checkpoints import DEFAULT_MAX_CHECKPOINT_BYTES, load_checkpoint, resolve_architecture
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.errors import BNRankError, CheckpointError, InspectionLimitError
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, gamma_stats
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.formats.limits import DEFAULT_MAX_CHECKPOINT_BYTES
+from bnrank.engine.gamma import gamma_stats
 from bnrank.engine.norms import has_norm, no_norm_message
+from bnrank.engine.recognition import resolve_architecture
 
 # Address space on top of what the child maps at start (torch's libraries alone map a few GiB, most of it
 # never resident). Inspecting a checkpoint of B bytes needs about 2·B (the tensors read, the model they are

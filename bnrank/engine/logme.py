@@ -39,16 +39,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import head_modules
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError, TrainingError
-from bnrank.engine.ranking import (
-    Candidate,
-    RankEntry,
-    RankingResult,
-    build_candidate,
-    control_candidates,
-    order_entries,
-)
-from bnrank.engine.training import PatchSchedule, TaskData, TrainConfig, autocast, resolve_device
+from bnrank.engine.ranking import Candidate, build_candidate, control_candidates, order_entries
+from bnrank.engine.training.patches import PatchSchedule, TaskData
+from bnrank.engine.training.precision import autocast, resolve_device
 
 EPSILON = 1e-5
 MAX_ITERATIONS = 11  # the reference implementation's bound; it typically converges in 2-3 iterations

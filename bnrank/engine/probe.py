@@ -27,29 +27,13 @@ from torch import nn
 from bnrank.engine.alchemy import AlchemyError, prepare_model, require_norms
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import norm_only_evaluate
-from bnrank.engine.gamma import DEFAULT_THRESHOLD, has_gamma
+from bnrank.engine.configs.probe import DEFAULT_DRAWS, DEFAULT_THRESHOLDS
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.gamma import has_gamma
 from bnrank.engine.norms import norm_layers
-from bnrank.engine.options import option, validate
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, evaluate, mean_foreground
-
-# From the default "redundant" threshold up to |γ| values that a short BN-only run does reach (see
-# docs/alchemy.md: after 60 BN-only steps on the demo the smallest |γ| is about 0.4-0.5).
-DEFAULT_THRESHOLDS: tuple[float, ...] = (DEFAULT_THRESHOLD, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-DEFAULT_DRAWS = 3
-
-
-@dataclass
-class ProbeConfig:
-    """The probe's own options (its BN-only budget is a TrainConfig); the single declaration of them."""
-
-    thresholds: tuple[float, ...] = option(DEFAULT_THRESHOLDS, help="|γ| cut-offs", gt=0, max_items=32)
-    draws: int = option(DEFAULT_DRAWS, help="random clippings averaged per threshold", ge=1, le=20)
-
-    def __post_init__(self) -> None:
-        validate(self, AlchemyError)
-        if not self.thresholds:
-            raise AlchemyError("thresholds needs at least one value")
-        self.thresholds = tuple(sorted({float(t) for t in self.thresholds}))
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn
+from bnrank.engine.training.validation import evaluate, mean_foreground
 
 
 @dataclass

@@ -25,24 +25,18 @@ import torch
 from scipy.stats import kendalltau
 
 from bnrank.engine.architectures import Architecture
-from bnrank.engine.bn_only import TrainedNorms, norm_only_evaluate, norm_only_setup
-from bnrank.engine.checkpoints import LoadReport, load_checkpoint, resolve_architecture
+from bnrank.engine.bn_only import norm_only_evaluate, norm_only_setup
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.fitting import LoadReport, load_checkpoint
 from bnrank.engine.gamma import gamma_stats
-from bnrank.engine.options import option, validate
-from bnrank.engine.training import (
-    ProgressFn,
-    TaskData,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    Validator,
-    can_train_together,
-    point_value,
-    recalibration_batches,
-    train_together,
-    windowed_score,
-)
+from bnrank.engine.recognition import resolve_architecture
+from bnrank.engine.training.batched import can_train_together, train_together
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, Trainer, TrainResult, recalibration_batches
+from bnrank.engine.training.validation import Validator, point_value, windowed_score
 
 
 @dataclass
@@ -58,151 +52,6 @@ class Candidate:
     @property
     def is_control(self) -> bool:
         return self.path is None
-
-
-# The ranking budget where it differs from TrainConfig's declared defaults (which stay those of the γ probe and
-# of anything else that trains BN-only without ranking). Set from the tuning task alone and fixed before any
-# evaluation task's ground truth existed (bench/preregistration.json, docs/ranking-quality.md): 20 BN-only steps
-# at lr 0.03, hard Dice of the last validation (score_window 1), each validation case predicted whole in one
-# eval-mode pass. Kept apart from fine-tuning's FINETUNE_DEFAULTS (bnrank/engine/alchemy/config.py);
-# tests/bench/test_ranking_quality.py holds these equal to the pre-registration, so they cannot drift.
-RANKING_DEFAULTS: dict[str, Any] = {
-    "max_steps": 20,
-    "lr": 0.03,
-    "score": "dice",
-    "score_window": 1,
-    "validation": "whole",
-}
-
-
-def ranking_config(**overrides: Any) -> TrainConfig:
-    """A ranking budget: TrainConfig with :data:`RANKING_DEFAULTS`, then ``overrides``."""
-    return TrainConfig(**{**RANKING_DEFAULTS, **overrides})
-
-
-@dataclass
-class RankConfig:
-    """How candidates are ranked, beside the training budget (:class:`TrainConfig`) every candidate shares.
-
-    Declared once, like TrainConfig: surfaces generate their options from these fields (engine/options.py).
-    """
-
-    halving_rounds: int = option(
-        1,
-        help="successive-halving rounds: 1 trains every candidate for max_steps; R > 1 gives every candidate "
-        "max_steps / eta^(R-1) steps, then the better 1/eta of them eta times as many (continuing the same run and "
-        "schedule), and so on, the last round ending at max_steps",
-        ge=1,
-        le=10,
-    )
-    halving_eta: int = option(
-        2, help="halving keeps 1/eta of the candidates per round, eta times the steps", ge=2, le=8
-    )
-    batched: bool = option(
-        False,
-        api=False,  # the service runs one task per candidate: there is no process training several together
-        help="train the candidates of one architecture together in one vmapped network (torch.func); off by default: "
-        "at one thread it was 0.69x the speed of one at a time on this CPU (bench/engine_speed.py --only batched)",
-    )
-    tie_resamples: int = option(
-        1000,
-        help="bootstrap resamples over validation cases and the last validations behind tie guidance; 0 = no ties",
-        ge=0,
-        le=100_000,
-    )
-    tie_confidence: float = option(
-        0.9,
-        help="two candidates are tied unless one scores higher than the other in at least this share of resamples",
-        gt=0.5,
-        lt=1,
-    )
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-
-@dataclass
-class RankEntry:
-    checkpoint: str
-    status: str = "ok"
-    rank: int | None = None
-    score: float | None = None
-    dice_per_class: dict[str, float | None] = field(default_factory=dict)
-    gamma: dict[str, Any] = field(default_factory=dict)
-    curve: list[dict[str, float]] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    architecture: str | None = None
-    is_control: bool = False
-    load_report: dict[str, Any] | None = None
-    dice: float | None = None
-    """Hard Dice over the validations behind the score (the score itself when it is hard Dice)."""
-    case_scores: list[list[float | None]] = field(default_factory=list)
-    """Per validation case (or fixed patch) score at each validation behind the score: what ties are drawn from."""
-    halving_round: int | None = None
-    """The successive-halving round this candidate stopped in (1-based); None without halving."""
-    tied_with: list[str] = field(default_factory=list)
-    """Candidates this one cannot be told apart from at this budget (same halving round), by bootstrap."""
-    tie_group: int | None = None
-    """Consecutive ranks tied with the group's first entry share an id; group 1 holds the top candidate."""
-    p_best: float | None = None
-    """Share of bootstrap resamples in which this candidate scores highest (among those of its round)."""
-    norm_kinds: list[str] = field(default_factory=list)
-    """Normalisation kinds whose γ/β were trained: batch, instance, group, layer (+affine-inserted)."""
-    norm_parameters: int | None = None
-    """γ and β trained (inserted affines included); the head's parameters are not counted here."""
-    trained_parameters: int | None = None
-    """Every parameter norm-only evaluation trained: γ/β plus the re-initialised head."""
-    inserted_affines: list[str] = field(default_factory=list)
-    """Normalisations without affine that got an identity affine for the evaluation (not in the checkpoint)."""
-
-    def set_trained(self, info: TrainedNorms) -> None:
-        """Record what norm-only evaluation trained."""
-        self.norm_kinds = list(info.kinds)
-        self.norm_parameters = info.norm_parameters
-        self.trained_parameters = info.trained_parameters
-        self.inserted_affines = list(info.inserted_affines)
-
-    @property
-    def gamma_change(self) -> float | None:
-        """Mean |Δγ| over every channel during BN-only training (after_bn's ``change``): it moves at ranking
-        budgets, where the share of γ under an absolute threshold stays at 0 (issue 10, item 10)."""
-        return gamma_change((self.gamma.get("after_bn") or {}).get("summary") or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gamma_change": self.gamma_change}
-
-
-def gamma_change(summary: Mapping[str, Any]) -> float | None:
-    """Mean |Δγ| during BN-only training from an after_bn γ summary; None where it holds no change (e.g. a stored
-    summary from before the change was measured). The one reading the CLI, the JSON and the API share."""
-    change = summary.get("change") or {}
-    value = change.get("mean_abs_delta")
-    return float(value) if value is not None else None
-
-
-@dataclass
-class RankingResult:
-    dataset: str
-    entries: list[RankEntry]
-    config: dict[str, Any]
-    stability: dict[str, Any]
-    ties: dict[str, Any] = field(default_factory=dict)
-    halving: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "config": self.config,
-            "stability": self.stability,
-            "ties": self.ties,
-            "halving": self.halving,
-            "entries": [e.to_dict() for e in self.entries],
-        }
-
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def build_candidate(

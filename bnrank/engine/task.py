@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnrank.engine.data import PreprocessedDataset
-from bnrank.engine.training import TaskData, Volume, split_indices
+from bnrank.engine.training.patches import TaskData, Volume, split_indices
 
 
 def class_lookup(labels: dict[str, int]) -> tuple[list[str], np.ndarray]:

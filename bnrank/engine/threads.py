@@ -10,8 +10,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import torch
-
 
 def available_cores() -> int:
     """Cores this process may run on: CPU affinity, capped by a cgroup v2 CPU quota when one is set."""
@@ -30,6 +28,8 @@ def available_cores() -> int:
 
 def configure_threads(concurrent_jobs: int = 1, threads: int | None = None) -> int:
     """Set torch's intra-op threads to cores / concurrent jobs (or an explicit count); returns it."""
+    import torch  # here, not at the top: the CLI reads available_cores() before it knows it needs torch
+
     n = threads if threads and threads > 0 else max(1, available_cores() // max(1, concurrent_jobs))
     torch.set_num_threads(n)
     with contextlib.suppress(RuntimeError):  # may only be set once, before any parallel work

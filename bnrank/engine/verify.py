@@ -24,15 +24,13 @@ import torch
 from scipy.stats import kendalltau
 
 from bnrank.engine.bn_only import reinit_head
+from bnrank.engine.configs.ranking import VERIFY_LR, VERIFY_STEPS
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, RankEntry, RankingResult, build_candidate, control_candidates
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, Trainer, TrainResult
-
-# All-parameter fine-tuning to the ranking-quality benchmark's converged budget, with its learning rate (that
-# of `bnrank alchemy`'s fine-tuning: full training wants a smaller step than BN-only training) and its cosine
-# decay: the budget at which fine-tuning agrees with itself across seeds (docs/ranking-quality.md).
-VERIFY_STEPS = 600
-VERIFY_LR = 3e-3
+from bnrank.engine.ranking import Candidate, build_candidate, control_candidates
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, Trainer, TrainResult
 
 
 def finetune_candidate(

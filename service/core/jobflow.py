@@ -29,16 +29,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bnrank.engine.ranking import (
-    RankConfig,
-    halving_steps,
-    halving_survivors,
-    order_entries,
-    ranking_config,
-    stability,
-    tie_guidance,
-)
-from bnrank.engine.training import TrainConfig
+from bnrank.engine.configs.ranking import RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.ranking import halving_steps, halving_survivors, order_entries, stability, tie_guidance
 from service.core.errors import Conflict
 from service.core.jobs import Message, task_message
 from service.core.models import TERMINAL_ENTRY_STATUSES, TERMINAL_JOB_STATUSES, AlchemyResult, Job, RankingEntry, utcnow

@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
 from bnrank.engine.budget_limits import check_step_memory
+from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError, LimitExceededError
-from bnrank.engine.ranking import Candidate, RankEntry, control_candidates
+from bnrank.engine.ranking import Candidate, control_candidates
 from service.core.errors import Invalid, NotFound, Unavailable
 from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
 from service.core.owned import owned_checkpoint, owned_dataset

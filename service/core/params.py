@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.options import Option, offered, options, three_sides
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
-from bnrank.engine.training import TrainConfig
 
 FORBID = ConfigDict(extra="forbid")  # a misspelt option must be refused, not silently left at its default
 # A whole number the engine leaves unbounded above (say ``val_every``) still gets a ceiling in the API: no

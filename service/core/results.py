@@ -2,7 +2,8 @@
 
 A ranking entry, an alchemy fold and a probe fold each cross three representations: what the engine returns
 (``RankEntry``, an alchemy result, a ``ProbeResult``), the row the worker writes, and the body the API
-serves (and the CLI reads back). Every field copy between them is here, and γ phases keep one name each
+serves. Every field copy between them is here (the CLI's way back from the served JSON is the engine's
+`entry_from_view`, so `bnrank remote` needs no database library), and γ phases keep one name each
 on the way: ``raw`` (as uploaded) and ``after_bn`` (after BN-only training) for rankings and probes, as the
 engine's ``RankEntry.gamma`` names them; alchemy's engine phases are named once, in `ALCHEMY_GAMMA_PHASES`.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.ranking import RankEntry, gamma_change
+from bnrank.engine.entries import RankEntry, gamma_change
 from service.core.errors import NotFound
 from service.core.models import AlchemyResult, GammaStat, Job, RankingEntry
 
@@ -156,32 +157,6 @@ def ranking_views(job: Job, entries: list[tuple[RankingEntry, GammaByPhase]]) ->
             "groups": [[names.get(i, i) for i in group] for group in summary.get("groups") or []],
         }
     return views, summary
-
-
-def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
-    """An entry the API served, back as the engine's ``RankEntry`` (what the CLI's ranking table prints)."""
-    return RankEntry(
-        checkpoint=view["name"],
-        status=view["status"],
-        rank=view["rank"],
-        score=view["score"],
-        dice_per_class=view["dice_per_class"],
-        gamma={phase: {"summary": summary} for phase, summary in view["gamma"].items()},
-        curve=list(view["curve"]),
-        steps=view["steps"],
-        seconds=view["seconds"],
-        error=view["error"] or (None if view["status"] == "ok" else view["status"]),
-        is_control=view["is_control"],
-        architecture=view["architecture"],
-        norm_kinds=list(view.get("norm_kinds") or []),
-        norm_parameters=view.get("norm_parameters"),
-        trained_parameters=view.get("trained_parameters"),
-        inserted_affines=list(view.get("inserted_affines") or []),
-        tie_group=view.get("tie_group"),
-        p_best=view.get("p_best"),
-        tied_with=list(view.get("tied_with") or []),
-        halving_round=view.get("halving_round"),
-    )
 
 
 def _served_order(

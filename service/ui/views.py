@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.training import TrainConfig, point_value
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.training.validation import point_value
 from service.core import checkpoints as records
 from service.core import datasets as dataset_records
 from service.core import jobflow

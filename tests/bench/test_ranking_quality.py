@@ -144,8 +144,8 @@ def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
 def test_the_ranking_defaults_are_the_pre_registered_setting():
     """bnrank rank and the service rank with what the tuning task chose (bench/preregistration.json), so the
     defaults cannot drift from what the benchmark measured out of sample."""
-    from bnrank.engine.ranking import RankConfig, ranking_config
-    from bnrank.engine.training import TrainConfig
+    from bnrank.engine.configs.ranking import RankConfig, ranking_config
+    from bnrank.engine.configs.training import TrainConfig
     from service.core.params import RankingParams
 
     setting = json.loads((BENCH / "preregistration.json").read_text())["setting"]

@@ -1,4 +1,4 @@
-"""The command-line package's modules import each other in one direction, at module level.
+"""The command-line package's modules import each other in one direction, and the parser loads no torch.
 
 Read off the source with ast rather than by importing: importing any ``bnrank.cli`` module runs the
 package's ``__init__`` first, which imports every command module, so a circle would not show as an error.
@@ -12,8 +12,20 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "bnrank" / "cli"
-# The modules allowed function-level imports, and of what (their docstrings say why): the service stack.
-DEFERRING = {"operations": ("service.", "worker.", "sqlalchemy", "uvicorn"), "remote": ("service.core.results",)}
+# What a command module may import at module level from the engine: the option declarations and plain types,
+# none of which imports torch. Everything else of the engine (and torch, scipy) is imported by the command
+# that runs it.
+TORCH_FREE = (
+    "bnrank.engine.configs",
+    "bnrank.engine.options",
+    "bnrank.engine.errors",
+    "bnrank.engine.entries",
+    "bnrank.engine.threads",
+)
+ENGINE_RUNTIME = ("bnrank.engine.", "torch", "scipy")
+# The modules allowed function-level imports of the service stack (their docstrings say why).
+SERVICE_STACK = {"operations": ("service.", "worker.", "sqlalchemy", "uvicorn")}
+HEAVY = ("torch", "monai", "scipy", "fastapi", "sqlalchemy", "celery", "uvicorn", "service", "worker")
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -65,7 +77,14 @@ def test_no_import_circle() -> None:
     assert graph["client"] == set(), "the HTTP client stands alone"
 
 
-def test_imports_are_at_module_level_except_the_deferred_service_stack() -> None:
+def _deferrable(module: str, target: str) -> bool:
+    """A function-level import the layout allows: the engine's runtime anywhere, the service stack where said."""
+    if target.startswith(ENGINE_RUNTIME) and not target.startswith(TORCH_FREE):
+        return True
+    return target.startswith(SERVICE_STACK.get(module, ()) or ("\0",))
+
+
+def test_imports_are_at_module_level_except_the_engine_runtime_and_the_service_stack() -> None:
     for name, tree in _modules().items():
         for func in ast.walk(tree):
             if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -73,19 +92,39 @@ def test_imports_are_at_module_level_except_the_deferred_service_stack() -> None
             for node in ast.walk(func):
                 if isinstance(node, ast.Import | ast.ImportFrom):
                     targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                    allowed = DEFERRING.get(name)
-                    deferred = allowed is not None and all(t.startswith(allowed) for t in targets)
+                    deferred = all(_deferrable(name, t) for t in targets)
                     assert deferred, f"bnrank/cli/{name}.py:{node.lineno} imports {targets} inside {func.name}()"
 
 
-def test_the_command_line_loads_without_the_service_stack() -> None:
-    """A fresh interpreter builds the whole parser without importing the service, worker or their libraries."""
+def test_module_level_engine_imports_are_torch_free() -> None:
+    for name, tree in _modules().items():
+        for node in tree.body:
+            if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports run for the type checker only
+                continue
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for target in targets:
+                    heavy = target.startswith(("torch", "scipy", "monai")) or (
+                        target.startswith("bnrank.engine") and not target.startswith(TORCH_FREE)
+                    )
+                    assert not heavy, f"bnrank/cli/{name}.py:{node.lineno} imports {target} at module level"
+
+
+def test_the_command_line_loads_without_torch_or_the_service_stack() -> None:
+    """A fresh interpreter builds the whole parser and every command's help without importing torch, the
+    service, the worker or their libraries: `bnrank --help` and `bnrank remote ...` start without them."""
     code = (
-        "import sys\n"
+        "import argparse, sys\n"
         "from bnrank.cli import build_parser\n"
-        "build_parser()\n"
-        "stack = ('fastapi', 'sqlalchemy', 'celery', 'uvicorn', 'service', 'worker')\n"
-        "loaded = [m for m in stack if m in sys.modules]\n"
+        "parser = build_parser()\n"
+        "def helps(p):\n"
+        "    p.format_help()\n"
+        "    for action in p._actions:\n"
+        "        if isinstance(action, argparse._SubParsersAction):\n"
+        "            for child in action.choices.values():\n"
+        "                helps(child)\n"
+        "helps(parser)\n"
+        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     root = PACKAGE.parents[1]

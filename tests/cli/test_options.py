@@ -12,11 +12,12 @@ import pytest
 from bnrank.cli import build_parser, main, remote
 from bnrank.cli.options import add_flags, build, local_options, remote_options, values
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
+from bnrank.engine.configs.pretrain import PretrainConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.options import option
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
-from bnrank.engine.training import TrainConfig
 
 
 def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
@@ -63,6 +64,7 @@ def test_every_declared_option_has_its_flag_and_keeps_its_name() -> None:
         (("rank",), [TrainConfig]),
         (("alchemy",), [TrainConfig, AlchemyConfig]),
         (("probe",), [TrainConfig, ProbeConfig]),
+        (("pretrain",), [PretrainConfig]),
     ):
         flags = _flags(_subparser(parser, *path))
         for cls in classes:
@@ -81,6 +83,21 @@ def test_every_declared_option_has_its_flag_and_keeps_its_name() -> None:
         _subparser(parser, "alchemy")
     )
     assert {"--thresholds", "--draws", "--max-steps", "--patch-size"} <= _flags(_subparser(parser, "probe"))
+    assert {"--volumes", "--width", "--steps", "--modality", "--out"} <= _flags(_subparser(parser, "pretrain"))
+
+
+def test_pretrain_flags_parse_to_the_declared_defaults_and_steps_must_be_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["pretrain", "--volumes", "v", "--out", "o", "--steps", "200"])
+    assert build(PretrainConfig, args) == PretrainConfig()
+    args = parser.parse_args(["pretrain", "--volumes", "v", "--out", "o", "--steps", "5", "--patch-size", "16"])
+    assert build(PretrainConfig, args) == PretrainConfig(steps=5, patch_size=(16, 16, 16))
+    assert main(["pretrain", "--volumes", "v", "--out", "o"]) == 2
+    assert "error: --steps: steps is required" in capsys.readouterr().err
+    assert main(["pretrain", "--volumes", "v", "--out", "o", "--steps", "1", "--modality", "PET"]) == 2
+    assert "invalid choice: 'PET'" in capsys.readouterr().err
 
 
 def test_bad_values_are_refused_with_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:

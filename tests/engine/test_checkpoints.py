@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from bnrank.engine.architectures import build_model
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict, save_weights
+from bnrank.engine.checkpoints import read_state_dict, save_weights
 from bnrank.engine.errors import (
     ArchitectureMismatchError,
     CorruptCheckpointError,
     UnknownArchitectureError,
     UnsafeCheckpointError,
 )
+from bnrank.engine.fitting import load_checkpoint
 
 NARROW = {"in_channels": 1, "out_channels": 3, "width": 4}
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bnrank.engine.architectures import architecture_from_network_def, build_model
-from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.errors import UnknownArchitectureError
+from bnrank.engine.fitting import load_checkpoint
 from tests.engine.formats import makers as mk
 
 

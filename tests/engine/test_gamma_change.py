@@ -54,7 +54,7 @@ def test_bn_only_reports_the_change_during_training() -> None:
 
 def test_the_change_reaches_the_entry_its_json_and_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     from bnrank.cli.local import print_ranking
-    from bnrank.engine.ranking import RankEntry, RankingResult
+    from bnrank.engine.entries import RankEntry, RankingResult
 
     moved = RankEntry("a", rank=1, score=0.5, gamma={"after_bn": {"summary": {"change": {"mean_abs_delta": 0.1234}}}})
     unmeasured = RankEntry("b", rank=2, score=0.4, gamma={"after_bn": {"summary": {"share_below": 0.0}}})

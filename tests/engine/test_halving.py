@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.ranking import RankConfig
 from bnrank.engine.ranking import (
     Candidate,
-    RankConfig,
     evaluate_candidate,
     evaluate_round,
     halving_steps,

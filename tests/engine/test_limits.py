@@ -25,12 +25,11 @@ import pytest
 import torch
 from monai.networks import nets
 
-from bnrank.engine import checkpoints
 from bnrank.engine.architectures import architecture_from_network_def, build_model
 from bnrank.engine.architectures.monai_nets import ALLOWED_CLASSES
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS, estimate_parameters
 from bnrank.engine.budget_limits import check_step_memory, max_batch_size, step_memory_bytes
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict
+from bnrank.engine.checkpoints import read_state_dict
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.data.checks import check_case
 from bnrank.engine.data.layouts import Case
@@ -42,6 +41,8 @@ from bnrank.engine.errors import (
     NetworkDefError,
     NetworkTooLargeError,
 )
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.formats import legacy, pickles, torch_zip
 
 try:  # imported as a package when tests/ gains __init__.py files, as a rootdir module otherwise
     from tests.engine.volumes import write_nnunet_dataset
@@ -57,7 +58,7 @@ def _no_torch_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("torch.load ran on a file that should have been refused first")
 
-    monkeypatch.setattr(checkpoints.torch, "load", refuse)
+    monkeypatch.setattr(pickles.torch, "load", refuse)
 
 
 def _small_state() -> dict[str, torch.Tensor]:
@@ -112,9 +113,9 @@ def test_zip_with_too_many_entries_is_refused(tmp_path: Path, monkeypatch: pytes
     def no_parse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the central directory was parsed before its entry count was judged")
 
-    monkeypatch.setattr(checkpoints.zipfile, "ZipFile", no_parse)
+    monkeypatch.setattr(torch_zip.zipfile, "ZipFile", no_parse)
     with pytest.raises(CheckpointTooLargeError, match="entries, more than the 3 allowed"):
-        checkpoints.check_torch_zip(path, max_entries=3)
+        torch_zip.check_torch_zip(path, max_entries=3)
 
 
 def test_expanded_tensor_is_refused_before_anything_touches_it(
@@ -164,7 +165,7 @@ def _legacy_file(path: Path, numel: int) -> Path:
 def test_legacy_checkpoint_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "old.pth"
     torch.save(_small_state(), path, _use_new_zipfile_serialization=False)
-    assert checkpoints.check_legacy_torch(path) == 5 * 16 * 4
+    assert legacy.check_legacy_torch(path) == 5 * 16 * 4
     state, meta = read_state_dict(path)
     assert meta["format"] == "torch" and set(state) == set(_small_state())
 

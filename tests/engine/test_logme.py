@@ -161,7 +161,7 @@ def test_coarse_features_are_the_head_input_with_centre_labels() -> None:
     config = LogMEConfig(n_batches=1, per_class=10_000, patch_size=(32, 32, 32), precision="fp32")
     feats, labels = head_features(model, arch, task, config)
     assert feats.shape == (2 * 4**3, 8)
-    from bnrank.engine.training import PatchSchedule
+    from bnrank.engine.training.patches import PatchSchedule
 
     schedule = PatchSchedule(task.train, config.patch_size, config.batch_size, config.seed, config.foreground_ratio)
     _, y = schedule.next_batch()

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.options import offered, option, options, problems, three_sides, validate
-from bnrank.engine.training import TrainConfig
 
 
 class Refused(ValueError):

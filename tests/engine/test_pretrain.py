@@ -1,4 +1,4 @@
-"""Models Genesis pretraining: each corruption, volume reading and normalisation, and `bnrank pretrain`."""
+"""Models Genesis pretraining: each corruption, volume reading and normalisation, a seeded run (CLI: tests/cli)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bnrank.cli import main
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict
+from bnrank.engine.configs.pretrain import PretrainConfig
 from bnrank.engine.errors import DatasetError
 from bnrank.engine.pretrain import (
-    PretrainConfig,
     bezier_curve,
     corrupt,
     flip,
@@ -159,29 +157,3 @@ def test_pretrain_is_seeded_and_learns(tmp_path: Path) -> None:
         assert torch.equal(pa, pb), name
     assert a.out_tr.final_conv.out_channels == 1  # restoration: output channels = input channels
     assert len(ra.curve) == 3 and np.isfinite(ra.final_loss)
-
-
-def test_cli_pretrain_writes_a_rankable_checkpoint(tmp_path: Path, capsys) -> None:
-    folder = _write_volumes(tmp_path / "mr")
-    out = tmp_path / "genesis.safetensors"
-    args = ["pretrain", "--volumes", str(folder), "--architecture", "unet3d", "--width", "4", "--steps", "2"]
-    args += [
-        "--patch-size",
-        "16",
-        "--batch-size",
-        "2",
-        "--seed",
-        "1",
-        "--precision",
-        "fp32",
-        "--quiet",
-        "--threads",
-        "1",
-    ]
-    assert main([*args, "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    state, meta = read_state_dict(out)
-    assert meta["format"] == "safetensors" and state["out_tr.final_conv.weight"].shape[0] == 1
-    _, report = load_checkpoint(out, out_channels=3)  # ranking gives it a fresh 3-class head
-    assert report.architecture == "unet3d" and report.head_reinitialised
-    assert main(["pretrain", "--volumes", str(tmp_path / "nowhere"), "--steps", "1", "--out", str(out)]) == 2

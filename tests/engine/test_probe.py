@@ -15,7 +15,7 @@ from bnrank.engine.architectures import Architecture, architecture_from_network_
 from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.gamma import bn_layers
 from bnrank.engine.probe import clip_probe, gamma_probe
-from bnrank.engine.training import evaluate, mean_foreground
+from bnrank.engine.training.validation import evaluate, mean_foreground
 from tests.engine.tiny import WIDTH, blob_task, small_config
 from tests.engine.volumes import write_nnunet_dataset
 

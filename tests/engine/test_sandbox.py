@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bnrank.engine import sandbox
-from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.errors import UnknownArchitectureError
+from bnrank.engine.fitting import load_checkpoint
 from bnrank.engine.ranking import Candidate, evaluate_candidate
 from tests.engine.formats import onnx_makers as om
 from tests.engine.tiny import blob_task, small_config

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from bnrank.engine.checkpoints import save_weights
-from bnrank.engine.ranking import Candidate, RankConfig, RankEntry, order_entries, rank_candidates, tie_guidance
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.entries import RankEntry
+from bnrank.engine.ranking import Candidate, order_entries, rank_candidates, tie_guidance
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnrank.cli import main
 from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
-from bnrank.engine.ranking import Candidate, RankEntry, rank_candidates
+from bnrank.engine.entries import RankEntry
+from bnrank.engine.ranking import Candidate, rank_candidates
 from bnrank.engine.verify import (
     VERIFY_LR,
     VERIFY_STEPS,
@@ -23,7 +23,6 @@ from bnrank.engine.verify import (
 )
 
 from .tiny import WIDTH, blob_task, small_config
-from .volumes import write_nnunet_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -102,32 +101,3 @@ def test_control_candidates_mirror_the_ranking() -> None:
     controls = control_candidates(entries, cands)
     assert [c.build_kwargs for c in controls] == [{"width": 4}, {"width": 8}]
     assert all(c.is_control for c in controls)
-
-
-def test_rank_verify_in_cli_and_json(tmp_path: Path, capsys) -> None:
-    data = write_nnunet_dataset(tmp_path / "data", n_cases=4, shape=(16, 16, 16), n_labels=1)
-    torch.manual_seed(0)
-    good = save_weights(build_model("unet3d", in_channels=1, out_channels=2, width=WIDTH), tmp_path / "g.safetensors")
-    out = tmp_path / "ranking.json"
-    small = [
-        "--max-steps",
-        "2",
-        "--val-every",
-        "2",
-        "--patch-size",
-        "16",
-        "--quiet",
-        "--precision",
-        "fp32",
-        "--threads",
-        "1",
-    ]
-    args = ["rank", "--dataset", str(data), *small, "--verify", "1", "--verify-steps", "2", "--json", str(out)]
-    assert main([*args, str(good)]) == 0
-    ranking = json.loads(out.read_text())
-    verify = ranking["verify"]
-    assert verify["k"] == 1 and verify["config"]["max_steps"] == 2
-    assert len(verify["checked"]) == 2  # the candidate and the control
-    assert verify["agrees"] in (True, False)
-    assert ranking["stability"]["kendall_tau"] is not None or len(ranking["entries"]) == 2
-    assert "verify: fine-tuned the top 1" in capsys.readouterr().out

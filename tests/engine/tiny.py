@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from bnrank.engine.architectures import build_model
-from bnrank.engine.training import TaskData, TrainConfig, Volume
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.training.patches import TaskData, Volume
 
 WIDTH = 4
 # the narrowest build of each architecture the alchemy tests run on

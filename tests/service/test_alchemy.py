@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bnrank.cli.client import Client
-from bnrank.engine.checkpoints import load_checkpoint
+from bnrank.engine.fitting import load_checkpoint
 from service.core.launcher import WorkerProcess
 from tests.service.conftest import TINY_BUDGET, upload, wait_job
 

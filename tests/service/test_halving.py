@@ -15,7 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from bnrank.engine.ranking import Candidate, RankConfig, rank_candidates
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.ranking import Candidate, rank_candidates
 from service.core.models import Job, RankingEntry, utcnow
 from service.core.params import RankingParams
 from tests.service.conftest import TINY_BUDGET, Stack, make_checkpoint, upload, wait_job

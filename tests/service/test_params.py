@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from bnrank.engine.alchemy import FINETUNE_DEFAULTS, AlchemyConfig
+from bnrank.engine.configs.probe import ProbeConfig
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.options import Option, offered, option
-from bnrank.engine.probe import ProbeConfig
-from bnrank.engine.ranking import RANKING_DEFAULTS, RankConfig, ranking_config
-from bnrank.engine.training import TrainConfig
 from service.api.schemas import AlchemyIn, ProbeIn, RankingIn
 from service.core.params import (
     AlchemyBudget,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import typing
 
-from bnrank.engine.ranking import RankEntry
+from bnrank.engine.entries import RankEntry, entry_from_view
 from service.api.schemas import EntryOut, GammaOut
 from service.core.models import RankingEntry
-from service.core.results import ALCHEMY_GAMMA_PHASES, entry_from_view, entry_values, entry_view, rank_entry
+from service.core.results import ALCHEMY_GAMMA_PHASES, entry_values, entry_view, rank_entry
 
 SUMMARY = {"count": 8, "share_below": 0.25}
 STATS = {"summary": SUMMARY, "histogram": {}, "layers": []}

@@ -15,17 +15,6 @@ kfold.py cross-validates it. The names below are the package's public surface.
 """
 
 from bnrank.engine.alchemy.checkpoint import alchemy_checkpoint, metadata, prepare_model, write_json
-from bnrank.engine.alchemy.config import (
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
-    DEFAULT_LAMBDA,
-    DEFAULT_MAX_SHARE,
-    FINETUNE_DEFAULTS,
-    MODES,
-    AlchemyConfig,
-    AlchemyError,
-    finetune_config,
-)
 from bnrank.engine.alchemy.identification import Identification, Selection, identify, mark_redundant, select_redundant
 from bnrank.engine.alchemy.kfold import FoldsResult, alchemy_kfold, fold_path
 from bnrank.engine.alchemy.maximization import Tuning, fine_tune, gamma_regulariser, maximize, r_gamma
@@ -40,6 +29,17 @@ from bnrank.engine.alchemy.run import (
     require_norms,
     require_own_affines,
     run_alchemy,
+)
+from bnrank.engine.configs.alchemy import (
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    DEFAULT_LAMBDA,
+    DEFAULT_MAX_SHARE,
+    FINETUNE_DEFAULTS,
+    MODES,
+    AlchemyConfig,
+    AlchemyError,
+    finetune_config,
 )
 
 __all__ = [

@@ -17,11 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnrank.engine.alchemy.config import AlchemyConfig
 from bnrank.engine.alchemy.run import AlchemyResult, Phases, run_alchemy
 from bnrank.engine.architectures import Architecture
-from bnrank.engine.checkpoints import load_checkpoint, resolve_architecture, save_weights
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig
+from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.alchemy import AlchemyConfig
+from bnrank.engine.configs.training import TrainConfig
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.recognition import resolve_architecture
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn
 
 
 def prepare_model(

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnrank.engine.alchemy.config import DEFAULT_MAX_SHARE, AlchemyConfig, AlchemyError
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import bn_only_evaluate
-from bnrank.engine.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.configs.alchemy import DEFAULT_MAX_SHARE, AlchemyConfig, AlchemyError
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.norms import norm_layers
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, TrainResult
 
 LABEL = "identification (BN-only)"
 

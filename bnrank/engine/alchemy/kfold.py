@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from bnrank.engine.alchemy.checkpoint import alchemy_checkpoint, metadata
-from bnrank.engine.alchemy.config import AlchemyConfig
 from bnrank.engine.alchemy.run import AlchemyResult, Phases, planned_steps
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.alchemy import AlchemyConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.folds import fold_tasks
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn
 
 
 def fold_path(out: str | Path, fold: int) -> Path:

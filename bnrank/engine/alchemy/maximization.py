@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnrank.engine.alchemy.config import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LAMBDA, AlchemyConfig
+from bnrank.engine.configs.alchemy import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LAMBDA, AlchemyConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.gamma import gamma_vector, has_gamma
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig, TrainResult, train
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn, TrainResult, train
 
 MAXIMIZATION = "maximization: fine-tuning with R_γ"
 FINE_TUNING = "fine-tuning"

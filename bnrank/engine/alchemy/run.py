@@ -16,16 +16,18 @@ from typing import Any
 
 from torch import nn
 
-from bnrank.engine.alchemy.config import AlchemyConfig, AlchemyError
 from bnrank.engine.alchemy.identification import Identification, Selection, identify, mark_redundant
 from bnrank.engine.alchemy.maximization import FINE_TUNING, MAXIMIZATION, Tuning, fine_tune, maximize
 from bnrank.engine.alchemy.modification import modify, skipped_warnings
 from bnrank.engine.alchemy.pairs import find_conv_bn_pairs
 from bnrank.engine.architectures import Architecture
 from bnrank.engine.bn_only import reinit_head
+from bnrank.engine.configs.alchemy import AlchemyConfig, AlchemyError
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.gamma import gamma_stats
 from bnrank.engine.norms import ALL_NAMES, InsertedAffine, has_norm, without_affine
-from bnrank.engine.training import ProgressFn, TaskData, TrainConfig
+from bnrank.engine.training.patches import TaskData
+from bnrank.engine.training.trainer import ProgressFn
 
 
 @dataclass

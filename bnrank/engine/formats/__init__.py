@@ -6,6 +6,12 @@
 * `bundle`: MONAI bundles (configs/metadata.json, configs/inference.json or train.json, models/model.pt).
 * `torchscript`: TorchScript archives, whose tensors are read by a restricted unpickler, never `torch.jit.load`.
 
-`bnrank.engine.checkpoints.read_state_dict` sniffs the bytes and dispatches here; plain state dicts
-(`torch.save`, safetensors) stay there.
+And the readers of plain checkpoints, each bounding what it may allocate before it allocates it:
+
+* `safetensors_file`: `.safetensors`, its header's offsets checked against the file.
+* `torch_zip`: a `torch.save` zip sized from its central directory; `legacy`: a pre-1.6 pickle sized by a walk
+  that builds nothing; `pickles`: `torch.load(weights_only=True)` after either check, numpy scalars allowed.
+* `limits`: the default byte limits they share.
+
+`bnrank.engine.checkpoints.read_state_dict` sniffs the bytes and dispatches here.
 """

@@ -32,6 +32,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ from torch import nn
 
 from bnrank.engine.architectures.registry import Architecture
 from bnrank.engine.errors import CheckpointError, CorruptCheckpointError
-from bnrank.engine.formats.onnx_graph import OnnxGraph, OnnxNode
+from bnrank.engine.formats.onnx_graph import OnnxGraph, OnnxNode, read_onnx
 
 PARAMETRIC = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "PRelu"}
 NORM_OPS = ("BatchNormalization", "InstanceNormalization")
@@ -650,3 +651,14 @@ def onnx_architecture(spec: GraphSpec) -> Architecture:
         head=tuple(f"layers.{key}." for key in spec.head),
         infer=lambda shapes: None,
     )
+
+
+def read_candidate(path: Path, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An ONNX file's weights keyed by the converted network's modules, and the graph to build it from."""
+    graph = read_onnx(path, max_bytes)
+    try:
+        spec, state = structure(graph)
+    except CheckpointError as exc:
+        raise type(exc)(f"{path.name}: {exc}") from exc
+    source = {"conversion": spec.report(), "opset": graph.opset, "producer": graph.producer}
+    return state, {"format": "onnx", "onnx": spec, "source": source}

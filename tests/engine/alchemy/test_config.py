@@ -1,4 +1,4 @@
-"""Alchemy options (alchemy/config.py): declared once, validated with the field named."""
+"""Alchemy options (configs/alchemy.py): declared once, validated with the field named."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from bnrank.engine.alchemy import (
     finetune_config,
     planned_steps,
 )
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.folds import FoldError
-from bnrank.engine.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.options import offered
 
 

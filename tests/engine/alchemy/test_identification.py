@@ -7,8 +7,8 @@ import torch
 
 from bnrank.engine.alchemy import AlchemyConfig, AlchemyError, identification, identify, select_redundant
 from bnrank.engine.architectures import get_architecture
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.gamma import bn_layers, gamma_stats
-from bnrank.engine.training import TrainConfig
 from tests.engine.tiny import blob_task, narrow_model, small_config, weaken_channels
 
 

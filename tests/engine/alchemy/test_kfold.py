@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bnrank.engine.alchemy import AlchemyConfig, alchemy_kfold, fold_path
-from bnrank.engine.checkpoints import load_checkpoint, save_weights
+from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.fitting import load_checkpoint
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 

@@ -18,8 +18,9 @@ from bnrank.engine.alchemy import (
     run_alchemy,
 )
 from bnrank.engine.architectures import Architecture, architecture_from_network_def, get_architecture
-from bnrank.engine.checkpoints import load_checkpoint, save_weights
+from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.errors import TrainingError
+from bnrank.engine.fitting import load_checkpoint
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 

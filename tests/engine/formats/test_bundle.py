@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from bnrank.engine.checkpoints import load_checkpoint, resolve_architecture
 from bnrank.engine.errors import CorruptCheckpointError, NetworkDefError
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.recognition import resolve_architecture
 
 from . import makers as mk
 

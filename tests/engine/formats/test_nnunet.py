@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from bnrank.engine.architectures.nnunet import NNUNetPlansError
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict
+from bnrank.engine.checkpoints import read_state_dict
 from bnrank.engine.errors import (
     ArchitectureMismatchError,
     CorruptCheckpointError,
     TrainingError,
     UnsafeCheckpointError,
 )
+from bnrank.engine.fitting import load_checkpoint
 
 from . import makers as mk
 

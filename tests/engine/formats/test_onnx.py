@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnrank.engine.checkpoints import load_checkpoint, read_state_dict, save_weights, sniff_format
+from bnrank.engine.checkpoints import read_state_dict, save_weights, sniff_format
 from bnrank.engine.errors import CheckpointTooLargeError, CorruptCheckpointError, UnsafeCheckpointError
+from bnrank.engine.fitting import load_checkpoint
 from bnrank.engine.norms import norm_layers, without_affine
 from bnrank.engine.ranking import Candidate, evaluate_candidate, rank_candidates
 from tests.engine.tiny import blob_task, small_config

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.errors import UnknownArchitectureError, UnsafeCheckpointError
+from bnrank.engine.fitting import load_checkpoint
 
 from . import makers as mk
 

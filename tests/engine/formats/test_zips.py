@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bnrank.engine.checkpoints import load_checkpoint
 from bnrank.engine.errors import CheckpointTooLargeError, CorruptCheckpointError
+from bnrank.engine.fitting import load_checkpoint
 from bnrank.engine.formats.zips import open_zip, safe_member_name
 
 from . import makers as mk

@@ -10,8 +10,10 @@ import torch
 from bnrank.engine.architectures import get_architecture
 from bnrank.engine.bn_only import bn_only_setup
 from bnrank.engine.checkpoints import save_weights
-from bnrank.engine.ranking import Candidate, RankConfig, rank_candidates
-from bnrank.engine.training import Trainer, train_together
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.ranking import Candidate, rank_candidates
+from bnrank.engine.training.batched import train_together
+from bnrank.engine.training.trainer import Trainer
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 CONFIG = {"max_steps": 6, "val_every": 2, "validation": "patches", "score": "soft_dice"}

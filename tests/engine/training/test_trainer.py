@@ -1,4 +1,4 @@
-"""The training loop (engine/training.py): the patch schedule, padding, divergence and precision."""
+"""The training loop (engine/training/): the patch schedule, padding, divergence and precision."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from bnrank.engine import training
 from bnrank.engine.architectures import build_model
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import TrainingError
-from bnrank.engine.training import PatchSchedule, TrainConfig, train
+from bnrank.engine.training import precision
+from bnrank.engine.training.patches import PatchSchedule
+from bnrank.engine.training.trainer import train
 from tests.engine.tiny import WIDTH, blob_task, small_config
 
 
@@ -44,9 +46,9 @@ def test_nan_loss_fails_with_the_step() -> None:
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Emulated bf16 (plain AVX512) ran twice as slow as fp32: `auto` must not pick it on such a CPU."""
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
-    assert not training.use_bf16(TrainConfig(precision="auto", device="cpu"))
-    assert training.use_bf16(TrainConfig(precision="bf16", device="cpu"))  # asked for explicitly
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
-    assert training.use_bf16(TrainConfig(precision="auto", device="cpu")) == torch.backends.mkldnn.is_available()
-    assert not training.use_bf16(TrainConfig(precision="fp32", device="cpu"))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert not precision.use_bf16(TrainConfig(precision="auto", device="cpu"))
+    assert precision.use_bf16(TrainConfig(precision="bf16", device="cpu"))  # asked for explicitly
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.use_bf16(TrainConfig(precision="auto", device="cpu")) == torch.backends.mkldnn.is_available()
+    assert not precision.use_bf16(TrainConfig(precision="fp32", device="cpu"))

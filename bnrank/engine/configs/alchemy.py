@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.options import option, validate
-from bnrank.engine.training import TrainConfig
 
 MODES = ("scratch", "finetune", "alchemy")
 DEFAULT_ALPHA = 0.1

@@ -14,10 +14,9 @@ import torch
 from bnrank.cli import main
 from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.ranking import RANKING_DEFAULTS
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
-from bnrank.engine.ranking import RANKING_DEFAULTS
-
-from .volumes import write_nnunet_dataset
+from tests.engine.volumes import write_nnunet_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

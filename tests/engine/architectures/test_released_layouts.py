@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bnrank.engine.architectures import build_model
-from bnrank.engine.checkpoints import load_checkpoint
+from bnrank.engine.fitting import load_checkpoint
 
 
 def _release(model: torch.nn.Module, drop_prefix: str | None = None) -> dict:

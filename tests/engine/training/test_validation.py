@@ -10,7 +10,8 @@ import torch
 
 from bnrank.engine.architectures import get_architecture
 from bnrank.engine.bn_only import bn_only_parameters, reinit_head
-from bnrank.engine.training import Validator, recalibrate_batchnorm, recalibration_batches, train
+from bnrank.engine.training.trainer import recalibrate_batchnorm, recalibration_batches, train
+from bnrank.engine.training.validation import Validator
 from tests.engine.tiny import blob_task, narrow_model, small_config
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from bnrank.engine import zoo as Z
+import zoo as Z
 
 
 def test_recipe_spans_architectures_and_ways_of_making():
@@ -69,7 +68,7 @@ def test_the_nnunet_extension_pool_leaves_the_pre_registered_keys_and_loads_as_n
     recomputed), and a candidate is an nnU-Net v2 checkpoint that ranking reads through the nnU-Net loader."""
     import json
 
-    from bnrank.engine.checkpoints import load_checkpoint
+    from bnrank.engine.fitting import load_checkpoint
 
     recorded = json.loads((Path(__file__).resolve().parents[2] / "bench/results/zoo.json").read_text())["keys"]
     assert Z.recipe_keys(Z.ALL_RECIPES[: len(Z.ZOO_RECIPE)]) == Z.recipe_keys(Z.ZOO_RECIPE) == recorded

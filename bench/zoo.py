@@ -42,13 +42,17 @@ import torch
 from scipy import ndimage
 
 from bnrank.engine.architectures import architecture_from_network_def, build_model
-from bnrank.engine.checkpoints import load_checkpoint, save_weights
+from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.pretrain import PretrainConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
 from bnrank.engine.demo import _damage
 from bnrank.engine.demo_volumes import _scanner_intensities, make_subject, nifti_bytes
-from bnrank.engine.pretrain import PretrainConfig, load_volumes, pretrain
+from bnrank.engine.fitting import load_checkpoint
+from bnrank.engine.pretrain import load_volumes, pretrain
 from bnrank.engine.ranking import Candidate
-from bnrank.engine.training import TaskData, TrainConfig, Volume, train
+from bnrank.engine.training.patches import TaskData, Volume
+from bnrank.engine.training.trainer import train
 
 ZOO_FORMAT = 1  # bump when a change to the generators or the build below changes what a recipe produces
 SPACING_MM = 5.0  # every volume is written at this spacing, the one the benchmark's preprocessing uses

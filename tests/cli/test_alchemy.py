@@ -9,7 +9,8 @@ import pytest
 
 from bnrank.cli import main
 from bnrank.engine.architectures import build_model
-from bnrank.engine.checkpoints import load_checkpoint, save_weights
+from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.fitting import load_checkpoint
 from tests.engine.tiny import WIDTH
 from tests.engine.volumes import write_nnunet_dataset
 

@@ -10,8 +10,7 @@ import torch
 from bnrank.cli import main
 from bnrank.engine.architectures import architecture_from_network_def, build_model
 from bnrank.engine.checkpoints import save_weights
-
-from .volumes import write_nnunet_dataset
+from tests.engine.volumes import write_nnunet_dataset
 
 NETWORK_DEF = {"_target_": "UNet", "channels": [4, 8], "strides": [2], "norm": "instance"}
 

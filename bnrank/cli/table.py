@@ -1,0 +1,92 @@
+"""The ranking table `bnrank rank` prints, and `bnrank remote` and `bnrank demo` print for a served ranking.
+
+Reads the engine's plain result types only (bnrank/engine/entries.py), so printing a served ranking loads
+no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnrank.engine.entries import RankEntry, RankingResult
+
+
+def _fmt(x: float | None) -> str:
+    return "   -  " if x is None else f"{x:6.3f}"
+
+
+def _after_bn(entry: RankEntry, key: str) -> float | None:
+    """One figure of the γ summary after BN-only training (the table's γ columns)."""
+    phase = entry.gamma.get("after_bn") or {}
+    return phase.get("summary", {}).get(key)
+
+
+def _norms(entry: RankEntry) -> str:
+    """The normalisation kinds norm-only evaluation trained, for the table's norm column."""
+    return ",".join(entry.norm_kinds) or "-"
+
+
+def _trained(entry: RankEntry) -> str:
+    return f"{entry.trained_parameters:>9,}" if entry.trained_parameters is not None else f"{'-':>9}"
+
+
+def _share(x: float | None) -> str:
+    return f"{x:7.1%}" if x is not None else f"{'-':>7}"
+
+
+def print_ranking(result: RankingResult, logme: dict[str, float | None] | None = None) -> None:
+    """The ranking table; ``logme`` (checkpoint → LogME score) adds a column beside the BN-only score."""
+    classes = list(next((e.dice_per_class for e in result.entries if e.dice_per_class), {}))
+    header = f"{'rank':>4}  {'score':>6}  " + "  ".join(f"{c[:10]:>10}" for c in classes)
+    if logme is not None:
+        header += f"  {'LogME':>6}"
+    # trained: parameters norm-only evaluation trained (γ/β + head); norm: the normalisation kinds they belong to
+    # ("+affine-inserted" where an identity affine was added after a norm without one), so a mixed pool reads.
+    norm_w = max([4, *(len(_norms(e)) for e in result.entries)])
+    trained_header = f"{'trained':>9}  {'norm':<{norm_w}}"
+    # γ<0.05: the absolute share the thesis reads; γ<.1med: the share under a tenth of its own layer's median
+    # |γ|, which moves at ranking budgets where the absolute one stays at 0 (issue 10, item 10); |Δγ|: the mean
+    # change of γ during BN-only training (RankEntry.gamma_change).
+    header += f"  {'tie':>3}  {'γ<0.05':>7}  {'γ<.1med':>7}  {'|Δγ|':>7}  {'steps':>5}  {'sec':>6}  "
+    header += f"{trained_header}  checkpoint"
+    print(header)
+    print("-" * len(header))
+    for e in result.entries:
+        cells = "  ".join(f"{_fmt(e.dice_per_class.get(c)):>10}" for c in classes) if e.status == "ok" else ""
+        rank = str(e.rank) if e.rank else "-"
+        gamma = f"{_share(_after_bn(e, 'share_below'))}  {_share(_after_bn(e, 'share_below_relative'))}"
+        gamma += f"  {e.gamma_change:7.4f}" if e.gamma_change is not None else f"  {'-':>7}"
+        tie = str(e.tie_group) if e.tie_group is not None else "-"
+        if logme is not None:
+            cells += f"  {_fmt(logme.get(e.checkpoint))}"
+        trained = f"{_trained(e)}  {_norms(e):<{norm_w}}"
+        line = f"{rank:>4}  {_fmt(e.score)}  {cells}  {tie:>3}  {gamma}  {e.steps:>5}  {e.seconds:6.1f}  {trained}  "
+        line += e.checkpoint
+        if e.status != "ok":
+            line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
+        print(line)
+    print_ties(result.ties)
+    s = result.stability
+    if s.get("kendall_tau") is not None:
+        print(
+            f"stability: order at {s['at_fraction']:.0%} of the budget vs the end, Kendall τ = "
+            f"{s['kendall_tau']:.2f}, same top-1: {'yes' if s['same_top1'] else 'no'}"
+        )
+
+
+def print_ties(ties: dict[str, Any]) -> None:
+    """What the order is worth at this budget: who the top cannot be told apart from, and what to do."""
+    top = ties.get("top_group") or []
+    if not top:
+        return
+    p = ties.get("p_top_is_best")
+    odds = f"; P(rank 1 is best) = {p:.2f}" if p is not None else ""
+    if len(top) == 1:
+        print(f"ties: rank 1 stands apart at this budget{odds}")
+    else:
+        names = ", ".join(Path(n).stem if n.endswith(".safetensors") else n for n in top)
+        print(
+            f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune them all, or rank again "
+            "with more steps"
+        )
