@@ -109,3 +109,14 @@ def test_a_truncated_onnx_file_is_corrupt(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptCheckpointError):
         read_state_dict(path)
+
+
+def test_bnrank_inspect_shows_the_source_format_and_the_conversion(tmp_path: Path, capsys) -> None:
+    from bnrank.cli import main
+
+    path = om.export(om.network("monai_unet"), tmp_path / "unet.onnx")
+    assert main(["inspect", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "format:        onnx" in printed
+    assert "conversion:    ONNX graph, op set 17" in printed and "norms: BatchNormalization 13" in printed
+    assert "head: " in printed
