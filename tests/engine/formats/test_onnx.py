@@ -120,3 +120,22 @@ def test_bnrank_inspect_shows_the_source_format_and_the_conversion(tmp_path: Pat
     assert "format:        onnx" in printed
     assert "conversion:    ONNX graph, op set 17" in printed and "norms: BatchNormalization 13" in printed
     assert "head: " in printed
+
+
+def test_alchemy_runs_on_an_onnx_graph_whose_conv_norm_pairs_are_recovered(tmp_path: Path) -> None:
+    from bnrank.engine.alchemy import AlchemyConfig, AlchemyError, run_alchemy
+    from bnrank.engine.alchemy.pairs import find_conv_bn_pairs
+    from bnrank.engine.recognition import resolve_architecture
+
+    task = blob_task()
+    model, report = load_checkpoint(om.export(om.network("unet3d"), tmp_path / "u.onnx"), out_channels=3)
+    pairs, skipped = find_conv_bn_pairs(model, (1, 1, 16, 16, 16))
+    assert len(pairs) == report.source["conversion"]["norms"]["BatchNormalization"] and not skipped
+    arch, _ = resolve_architecture({}, report.architecture)
+    options = AlchemyConfig(fraction=0.1, identify_steps=2)
+    result = run_alchemy(model, arch, task, small_config(max_steps=2, val_every=2), options)
+    assert result.modification["reinitialised"] > 0 and 0.0 <= result.score <= 1.0
+    folded, report = load_checkpoint(om.export(om.network("unet3d"), tmp_path / "f.onnx", keep_norms=False))
+    arch, _ = resolve_architecture({}, report.architecture)
+    with pytest.raises(AlchemyError, match="normalisation"):
+        run_alchemy(folded, arch, task, small_config(max_steps=2, val_every=2))
