@@ -52,6 +52,7 @@ print(json.dumps({{"format": report.format, "params_m": round(n, 2), "seconds": 
 HOSTILE = f"""
 import json, sys, time
 from bnrank.engine.checkpoints import read_state_dict
+import onnx  # imported by the ONNX path: in the baseline, so the time is the refusal's own
 base = {_STATUS}
 start = time.perf_counter()
 try:
