@@ -111,17 +111,6 @@ def test_a_truncated_onnx_file_is_corrupt(tmp_path: Path) -> None:
         read_state_dict(path)
 
 
-def test_bnrank_inspect_shows_the_source_format_and_the_conversion(tmp_path: Path, capsys) -> None:
-    from bnrank.cli import main
-
-    path = om.export(om.network("monai_unet"), tmp_path / "unet.onnx")
-    assert main(["inspect", str(path)]) == 0
-    printed = capsys.readouterr().out
-    assert "format:        onnx" in printed
-    assert "conversion:    ONNX graph, op set 17" in printed and "norms: BatchNormalization 13" in printed
-    assert "head: " in printed
-
-
 def test_alchemy_runs_on_an_onnx_graph_whose_conv_norm_pairs_are_recovered(tmp_path: Path) -> None:
     from bnrank.engine.alchemy import AlchemyConfig, AlchemyError, run_alchemy
     from bnrank.engine.alchemy.pairs import find_conv_bn_pairs
