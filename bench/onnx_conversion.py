@@ -182,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-scores", action="store_true", help="only the cost and hostile tables")
+    parser.add_argument("--merge", type=Path, help="take the cost and hostile rows from this saved run, run scores")
     parser.add_argument("--from", dest="source", type=Path, help="print the tables of a saved run")
     args = parser.parse_args()
     if args.source:
@@ -190,13 +191,16 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        earlier = json.loads(args.merge.read_text()) if args.merge else None
         result: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {platform.processor() or '?'}",
-            "repeats": args.repeats,
-            "cost": bench_cost(root, args.repeats),
-            "hostile": bench_hostile(root),
+            "repeats": earlier["repeats"] if earlier else args.repeats,
+            "cost": earlier["cost"] if earlier else bench_cost(root, args.repeats),
+            "hostile": earlier["hostile"] if earlier else bench_hostile(root),
         }
+        if earlier:
+            result["cost_and_hostile_from"] = earlier["when"]
         result["scores"] = [] if args.skip_scores else bench_scores(root)
     out = ROOT / "bench" / "results" / "onnx_conversion" / f"{result['when'].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -102,6 +103,8 @@ class Work:
     problem: str | None = None
     halving_round: int | None = None
     """A ranking entry's successive-halving round to run (None: no halving, or the first round)."""
+    graph_source: Path | None = None
+    """For the control of an ONNX graph: a candidate's file, read first so the graph's architecture is known."""
 
 
 def job_params(job: Job) -> JobParams | None:

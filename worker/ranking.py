@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round, halving_steps
+from bnrank.engine.recognition import remember_graph
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
 from service.core.jobs import Message, send_tasks
 from service.core.models import (
+    Checkpoint,
     GammaStat,
     Job,
     RankingEntry,
@@ -25,6 +29,17 @@ from worker.context import WorkerContext
 from worker.progress import ProgressReporter, run_reported
 
 log = logging.getLogger(__name__)
+
+
+def graph_source(ctx: WorkerContext, s: Session, job_id: str, architecture: str) -> Path | None:
+    """The blob of a candidate of this job whose architecture is ``architecture`` (an ONNX graph's)."""
+    blob = s.scalars(
+        select(Checkpoint.blob_path)
+        .join(RankingEntry, RankingEntry.checkpoint_id == Checkpoint.id)
+        .where(RankingEntry.job_id == job_id, Checkpoint.architecture == architecture)
+        .limit(1)
+    ).first()
+    return ctx.blobs.path(blob) if blob is not None else None
 
 
 def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> Work | None:
@@ -42,6 +57,8 @@ def claim_entry(ctx: WorkerContext, job_id: str, entry_id: str) -> Work | None:
         work.halving_round = entry.halving_round
         if entry.is_control and work.dataset_uri is not None and work.params is not None:
             work.problem = None
+            if (entry.architecture or "").startswith("onnx:"):  # built from the graph: read a file that has it
+                work.graph_source = graph_source(ctx, s, job_id, entry.architecture)
             work.candidate = Candidate(
                 name=entry.name,
                 architecture=entry.architecture,
@@ -56,6 +73,8 @@ def _evaluate(ctx: WorkerContext, work: Work, reporter: ProgressReporter) -> Ran
         return RankEntry(checkpoint=work.name, status="failed", error=work.problem)
     assert work.candidate is not None and work.dataset_uri is not None and work.params is not None
     try:
+        if work.graph_source is not None:
+            remember_graph(work.graph_source)
         config = work.params.train_config(device=ctx.device)
         data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
     except (BNRankError, ValueError) as exc:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from bnrank.engine import sandbox
 from tests.engine.formats import onnx_makers as om
-from tests.service.conftest import Stack, upload
+from tests.service.conftest import TINY_BUDGET, Stack, upload, wait_job
 
 
 def test_an_onnx_export_is_recognised_with_its_conversion_report(alice: httpx.Client, tmp_path: Path) -> None:
@@ -67,3 +68,21 @@ def test_with_the_sandbox_an_unknown_archive_is_converted_and_a_greedy_one_refus
         refused = upload(client, greedy, name="greedy")
         assert refused.status_code == 422, refused.text
         assert "allocate more than" in refused.json()["detail"]
+
+
+def test_an_onnx_candidate_ranks_through_the_worker_with_its_control(
+    worker: Any, alice: httpx.Client, dataset_id: str, tmp_path: Path
+) -> None:
+    path = om.export(om.network("unet3d", seed=21), tmp_path / "ranked.onnx")
+    uploaded = upload(alice, path, name="onnx-ranked")
+    assert uploaded.status_code in (200, 201), uploaded.text
+    response = alice.post(
+        "/v1/rankings",
+        json={"dataset_id": dataset_id, "checkpoint_ids": [uploaded.json()["id"]], "budget": TINY_BUDGET, "seed": 0},
+    )
+    assert response.status_code == 202, response.text
+    job = wait_job(alice, response.json()["id"], timeout_s=300)
+    entries = alice.get(f"/v1/rankings/{job['id']}").json()["entries"]
+    assert all(e["status"] == "ok" for e in entries), [(e["name"], e["error"]) for e in entries]
+    control = next(e for e in entries if e["is_control"])
+    assert control["architecture"] == uploaded.json()["architecture"]
