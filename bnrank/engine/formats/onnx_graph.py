@@ -12,7 +12,7 @@ first, against what BNRank knows how to convert:
   following a path the file chooses would read the host's files;
 - `onnx.checker` on the rest (names defined before use, attribute types, the op set).
 
-The file is parsed without following external data (``load_external_data=False``). What comes out is an
+The file is parsed as it is, never following external data. What comes out is an
 `OnnxGraph`: the nodes with their attributes as Python values, the initializers as tensors, the inputs and
 outputs. `bnrank.engine.formats.onnx_network` turns it into a PyTorch module.
 """
@@ -20,6 +20,7 @@ outputs. `bnrank.engine.formats.onnx_network` turns it into a PyTorch module.
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,14 +95,14 @@ def _size(n: float) -> str:
 
 
 def _attr(attribute: Any, label: str) -> Any:
-    from onnx import AttributeProto, helper, numpy_helper
+    from onnx import AttributeProto, helper
 
     if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
         raise UnsafeCheckpointError(
             f"{label}: node attribute {attribute.name!r} holds a subgraph; BNRank converts flat graphs only"
         )
     if attribute.type == AttributeProto.TENSOR:
-        return torch.from_numpy(np.array(numpy_helper.to_array(_checked_tensor(attribute.t, label, 1 << 26))))
+        return torch.from_numpy(np.array(stored_array(_checked_tensor(attribute.t, label, 1 << 26), label)))
     value = helper.get_attribute_value(attribute)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -111,7 +112,8 @@ def _attr(attribute: Any, label: str) -> Any:
 
 
 def _checked_tensor(tensor: Any, label: str, max_bytes: int) -> Any:
-    """Refuse a tensor whose data lies outside the file or whose declared size its stored bytes cannot hold."""
+    """Refuse a tensor whose data lies outside the file or whose declared size is above ``max_bytes`` (before its
+    bytes are touched: `stored_array` compares them with the declared size when it is read)."""
     from onnx import TensorProto, helper
 
     name = tensor.name or "(a constant)"
@@ -139,21 +141,6 @@ def _checked_tensor(tensor: Any, label: str, max_bytes: int) -> Any:
             f"{label}: initializer {name!r} declares {numel:,} elements ({_size(declared)}), above the "
             f"{_size(max_bytes)} limit"
         )
-    if tensor.HasField("raw_data"):
-        stored = len(tensor.raw_data)
-        if stored != declared:
-            raise CorruptCheckpointError(
-                f"{label}: initializer {name!r} declares {numel:,} elements ({declared:,} bytes) but stores {stored:,}"
-            )
-    else:
-        typed = max(
-            len(tensor.float_data), len(tensor.int32_data), len(tensor.int64_data), len(tensor.double_data),
-            len(tensor.uint64_data),
-        )
-        if typed != numel and not (typed == 1 and numel == 1):
-            raise CorruptCheckpointError(
-                f"{label}: initializer {name!r} declares {numel:,} elements but stores {typed:,}"
-            )
     return tensor
 
 
@@ -177,9 +164,36 @@ def _without_weights(model: Any) -> Any:
     return helper.make_model(light, ir_version=model.ir_version, opset_imports=list(model.opset_import))
 
 
+def stored_array(tensor: Any, label: str) -> np.ndarray:
+    """An initializer's values, after checking its stored bytes hold exactly what its dimensions declare.
+
+    ``raw_data`` is read once (each read of a protobuf bytes field is a copy) and viewed, not copied again."""
+    from onnx import helper, numpy_helper
+
+    name = tensor.name or "(a constant)"
+    numel = math.prod(tensor.dims)
+    if tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+        if len(raw) != numel * dtype.itemsize:
+            raise CorruptCheckpointError(
+                f"{label}: initializer {name!r} declares {numel:,} elements ({numel * dtype.itemsize:,} bytes) but "
+                f"stores {len(raw):,}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.dims))
+    typed = max(
+        len(tensor.float_data), len(tensor.int32_data), len(tensor.int64_data), len(tensor.double_data),
+        len(tensor.uint64_data),
+    )
+    if typed != numel:
+        raise CorruptCheckpointError(f"{label}: initializer {name!r} declares {numel:,} elements but stores {typed:,}")
+    return numpy_helper.to_array(tensor)
+
+
 def check_model(model: Any, label: str, max_bytes: int) -> dict[str, int]:
     """Refuse what the converter does not know or what would cost more than `max_bytes`; return op counts."""
     import onnx
+    from onnx import helper
 
     if len(model.functions):
         names = ", ".join(f.name for f in model.functions[:3])
@@ -219,10 +233,10 @@ def check_model(model: Any, label: str, max_bytes: int) -> dict[str, int]:
             f"(allowed: convolutions, normalisations, activations, pooling, resizing and shape arithmetic; "
             f"{len(ALLOWED_OPS)} operators)"
         )
-    total = 0
+    total = 0  # declared sizes; the stored bytes are compared with them as each initializer is read
     for tensor in graph.initializer:
         _checked_tensor(tensor, label, max_bytes)
-        total += len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+        total += math.prod(tensor.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     if total > max_bytes:
         raise CheckpointTooLargeError(
             f"{label}: the initializers add up to {_size(total)}, above the {_size(max_bytes)} limit"
@@ -238,13 +252,14 @@ def read_onnx(path: Path, max_bytes: int) -> OnnxGraph:
     """Parse and check an ONNX file; the initializers come back as tensors, nothing is built or run."""
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx import numpy_helper
 
     size = path.stat().st_size
     if size > max_bytes:
         raise CheckpointTooLargeError(f"{path.name}: the file is {_size(size)}, above the {_size(max_bytes)} limit")
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
+    try:  # parsed straight from a read-only map of the file: one copy of the weights less than onnx.load
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            model = onnx.ModelProto()
+            model.ParseFromString(memoryview(mapped))
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise CorruptCheckpointError(f"{path.name}: not a readable ONNX model ({str(exc)[:200]})") from exc
     label = path.name
@@ -258,7 +273,7 @@ def read_onnx(path: Path, max_bytes: int) -> OnnxGraph:
     with warnings.catch_warnings():  # read-only views over the parsed bytes: copied into the network, never written
         warnings.simplefilter("ignore", UserWarning)
         for tensor in graph.initializer:
-            initializers[tensor.name] = torch.from_numpy(numpy_helper.to_array(tensor))
+            initializers[tensor.name] = torch.from_numpy(stored_array(tensor, label))
     inputs = [i.name for i in graph.input if i.name not in initializers]  # older exporters list weights too
     outputs = [o.name for o in graph.output]
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
