@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.fitting import remember_graph
 from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round, halving_steps
-from bnrank.engine.recognition import remember_graph
 from service.core.celery_app import make_celery
 from service.core.jobflow import finalise
 from service.core.jobs import Message, send_tasks

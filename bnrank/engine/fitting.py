@@ -181,3 +181,12 @@ def check_parameter_count(arch: Architecture, kwargs: Mapping[str, Any], max_par
         )
     return count
 
+
+def remember_graph(path: str | Path, *, max_bytes: int | None = None) -> str:
+    """Read a file whose network is its own graph (ONNX, or TorchScript through the sandbox) and remember the
+    architecture by name, so a random-init control named after it can be built in this process; returns the name.
+
+    A worker evaluating a control row has not necessarily read the candidate it stands for."""
+    kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
+    _, report = load_checkpoint(path, **kwargs)
+    return report.architecture

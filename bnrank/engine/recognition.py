@@ -73,18 +73,6 @@ def described_architecture(
     return _DESCRIBED.setdefault(named.name, named)
 
 
-def remember_graph(path: str | Path, *, max_bytes: int | None = None) -> str:
-    """Read a file whose network is its own graph (ONNX, or TorchScript through the sandbox) and remember the
-    architecture by name, so a random-init control named after it can be built in this process; returns the name.
-
-    A worker evaluating a control row has not necessarily read the candidate it stands for."""
-    from bnrank.engine.fitting import load_checkpoint  # fitting imports this module
-
-    kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
-    _, report = load_checkpoint(path, **kwargs)
-    return report.architecture
-
-
 def resolve_architecture(
     shapes: Mapping[str, tuple[int, ...]],
     architecture: str | Architecture | None = None,

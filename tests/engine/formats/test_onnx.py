@@ -133,12 +133,13 @@ def test_alchemy_runs_on_an_onnx_graph_whose_conv_norm_pairs_are_recovered(tmp_p
 def test_a_process_that_never_read_the_graph_learns_it_from_a_file(tmp_path: Path, monkeypatch) -> None:
     from bnrank.engine import recognition
     from bnrank.engine.errors import UnknownArchitectureError
+    from bnrank.engine.fitting import remember_graph
 
     path = om.export(om.network("unet3d"), tmp_path / "u.onnx")
-    name = recognition.remember_graph(path)
+    name = remember_graph(path)
     monkeypatch.setattr(recognition, "_DESCRIBED", {})  # a fresh worker process
     with pytest.raises(UnknownArchitectureError):
         recognition.resolve_architecture({}, name)
-    assert recognition.remember_graph(path) == name
+    assert remember_graph(path) == name
     arch, _ = recognition.resolve_architecture({}, name)
     assert arch.name == name
