@@ -101,7 +101,7 @@ def bench_cost(root: Path, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_scores(root: Path) -> list[dict[str, Any]]:
+def bench_scores(root: Path, networks: list[str]) -> list[dict[str, Any]]:
     import torch
 
     from bnrank.engine.checkpoints import save_weights
@@ -117,7 +117,7 @@ def bench_scores(root: Path) -> list[dict[str, Any]]:
     task = make_task(preprocess(open_dataset(dataset), PreprocessConfig(), cache_root=root / "cache"), seed=0)
     config = ranking_config(precision="fp32")
     rows = []
-    for name in NETWORKS:
+    for name in networks:
         model = om.network(name, seed=1)
         weights = save_weights(model, root / f"{name}.safetensors") if name != "nnunet" else None
         if weights is None:  # nnU-Net shares tensors between encoder and decoder.encoder: torch.save keeps that
@@ -153,6 +153,15 @@ def bench_hostile(root: Path) -> list[dict[str, Any]]:
 
 
 def print_tables(result: dict[str, Any]) -> None:
+    if result["cost"]:
+        print_cost(result)
+    if result["scores"]:
+        print_scores(result)
+    if result["hostile"]:
+        print_hostile(result)
+
+
+def print_cost(result: dict[str, Any]) -> None:
     cost = {r["file"]: r for r in result["cost"]}
     st, ox = cost["safetensors"], cost["onnx"]
     print(f"\nConversion cost, unet3d width 40 ({st['params_m']} M parameters), median of {result['repeats']} runs")
@@ -162,6 +171,9 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"{r['file']:<12} {size:>7.1f} {seconds:>8.2f} {peak:>9.0f} {added:>10.0f}")
     print(f"{'ONNX / st':<12} {'':>7} {ox['seconds'] / st['seconds']:>7.2f}× {ox['peak_mib'] / st['peak_mib']:>8.2f}× "
           f"{ox['added_mib'] / max(st['added_mib'], 1):>9.2f}×   (target ≤ 2×)")
+
+
+def print_scores(result: dict[str, Any]) -> None:
     print("\nDemo task (MNI brain), ranking defaults: score of the original weights and of their ONNX export")
     print(f"{'network':<34} {'original':>9} {'onnx':>9} {'|Δ|':>7}")
     for r in result["scores"]:
@@ -172,6 +184,9 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"{r['network']:<34} {fa:>9} {fb:>9} {delta:>7}")
         if b is None and r.get("onnx_error"):
             print(f"    {r['onnx_error'][:300]}")
+
+
+def print_hostile(result: dict[str, Any]) -> None:
     print("\nHostile ONNX files, each read in a fresh process")
     print(f"{'file':<30} {'s':>6} {'added MiB':>10}  outcome")
     for r in result["hostile"]:
@@ -183,6 +198,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-scores", action="store_true", help="only the cost and hostile tables")
     parser.add_argument("--merge", type=Path, help="take the cost and hostile rows from this saved run, run scores")
+    parser.add_argument("--only-scores", action="store_true", help="only the scores table")
+    parser.add_argument("--networks", nargs="*", default=NETWORKS, help="networks of the scores table")
     parser.add_argument("--from", dest="source", type=Path, help="print the tables of a saved run")
     args = parser.parse_args()
     if args.source:
@@ -196,12 +213,12 @@ def main() -> None:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {platform.processor() or '?'}",
             "repeats": earlier["repeats"] if earlier else args.repeats,
-            "cost": earlier["cost"] if earlier else bench_cost(root, args.repeats),
-            "hostile": earlier["hostile"] if earlier else bench_hostile(root),
+            "cost": earlier["cost"] if earlier else [] if args.only_scores else bench_cost(root, args.repeats),
+            "hostile": earlier["hostile"] if earlier else [] if args.only_scores else bench_hostile(root),
         }
         if earlier:
             result["cost_and_hostile_from"] = earlier["when"]
-        result["scores"] = [] if args.skip_scores else bench_scores(root)
+        result["scores"] = [] if args.skip_scores else bench_scores(root, args.networks)
     out = ROOT / "bench" / "results" / "onnx_conversion" / f"{result['when'].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

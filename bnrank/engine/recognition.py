@@ -124,7 +124,16 @@ def architecture_for(
         kwargs = {**meta["build_kwargs"], **_described_channels(state)}
         return get_architecture(described), kwargs
     if meta.get("onnx") is not None:
-        arch = onnx_network.onnx_architecture(meta["onnx"])
+        spec = meta["onnx"]
+        try:  # an export of a registered network keeps its state-dict names: take that family's head
+            family, _ = recognise(spec.weight_shapes)
+        except UnknownArchitectureError:
+            family = None
+        if family is not None and family.head:
+            spec = onnx_network.with_head(spec, family.head, family.name)
+            if isinstance(meta.get("source"), dict):  # the load report shows the head actually used
+                meta["source"]["conversion"] = spec.report()
+        arch = onnx_network.onnx_architecture(spec)
         return _DESCRIBED.setdefault(arch.name, arch), onnx_network.channels(meta["onnx"])
     if network_def is None and architecture is None and meta.get("network_def") is not None:
         bundle_def = meta["network_def"]

@@ -27,6 +27,7 @@ and bias are anything but the identity, and without one when they are exactly 1 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -77,12 +78,22 @@ class GraphSpec:
     inputs: list[str]
     outputs: list[str]
     rank: int
-    head: list[str]
-    """Keys of the layers on the output's channels (`_find_head`)."""
+    resized: list[str]
+    """Keys of the layers on the output's channels (`_find_head`): resized to the task's classes."""
     affine: dict[str, bool] = field(default_factory=dict)
     """InstanceNormalization modules: whether the file's scale/bias are more than the identity."""
     head_inputs: list[str] = field(default_factory=list)
     """Head layers whose input is another head layer's output: their input channels follow the task too."""
+    names: dict[str, str] = field(default_factory=dict)
+    """Module key → the file's name of its weight (PyTorch exports keep the state-dict names)."""
+    weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """The file's weight name → shape, for every initializer a layer takes: a state dict's signature."""
+    head: list[str] = field(default_factory=list)
+    """Keys re-initialised for a task: `resized`, or a recognised family's head (`with_head`)."""
+    head_rule: str = "the convolutions feeding the first output (through activations, resizing, norms, sums)"
+
+    def __post_init__(self) -> None:
+        self.head = self.head or list(self.resized)
 
     def report(self) -> dict[str, Any]:
         """The conversion report shown with the candidate: operators, norms found, head chosen."""
@@ -96,7 +107,7 @@ class GraphSpec:
             "norms": norms,
             "norms_without_affine": len(without),
             "head": self.head,
-            "head_rule": "the convolutions feeding the first output (through activations, resizing, norms, sums)",
+            "head_rule": self.head_rule,
             "spatial_dims": self.rank,
         }
 
@@ -213,7 +224,11 @@ def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
     head = _find_head(graph.nodes, graph.outputs, keys)
     fed = _fed_by_head(steps, head)
     head = sorted(set(head) | fed)
-    spec = GraphSpec(steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine, sorted(fed))
+    names = {key: graph.nodes[index].inputs[1] for index, key in keys.items()}
+    weight_shapes = {name: tuple(inits[name].shape) for name in consumed if name in graph.initializers}
+    spec = GraphSpec(
+        steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine, sorted(fed), names, weight_shapes
+    )
     return spec, state
 
 
@@ -316,7 +331,7 @@ class OnnxNetwork(nn.Module):
             if step.key is None:
                 continue
             cin = in_channels if step.key in first else out_channels if step.key in spec.head_inputs else None
-            cout = out_channels if step.key in spec.head else None
+            cout = out_channels if step.key in spec.resized else None
             self.layers[step.key] = _module(step, spec, cin, cout)
         self.constants = nn.Module()
         self._constant_names: dict[str, str] = {}
@@ -615,10 +630,19 @@ def _digest(spec: GraphSpec) -> str:
         h.update(repr((step.op, step.key, step.inputs, step.outputs, sorted(step.attrs.items(), key=str))).encode())
     h.update(repr(sorted(spec.shapes.items())).encode())
     h.update(repr(sorted(spec.affine.items())).encode())
+    h.update(repr(spec.head).encode())  # the same graph with another head is another evaluation
     for name, value in sorted(spec.constants.items()):
         h.update(name.encode())
         h.update(value.numpy().tobytes())
     return h.hexdigest()[:8]
+
+
+def with_head(spec: GraphSpec, prefixes: tuple[str, ...], family: str) -> GraphSpec:
+    """The spec with the head a recognised family declares: the layers whose weight names start with its head
+    prefixes (MedicalNet's whole ``conv_seg`` decoder, not only its last convolution), plus the resized ones."""
+    head = sorted({key for key, name in spec.names.items() if name.startswith(prefixes)} | set(spec.resized))
+    rule = f"{family}'s head ({', '.join(prefixes)}), found by the weight names the export kept"
+    return dataclasses.replace(spec, head=head, head_rule=rule)
 
 
 def channels(spec: GraphSpec) -> dict[str, int]:
@@ -628,7 +652,7 @@ def channels(spec: GraphSpec) -> dict[str, int]:
     if first is not None:
         shape = spec.shapes[first.key]  # type: ignore[index]
         found["in_channels"] = shape[1] * int(first.attrs.get("group", 1))
-    head = next((s for s in spec.steps if s.key in spec.head and s.op in ("Conv", "ConvTranspose")), None)
+    head = next((s for s in spec.steps if s.key in spec.resized and s.op in ("Conv", "ConvTranspose")), None)
     if head is not None:
         shape = spec.shapes[head.key]  # type: ignore[index]
         found["out_channels"] = shape[0] if head.op == "Conv" else shape[1] * int(head.attrs.get("group", 1))
