@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install sandbox-deps demo demo-local serve test lint clean
+.PHONY: install demo demo-local serve test lint browser sandbox clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,10 +16,6 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's bubblewrap, which the sandboxed TorchScript conversion (BNRANK_SANDBOX=bwrap) and its tests run under.
-sandbox-deps:
-	command -v bwrap >/dev/null 2>&1 || apt-get install -y --no-install-recommends bubblewrap \
-		|| (apt-get update && apt-get install -y --no-install-recommends bubblewrap)
 
 # The whole product on the embedded default: demo data, API + worker, uploads, dataset, ranking, table.
 demo: install
@@ -37,7 +33,15 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint sandbox-deps
+# The browser test drives Debian's Chromium: installed (apt-get, sudo when not root) only when it is missing.
+browser:
+	./.ci/install-chromium
+
+# The sandboxed TorchScript conversion (BNRANK_SANDBOX=bwrap) and its tests run under Debian's bubblewrap.
+sandbox:
+	./.ci/install-bubblewrap
+
+test: install lint browser sandbox
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -6,7 +6,7 @@ commit, e.g. `git archive <commit> | tar -x -C DIR`) the same commands of both t
 run, so a busy machine slows both alike and the ratio stays fair.
 
     PYTHONPATH=. .venv/bin/python bench/cli_startup.py                           # this tree, 9 runs each
-    PYTHONPATH=. .venv/bin/python bench/cli_startup.py --baseline /tmp/base     # before/after, side by side
+    PYTHONPATH=. .venv/bin/python bench/cli_startup.py --baseline /tmp/base --baseline-commit C  # side by side
     PYTHONPATH=. .venv/bin/python bench/cli_startup.py --from FILE              # the table of a committed run
 
 Each run's raw timings are written to bench/results/cli_startup/<UTC time>.json.
@@ -73,7 +73,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{s['max']:6.2f}s  {'yes' if 'torch' in s['loaded'] else 'no':5s}  {', '.join(s['loaded']) or '-'}"
         )
     by = {(r["tree"], r["command"]): r["summary"]["median"] for r in rows}
-    for _, command in {(r["tree"], r["command"]) for r in rows if r["tree"] == "baseline"}:
+    for command in [r["command"] for r in rows if r["tree"] == "baseline"]:
         if ("this", command) in by:
             lines.append(f"{command}: this tree starts in {by[('this', command)] / by[('baseline', command)]:.2f}× "
                          "the baseline's median time")
@@ -84,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9, help="starts per tree and command (the median is reported)")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure beside this one")
+    parser.add_argument("--baseline-commit", help="the commit the baseline checkout holds, kept in the raw JSON")
     parser.add_argument("--from", dest="source", type=Path, help="print the table of a committed run; run nothing")
     args = parser.parse_args()
     if args.source:
@@ -105,8 +106,14 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{stamp}.json"
-    meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(), "baseline": str(args.baseline) if args.baseline else None}
+    meta = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "baseline": str(args.baseline) if args.baseline else None,
+        "baseline_commit": args.baseline_commit,
+    }
     out.write_text(json.dumps({"when": stamp, **meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
 

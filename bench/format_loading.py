@@ -28,7 +28,7 @@ _PEAK = "next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswi
 LOAD = f"""
 import json, sys, time, torch
 torch.set_num_threads(1)
-from bnrank.engine.checkpoints import load_checkpoint
+from bnrank.engine.fitting import load_checkpoint
 start = time.perf_counter()
 model, report = load_checkpoint(sys.argv[1])
 took = time.perf_counter() - start

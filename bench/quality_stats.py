@@ -238,22 +238,37 @@ def _concordant(proxy: np.ndarray, truth: np.ndarray, idx: Sequence[int]) -> boo
     return all((proxy[i] - proxy[j]) * (truth[i] - truth[j]) > 0 for n, i in enumerate(idx) for j in idx[n + 1 :])
 
 
-def verify_trials(proxy: Sequence[float], truth: Sequence[float], seeds: np.ndarray, k: int) -> dict[str, int]:
+def held_out_truths(scores: np.ndarray) -> np.ndarray:
+    """[seeds, candidates]: row s is the mean of every *other* seed's scores, the truth a verify run of seed s
+    is judged against when its own outcome must not be part of the truth."""
+    s = np.asarray(scores, float)
+    return (s.sum(axis=0)[None, :] - s) / (len(s) - 1)
+
+
+def verify_trials(
+    proxy: Sequence[float], truth: Sequence[float] | np.ndarray, seeds: np.ndarray, k: int
+) -> dict[str, int]:
     """What ``bnrank rank --verify k`` would have said on a benchmark task, once per ground-truth seed.
 
     Verify fine-tunes the proxy's top ``k`` and its bottom candidate with one seed and says the order "agrees"
     when every pair of them keeps the proxy's order, and "same top-1" when the proxy's first is the best of
     them. Each seed's row of ``seeds`` ([seeds, candidates], at verify's budget) stands for one such run;
-    ``truth`` (the converged mean over seeds) says whether the proxy's order of those candidates is in fact
-    right. A false alarm is a "no" where the truth agrees; a miss a "yes" where it does not.
+    ``truth`` says whether the proxy's order of those candidates is in fact right: one vector (the converged
+    mean over seeds) for every run, or one row per run (e.g. :func:`held_out_truths`, so that the run's own
+    seed is not part of the truth it is judged by). A false alarm is a "no" where the truth agrees; a miss a
+    "yes" where it does not.
     """
-    p, t = np.asarray(proxy, float), np.asarray(truth, float)
+    p = np.asarray(proxy, float)
+    rows = np.asarray(seeds, float)
+    t_all = np.asarray(truth, float)
+    if t_all.ndim == 1:
+        t_all = np.repeat(t_all[None, :], len(rows), axis=0)
     order = [int(i) for i in np.argsort(-p, kind="stable")]
     idx = order[:k] + ([order[-1]] if len(order) > k else [])
-    right = _concordant(p, t, idx)
-    top_right = idx[int(np.argmax(t[idx]))] == order[0]
     out = dict.fromkeys(("runs", "right", "false_alarms", "misses", "top1_right", "top1_false_alarms"), 0)
-    for row in np.asarray(seeds, float):
+    for row, t in zip(rows, t_all, strict=True):
+        right = _concordant(p, t, idx)
+        top_right = idx[int(np.argmax(t[idx]))] == order[0]
         says = _concordant(p, row, idx)
         out["runs"] += 1
         out["right"] += right

@@ -96,6 +96,7 @@ VAL_EVERY = 10
 EXTENSION_DIR = "extension"  # proxies/<task>/extension/: the norm-only extension pool's proxy runs
 PROXY_SEED = 0
 COST_TARGET = 0.05  # ranking N candidates should cost at most this share of fine-tuning them to convergence
+PARAMS = "params.json"  # results/params.json: each candidate's parameter count (the size baseline)
 TIE = 0.02  # τ differences below this are ties when picking the pre-registered setting
 
 
@@ -214,7 +215,7 @@ def finetune(candidate, data, test, seed: int, budgets: Sequence[int], cfg: GTCo
     schedule = PatchSchedule(data.train, config.patch_size, config.batch_size, seed, config.foreground_ratio)
     torch.manual_seed(seed)
     points, losses, recent = [], [], []
-    train_seconds, eval_seconds, train_cpu = 0.0, 0.0, 0.0
+    train_seconds, eval_seconds, train_cpu, eval_cpu = 0.0, 0.0, 0.0, 0.0
     for step in range(1, total + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         x, y = schedule.next_batch()
@@ -235,9 +236,10 @@ def finetune(candidate, data, test, seed: int, budgets: Sequence[int], cfg: GTCo
             losses.append({"step": step, "loss": float(np.mean(recent))})
             recent = []
         if step in budgets:
-            t1 = time.perf_counter()
+            t1, e1 = time.perf_counter(), time.process_time()
             per_class = [evaluate(model, [v], data.n_classes, config) for v in test]
             eval_seconds += time.perf_counter() - t1
+            eval_cpu += time.process_time() - e1
             points.append(
                 {
                     "steps": step,
@@ -256,6 +258,7 @@ def finetune(candidate, data, test, seed: int, budgets: Sequence[int], cfg: GTCo
         "train_seconds": round(train_seconds, 3),
         "train_cpu_seconds": round(train_cpu, 3),
         "eval_seconds": round(eval_seconds, 3),
+        "eval_cpu_seconds": round(eval_cpu, 3),
     }
 
 
@@ -381,9 +384,22 @@ def sweep_extras() -> list[dict[str, Any]]:
 
 def proxy_dir(task: str, extension: bool = False) -> Path:
     """Where a task's raw proxy runs are: the pre-registered pool's, or (``extension``) the norm-only
-    extension pool's runs of the same settings, in a subfolder the headline tables never read."""
+    extension pool's runs of the same settings, in a subfolder the headline tables never read. Runs at
+    another proxy seed than ``PROXY_SEED``'s registered 0 go to ``seed<k>/`` (read by the proxy-noise lines)."""
     folder = RESULTS / "proxies" / task
+    if PROXY_SEED != 0:
+        folder = folder / f"seed{PROXY_SEED}"
     return folder / EXTENSION_DIR if extension else folder
+
+
+def proxy_seed_dirs(task: str) -> dict[int, Path]:
+    """{proxy seed: folder} of a task's proxy runs: the registered seed 0 and every ``seed<k>/`` beside it."""
+    folder = RESULTS / "proxies" / task
+    found = {0: folder} if folder.is_dir() else {}
+    for d in sorted(folder.glob("seed*")) if folder.is_dir() else []:
+        if d.is_dir() and d.name[4:].isdigit():
+            found[int(d.name[4:])] = d
+    return found
 
 
 def run_bn_only(
@@ -508,13 +524,14 @@ def extension_candidates() -> list[str]:
     return list(load(path)["keys"]) if path.is_file() else []
 
 
-def read_gt(task: str, candidates: Sequence[str] | None = None) -> dict[str, Any] | None:
+def read_gt(task: str, candidates: Sequence[str] | None = None, root: Path | None = None) -> dict[str, Any] | None:
     """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}.
 
     Of ``candidates`` only; by default of the pre-registered pool, so the headline tables stay computed over
-    the candidates they were registered on when extension candidates' runs sit beside theirs.
+    the candidates they were registered on when extension candidates' runs sit beside theirs. ``root`` is
+    another benchmark's results folder (v2's), by default this one's.
     """
-    folder = RESULTS / "ground_truth" / task
+    folder = (root or RESULTS) / "ground_truth" / task
     if not folder.is_dir():
         return None
     wanted = set(candidates) if candidates is not None else headline_candidates()
@@ -537,29 +554,39 @@ def read_gt(task: str, candidates: Sequence[str] | None = None) -> dict[str, Any
                 for s in complete
             ]
         )
-    last = {k: r["budgets"][-1] for k, r in table.items()}
-    seconds = np.array(
-        [[last[(c, s)].get("train_cpu_seconds", last[(c, s)]["train_seconds"]) for c in cands] for s in complete]
-    )
+
+    def cpu(point: dict[str, Any]) -> float:
+        return point.get("train_cpu_seconds", point["train_seconds"])
+
+    # CPU seconds of training up to each budget (the short points are prefixes of the converged run)
+    budget_seconds = {
+        b: np.array([[cpu(table[(c, s)]["budgets"][i]) for c in cands] for s in complete])
+        for i, b in enumerate(budgets)
+    }
+    seconds = budget_seconds[budgets[-1]]
     return {
         "candidates": cands,
         "seeds": complete,
         "budgets": budgets,
         "gt": gt,
         "train_seconds": seconds,
+        "budget_seconds": budget_seconds,
         "incomplete_seeds": [s for s in seeds if s not in complete],
         "config": table[(cands[0], complete[0])]["config"],
     }
 
 
-def proxy_settings(task: str, cands: Sequence[str], extension: bool = False) -> dict[str, dict[str, Any]]:
+def proxy_settings(
+    task: str, cands: Sequence[str], extension: bool = False, folder: Path | None = None
+) -> dict[str, dict[str, Any]]:
     """Every setting readable off the task's raw proxy runs: {id: {setting, scores [cands], seconds}}.
 
     With ``extension``, each run's entries are joined with the extension pool's run of the same setting
-    (same file name in the extension folder), so the pooled candidates are scored by one setting.
+    (same file name in the extension folder), so the pooled candidates are scored by one setting. ``folder``
+    reads another proxy seed's runs (``proxy_seed_dirs``) instead of the registered seed's.
     """
     out: dict[str, dict[str, Any]] = {}
-    folder = RESULTS / "proxies" / task
+    folder = folder or RESULTS / "proxies" / task
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         run = load(path)
         e = run["entries"]
@@ -736,15 +763,41 @@ def report_zoo() -> list[str]:
             ev = f"source validation Dice {m['source_dice']:.3f} ({r['steps']} steps)"
         elif r["make"] == "damaged":
             ev = f"{r['share']:.0%} of filters of {r['parent']} replaced"
-        arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
-        if r.get("network_def"):
-            arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
-        if r["architecture"] == "nnunet":
-            cls = str(r["build"]["network_class_name"]).rsplit(".", 1)[-1].replace("ConvUNet", "Conv")
-            features = r["build"]["arch_kwargs"]["features_per_stage"]
-            arch = f"nnunet {cls} {features[0]}-{features[-1]}"
-        lines.append(f"{name:<24} {arch:<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
+        lines.append(f"{name:<24} {architecture_label(r):<23} {r['make']:<11} {m['seconds']:7.0f}  {ev}")
     return lines
+
+
+def architecture_label(r: dict[str, Any]) -> str:
+    """A candidate's architecture as the benchmark groups candidates (a width is another architecture)."""
+    arch = r["architecture"] + (f" w{r['build']['width']}" if r["build"].get("width") else "")
+    if r.get("network_def"):
+        arch = f"monai {r['network_def']['_target_']} " + "-".join(str(c) for c in r["network_def"]["channels"])
+    if r["architecture"] == "nnunet":
+        cls = str(r["build"]["network_class_name"]).rsplit(".", 1)[-1].replace("ConvUNet", "Conv")
+        features = r["build"]["arch_kwargs"]["features_per_stage"]
+        arch = f"nnunet {cls} {features[0]}-{features[-1]}"
+    return arch
+
+
+def zoo_facts() -> tuple[dict[str, str], dict[str, int]]:
+    """(architecture of every candidate, its parameter count) from results/zoo*.json and params.json."""
+    arch: dict[str, str] = {}
+    for name in ("zoo.json", "zoo_extension.json"):
+        if (RESULTS / name).is_file():
+            arch.update({c: architecture_label(m["recipe"]) for c, m in load(RESULTS / name)["candidates"].items()})
+    params = load(RESULTS / PARAMS)["parameters"] if (RESULTS / PARAMS).is_file() else {}
+    return arch, params
+
+
+def run_params() -> None:
+    """Every recipe's parameter count (1 input channel, 2 classes: the head differs by task, the body not)."""
+    import zoo as Z
+
+    counts = {r.name: sum(p.numel() for p in Z._build(r, 1, 2).parameters()) for r in Z.ALL_RECIPES}
+    dump(
+        RESULTS / PARAMS,
+        {"what": "parameters of each candidate's network, 1 input channel, 2 classes", "parameters": counts},
+    )
 
 
 def report_curve() -> list[str]:
@@ -861,6 +914,288 @@ def report_task(task: str, prereg: dict[str, Any] | None, boot: int, summary: di
     return lines
 
 
+# ------------------------------------------------------------------------------------------------ baselines
+
+SHORT_FT = 80  # the shortest ground-truth point: the short full fine-tuning the raw data holds
+RACE_TOP = 3  # the "norm-only top k, then short fine-tuning" cascade's k
+
+
+@dataclass
+class Row:
+    """One order of the candidates in the baselines table.
+
+    ``scores`` is one vector, or ([seeds, candidates]) one per ground-truth seed when the order is made from
+    that seed's own short fine-tuning run (then judged against the other seeds only); ``cost`` is CPU seconds
+    (per seed for the latter), ``note`` what it is."""
+
+    label: str
+    scores: Any
+    cost: Any
+    note: str = ""
+    held_out: bool = False
+
+
+def baseline_rows(task: str, gt: dict[str, Any], prereg: dict[str, Any] | None) -> tuple[list[Row], str]:
+    """Every baseline and cascade the committed raw results allow on ``task`` (and what they leave out)."""
+    import baseline_stats as bs
+
+    tuning, _ = task_names()
+    cands = gt["candidates"]
+    arch_of, params = zoo_facts()
+    archs = [arch_of.get(c, "?") for c in cands]
+    ev = evaluate_settings(gt, proxy_settings(task, cands))
+    rows: list[Row] = []
+    missing: list[str] = []
+    norm = ev.get(prereg["setting_id"]) if prereg else None
+    if norm:
+        rows.append(Row("norm-only (pre-registered)", norm["scores"], norm["seconds"], prereg["setting_id"]))
+    else:
+        missing.append("norm-only (no pre-registered run)")
+    logme = ev.get(qs.setting_id(prereg["baseline"])) if prereg else None
+    if logme:
+        rows.append(Row("LogME", logme["scores"], logme["seconds"], qs.setting_id(prereg["baseline"])))
+    tgt = read_gt(tuning)
+    if tgt is not None and not all(c in arch_of for c in (*cands, *tgt["candidates"])):
+        tgt = None
+        missing.append("architecture prior and the cascades built on it (a candidate's architecture is unknown)")
+    if tgt is not None:
+        prior = bs.architecture_prior(
+            dict(zip(tgt["candidates"], qs.gt_mean(tgt["gt"][tgt["budgets"][-1]]), strict=True)), arch_of, cands
+        )
+        rows.append(
+            Row(
+                "architecture prior",
+                prior,
+                0.0,
+                "tuning task's GT mean per architecture, no data" + (" (IN SAMPLE here)" if task == tuning else ""),
+            )
+        )
+    if params and all(c in params for c in cands):
+        rows.append(Row("parameter count", [float(params[c]) for c in cands], 0.0, "more parameters first"))
+    else:
+        missing.append("parameter count (no results/params.json: --params)")
+    rows.append(Row("random pick", None, 0.0, "expected value over uniform picks and orders"))
+    short = SHORT_FT if SHORT_FT in gt["gt"] else None
+    if short:
+        ft = qs.seed_scores(gt["gt"][short])  # [seeds, cands]: test Dice of each seed's run at `short` steps
+        ft_cost = gt["budget_seconds"][short]
+        rows.append(
+            Row(
+                f"short FT {short} st",
+                ft,
+                ft_cost.sum(axis=1),
+                "all parameters, the GT run's prefix; TEST Dice; judged vs the other seeds",
+                True,
+            )
+        )
+    else:
+        missing.append(f"short fine-tuning (no {SHORT_FT}-step ground-truth point)")
+    if tgt is not None and norm:
+        rows.append(
+            Row(
+                "prior → norm-only within arch",
+                bs.lexicographic(prior, norm["scores"]),
+                norm["seconds"],
+                "architectures by the prior, candidates of one architecture by norm-only",
+            )
+        )
+    randoms = {a: i for i, (c, a) in enumerate(zip(cands, archs, strict=True)) if c.endswith("_random")}
+    if norm and all(a in randoms for a in archs):
+        s = norm["scores"]
+        rows.append(
+            Row(
+                "norm-only gain over own random",
+                [s[i] - s[randoms[a]] for i, a in enumerate(archs)],
+                norm["seconds"],
+                "score minus its architecture's random-init candidate's score",
+            )
+        )
+    if norm and short:
+        for label, members in (
+            ("norm-only → FT race of arch leaders", bs.leaders(norm["scores"], archs)),
+            (f"norm-only top {RACE_TOP} → FT race", bs.top_k(norm["scores"], RACE_TOP)),
+        ):
+            rows.append(
+                Row(
+                    label,
+                    np.array([bs.race(norm["scores"], members, f) for f in ft]),
+                    norm["seconds"] + ft_cost[:, members].sum(axis=1),
+                    f"{len(members)} candidates race {short} FT steps; the rest by norm-only",
+                    True,
+                )
+            )
+    if tgt is not None and short:
+        top_arch = archs[int(np.argmax(prior))]
+        members = [i for i, a in enumerate(archs) if a == top_arch]
+        base = bs.lexicographic(prior, norm["scores"]) if norm else prior
+        rows.append(
+            Row(
+                "prior → FT race in top arch",
+                np.array([bs.race(base, members, f) for f in ft]),
+                ft_cost[:, members].sum(axis=1),
+                f"{len(members)} {top_arch} candidates race {short} FT steps",
+                True,
+            )
+        )
+    return rows, "; ".join(missing)
+
+
+def report_baselines(
+    task: str, prereg: dict[str, Any] | None, boot: int, summary: dict[str, dict] | None = None
+) -> list[str]:
+    """Every baseline and cascade beside norm-only, with τw, top-1 regret, the pick's place in the ground
+    truth's tied top group and the cost, over all candidates and within each architecture; each row's measures
+    go into ``summary[task]`` (for the summary over the evaluation tasks)."""
+    import baseline_stats as bs
+
+    gt = read_gt(task)
+    if gt is None:
+        return []
+    cands = gt["candidates"]
+    conv = gt["gt"][gt["budgets"][-1]]
+    ft_all = float(gt["train_seconds"].mean(axis=0).sum())
+    rows, missing = baseline_rows(task, gt, prereg)
+    group, sd = bs.tied_top_group(conv, n=boot), bs.seed_sd(conv)
+    fixed = {r.label: r.scores for r in rows if r.scores is not None and not r.held_out}
+    ci = qs.bootstrap(conv, fixed, n=boot)
+    lines = [
+        f"BASELINES AND CASCADES {task}: truth = converged GT mean over seeds {gt['seeds']}; seed s.d. {sd:.4f}; "
+        f"tied top group (paired bootstrap, one-sided 95 %): {', '.join(cands[i] for i in group)}",
+        f"{'order':<37} {'τw [95% CI]':<21} {'regret':>7} {'/ sd':>6} {'pick':<22} {'in tied':>7} {'× FT':>7}",
+    ]
+    measured: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.scores is None:
+            m = bs.random_pick(qs.gt_mean(conv), group)
+            m["regret_sd"] = m["regret"] / sd
+            lines.append(
+                f"{r.label:<37} {f2(m['wtau']):>5} (expected)".ljust(59) + f" {m['regret']:7.3f} "
+                f"{f2(m['regret_sd'], '.1f'):>6} {'(any)':<22} {m['in_group']:7.2f} {0:7.3f}  {r.note}"
+            )
+            measured[r.label] = {**m, "cost": 0.0}
+            continue
+        if r.held_out:
+            m = bs.held_out_seed(np.asarray(r.scores), conv, n=boot)
+            cost = float(np.mean(r.cost)) / ft_all
+            span = f"{f2(m['wtau']):>5} [{f2(m['wtau_lo'])}, {f2(m['wtau_hi'])}]*"
+            pick = "per seed"
+        else:
+            m = bs.measures(r.scores, conv, group, sd)
+            cost = float(r.cost) / ft_all
+            span = f"{f2(ci[r.label]['value']):>5} [{f2(ci[r.label]['lo'])}, {f2(ci[r.label]['hi'])}]"
+            p = bs.picks(r.scores)
+            pick = cands[p[0]] if len(p) == 1 else f"{len(p)} tied"
+        measured[r.label] = {**m, "cost": cost}
+        lines.append(
+            f"{r.label:<37} {span:<21} {m['regret']:7.3f} {f2(m['regret_sd'], '.1f'):>6} {pick:<22} "
+            f"{m['in_group']:7.2f} {cost:7.3f}  {r.note}"
+        )
+    lines.append(
+        "  regret: Dice of the GT best minus that of the pick (/ sd: in the GT's seed s.d.); in tied: share "
+        "of the pick inside the tied top group; × FT: CPU seconds / fine-tuning every candidate to "
+        "convergence (same machine, one thread); * judged per seed against the other seeds' mean, [min, "
+        "max] over seeds, not a bootstrap interval" + (f"; not available: {missing}" if missing else "")
+    )
+    if summary is not None:
+        summary[task] = measured
+    lines += _within_architecture(task, gt, rows, boot)
+    return lines
+
+
+def report_proxy_noise(task: str, prereg: dict[str, Any] | None, boot: int) -> list[str]:
+    """The pre-registered norm-only setting and LogME at every proxy seed run so far (``--proxy-seed``): τw
+    and regret of the mean over proxy seeds, with intervals over GT seeds, proxy seeds and test cases, and
+    each proxy's seed-to-seed agreement. Nothing is printed while only the registered seed exists."""
+    import baseline_stats as bs
+
+    gt = read_gt(task)
+    dirs = proxy_seed_dirs(task)
+    if gt is None or prereg is None or len(dirs) < 2:
+        return []
+    cands, conv = gt["candidates"], gt["gt"][gt["budgets"][-1]]
+    lines = [f"PROXY NOISE {task}: proxy seeds {sorted(dirs)} (intervals over GT seeds × proxy seeds × test cases)"]
+    for sid in (prereg["setting_id"], qs.setting_id(prereg["baseline"])):
+        rows, seeds = [], []
+        for seed, folder in dirs.items():
+            got = proxy_settings(task, cands, folder=folder).get(sid)
+            if got is not None:
+                rows.append(got["scores"])
+                seeds.append(seed)
+        if len(rows) < 2:
+            lines.append(f"  {sid}: {len(rows)} proxy seed(s) with every candidate")
+            continue
+        b = bs.bootstrap_proxy_seeds(conv, np.asarray(rows), n=boot)
+        w, r = b["wtau"], b["regret"]
+        lines.append(
+            f"  {sid} at seeds {seeds}: τw {f2(w['value'])} [{f2(w['lo'])}, {f2(w['hi'])}], regret "
+            f"{r['value']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}], seed-to-seed τw {f2(b['self_agreement']['value'])}"
+        )
+    return lines
+
+
+def report_baselines_summary(baselines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Every order over the evaluation tasks: mean τw, worst and mean regret, picks in the tied group, cost."""
+    if not baselines:
+        return []
+    tasks = list(baselines)
+    labels = list(dict.fromkeys(k for t in tasks for k in baselines[t]))
+    lines = [
+        f"BASELINES OVER THE EVALUATION TASKS ({', '.join(tasks)}; out of sample)",
+        f"{'order':<37} {'mean τw':>7} {'mean regret':>11} {'worst':>6} {'mean / sd':>9} {'in tied':>8} {'× FT':>6}",
+    ]
+    for label in labels:
+        ms = [baselines[t][label] for t in tasks if label in baselines[t]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            tau = float(np.nanmean([m["wtau"] for m in ms]))
+        lines.append(
+            f"{label:<37} {f2(tau):>7} {np.mean([m['regret'] for m in ms]):11.3f} "
+            f"{max(m['regret'] for m in ms):6.3f} {np.mean([m['regret_sd'] for m in ms]):9.1f} "
+            f"{sum(m['in_group'] for m in ms):4.1f}/{len(ms):<3} {np.mean([m['cost'] for m in ms]):6.3f}"
+        )
+    return lines
+
+
+def _within_architecture(task: str, gt: dict[str, Any], rows: list[Row], boot: int) -> list[str]:
+    """The baselines table restricted to each architecture with ≥ 2 candidates: choosing among weights of one
+    architecture (τw / regret in seed s.d. / in tied group; the ceiling is that subset's leave-one-seed-out τw)."""
+    import baseline_stats as bs
+
+    cands = gt["candidates"]
+    conv = gt["gt"][gt["budgets"][-1]]
+    arch_of, _ = zoo_facts()
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        groups.setdefault(arch_of.get(c, "?"), []).append(i)
+    groups = {a: idx for a, idx in groups.items() if len(idx) >= 2}
+    if not groups:
+        return []
+    lines = [
+        f"WITHIN EACH ARCHITECTURE {task} (τw / regret in seed s.d. / pick in the tied group; n/a: no order)",
+        f"{'order':<37} " + " ".join(f"{a[:24]:>24}" for a in groups),
+    ]
+    cells = []
+    for idx in groups.values():
+        sub = conv[:, idx, :]
+        cells.append(f"{f2(qs.ceiling(sub))} ({len(idx)}; sd {bs.seed_sd(sub):.3f})".rjust(24))
+    lines.append(f"{'ceiling (n; seed s.d.)':<37} " + " ".join(cells))
+    for r in rows:
+        cells = []
+        for idx in groups.values():
+            sub = conv[:, idx, :]
+            if r.scores is None:
+                m = bs.random_pick(qs.gt_mean(sub), bs.tied_top_group(sub, n=boot))
+                m["regret_sd"] = m["regret"] / bs.seed_sd(sub)
+            elif r.held_out:
+                m = bs.held_out_seed(np.asarray(r.scores)[:, idx], sub, n=boot)
+            else:
+                sub_scores = [r.scores[i] for i in idx]
+                m = bs.measures(sub_scores, sub, bs.tied_top_group(sub, n=boot), bs.seed_sd(sub))
+            cells.append(f"{f2(m['wtau'])} / {f2(m['regret_sd'], '.1f')} / {m['in_group']:.2f}".rjust(24))
+        lines.append(f"{r.label:<37} " + " ".join(cells))
+    return lines
+
+
 def report_sweep(task: str) -> list[str]:
     gt = read_gt(task)
     if gt is None:
@@ -947,14 +1282,20 @@ def report_gamma(prereg: dict[str, Any] | None, tasks: Sequence[str], evaluation
 
 
 def report_verify(prereg: dict[str, Any] | None, tasks: Sequence[str]) -> list[str]:
-    """Issue 10, item 8: how often `--verify K` (one seed, at a budget) would cry wolf on the benchmark."""
+    """How often `--verify K` (one seed, at a budget) would cry wolf on the benchmark.
+
+    Each ground-truth seed at a budget stands for one verify run. It is judged against the converged mean of
+    the *other* seeds (held out), so the run's own outcome is not part of the truth it is checked against; the
+    in-sample figures (truth over every seed, the run's included) are shown beside them for comparison.
+    """
     if prereg is None:
         return []
     lines = [
         "--verify ON THE BENCHMARK (pre-registered ranking; each GT seed at a budget stands for one verify run; "
-        "truth: the converged GT mean)",
-        f"{'K':>2} {'budget':>6} {'LOSO τw at budget':>18} {'false alarms':>13} {'misses':>8} "
-        f"{'top-1 false alarms':>19}",
+        "truth: the converged GT mean of the other seeds, and in sample of all seeds)",
+        f"{'':<28} {'held out':^38} | {'in sample (verify seed in the truth)':^38}",
+        f"{'K':>2} {'budget':>6} {'LOSO τw at budget':>18}"
+        + f" {'false alarms':>13} {'misses':>8} {'top-1 false al.':>15} |" * 2,
     ]
     gts, proxies = {}, {}
     for t in tasks:
@@ -965,25 +1306,31 @@ def report_verify(prereg: dict[str, Any] | None, tasks: Sequence[str]) -> list[s
     if not gts:
         return [*lines, "  no evaluation task has ground truth and the pre-registered proxy yet"]
     budgets = next(iter(gts.values()))["budgets"]
+    keys = ("runs", "right", "false_alarms", "misses", "top1_right", "top1_false_alarms")
     for k in VERIFY_KS:
         for b in budgets:
-            total = dict.fromkeys(("runs", "right", "false_alarms", "misses", "top1_right", "top1_false_alarms"), 0)
+            totals = {"held out": dict.fromkeys(keys, 0), "in sample": dict.fromkeys(keys, 0)}
             loso = []
             for t, g in gts.items():
                 seeds = qs.seed_scores(g["gt"][b])
+                converged = qs.seed_scores(g["gt"][budgets[-1]])
                 loso.append(float(np.mean(qs.loso(seeds))))
-                for key, v in qs.verify_trials(proxies[t], qs.gt_mean(g["gt"][budgets[-1]]), seeds, k).items():
-                    total[key] += v
-            wrong = total["runs"] - total["right"]
-            lines.append(
-                f"{k:>2} {b:>6} {f2(min(loso))}-{f2(max(loso))}".ljust(28)
-                + f" {total['false_alarms']:>6}/{total['right']:<6} {total['misses']:>3}/{wrong:<4}"
-                + f" {total['top1_false_alarms']:>9}/{total['top1_right']:<9}"
-            )
+                for name, truth in (("held out", qs.held_out_truths(converged)), ("in sample", converged.mean(0))):
+                    for key, v in qs.verify_trials(proxies[t], truth, seeds, k).items():
+                        totals[name][key] += v
+            row = f"{k:>2} {b:>6} {f2(min(loso))}-{f2(max(loso))}".ljust(28)
+            for total in totals.values():
+                wrong = total["runs"] - total["right"]
+                row += (
+                    f" {total['false_alarms']:>6}/{total['right']:<6} {total['misses']:>3}/{wrong:<4}"
+                    + f" {total['top1_false_alarms']:>7}/{total['top1_right']:<7} |"
+                )
+            lines.append(row)
     lines.append(
         f"  over {', '.join(gts)} × {len(next(iter(gts.values()))['seeds'])} seeds; a false alarm: verify says the "
-        "order does not hold where the converged truth says it does (top-1: the same for the first place); "
-        f"--verify now fine-tunes {budgets[-1]} steps, cosine, as this ground truth (bnrank/engine/verify.py)"
+        "order does not hold where the truth says it does (top-1: the same for the first place); a miss: it says "
+        f"it holds where it does not; --verify fine-tunes {budgets[-1]} steps, cosine, as this ground truth "
+        "(bnrank/engine/verify.py)"
     )
     return lines
 
@@ -1105,11 +1452,16 @@ def report(boot: int = 1000, sweep: bool = False) -> str:
     out.append(f"PRE-REGISTRATION: {prereg['setting_id'] if prereg else 'none yet (--tune)'}")
     out.append("")
     summary: dict[str, dict[str, Any]] = {}
+    baselines: dict[str, dict[str, dict[str, float]]] = {}
     for task in (tuning, *evaluation):
         out += [*report_task(task, prereg, boot, summary if task != tuning else None), ""]
+        out += [*report_baselines(task, prereg, boot, baselines if task != tuning else None), ""]
+        noise = report_proxy_noise(task, prereg, boot)
+        out += [*noise, ""] if noise else []
         if sweep or task == tuning:
             out += [*report_sweep(task), ""]
     out += [*report_gamma(prereg, (tuning, *evaluation), evaluation), ""]
+    out += [*report_baselines_summary(baselines), ""]
     out += [*report_verify(prereg, evaluation), ""]
     extension = report_extension(prereg, evaluation, boot)
     out += [*extension, ""] if extension else []
@@ -1142,6 +1494,7 @@ def report_targets(summary: dict[str, dict[str, Any]], tasks: Sequence[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROXY_SEED
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--zoo", action="store_true", help="build (or reuse) the zoo and tasks; write zoo.json, tasks.json")
@@ -1150,8 +1503,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--proxies", metavar="TASK", help="run the proxies (tuning: the sweep; else: pre-registered)")
     g.add_argument("--tune", action="store_true", help="pick the proxy setting on the tuning task; write the file")
     g.add_argument("--report", action="store_true", help="every table from bench/results, no training")
+    g.add_argument("--params", action="store_true", help="write results/params.json (parameter counts, no training)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"zoo and task cache ({DEFAULT_CACHE})")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--proxy-seed",
+        type=int,
+        default=PROXY_SEED,
+        help="--proxies: run at this proxy seed (not 0: into proxies/<task>/seed<k>/, for the proxy-noise lines; "
+        "never a ground-truth seed)",
+    )
     p.add_argument(
         "--only",
         nargs="*",
@@ -1180,6 +1541,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         run_tune()
         return 0
+    if args.params:
+        run_params()
+        return 0
     from bnrank.engine.threads import configure_threads
 
     threads = configure_threads(threads=args.threads)
@@ -1197,6 +1561,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
             extra[key] = value
+        if args.proxy_seed in GT.seeds:
+            raise SystemExit(f"proxy seed {args.proxy_seed} is a ground-truth seed {GT.seeds}")
+        PROXY_SEED = args.proxy_seed
         run_proxies(args.proxies, args.cache, extra, args.only)
     return 0
 

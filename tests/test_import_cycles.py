@@ -17,12 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bnrank", "service", "worker")
-# Circles known when this test was written, left to their own change (the service/worker half of issue 20).
-# Only these may remain, and only until that change lands: then this set is emptied.
-KNOWN = {
-    ("service.api.app", "service.ui.routes"),
-    ("worker.claims", "worker.progress"),
-}
 
 
 def module_name(path: Path) -> str:
@@ -125,4 +119,4 @@ def test_circles_are_found() -> None:
 def test_no_import_circles(package: str) -> None:
     graph = import_graph()
     found = {c for c in circles(graph) if any(m.split(".")[0] == package for m in c)}
-    assert found <= KNOWN, "import circle(s): " + "; ".join(" ↔ ".join(c) for c in sorted(found - KNOWN))
+    assert not found, "import circle(s): " + "; ".join(" ↔ ".join(c) for c in sorted(found))

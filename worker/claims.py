@@ -7,9 +7,7 @@ is conditional on it, so a run whose lease was taken over (see service.core.reco
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -17,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.ranking import Candidate
 from service.core.jobflow import finalise
+from service.core.kinds import kind_of
 from service.core.models import (
     TERMINAL_ENTRY_STATUSES,
     TERMINAL_JOB_STATUSES,
@@ -28,10 +27,10 @@ from service.core.models import (
     RankingEntry,
     utcnow,
 )
-from service.core.params import JobParams, read_params
+from service.core.params import JobParams
 from service.core.results import gamma_rows
 from worker.context import WorkerContext
-from worker.progress import WorkRow
+from worker.work import Work, WorkRow
 
 log = logging.getLogger(__name__)
 
@@ -84,33 +83,10 @@ def claim(s: Session, rows: WorkRow, job: Job, row: RankingEntry | AlchemyResult
     return row.attempts + 1
 
 
-@dataclass
-class Work:
-    """What a task needs from the database, read once while claiming its row."""
-
-    job_id: str
-    row_id: str
-    owner: str
-    name: str
-    params: JobParams | None
-    dataset_id: str | None
-    dataset_uri: str | None
-    skip_cases: set[str]
-    checkpoint_id: str | None
-    attempt: int = 0
-    seconds: float = 0.0
-    candidate: Candidate | None = None
-    problem: str | None = None
-    halving_round: int | None = None
-    """A ranking entry's successive-halving round to run (None: no halving, or the first round)."""
-    graph_source: Path | None = None
-    """For the control of an ONNX graph: a candidate's file, read first so the graph's architecture is known."""
-
-
 def job_params(job: Job) -> JobParams | None:
     """The job's stored parameters, typed; None (the work then fails with the reason logged) when unreadable."""
     try:
-        return read_params(job.kind, job.params)
+        return kind_of(job.kind).read(job.params)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         log.error("job %s: its parameters cannot be read: %s", job.id, exc)
         return None
@@ -143,7 +119,7 @@ def read_work(
         assert ckpt is not None  # the foreign keys set checkpoint_id to NULL on delete
         work.candidate = Candidate(
             name=name,
-            path=ctx.blobs.path(ckpt.blob_path),
+            path=ctx.blobs.fetch(ckpt.blob_path, ckpt.sha256),
             architecture=None if ckpt.network_def else ckpt.architecture,
             network_def=ckpt.network_def,
         )

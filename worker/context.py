@@ -16,10 +16,13 @@ from bnrank.engine.errors import DatasetError
 from bnrank.engine.task import make_task
 from bnrank.engine.threads import configure_threads
 from bnrank.engine.training.patches import TaskData
-from service.core.blobs import BlobStore
 from service.core.config import Settings, get_settings
 from service.core.db import Database
+from service.core.errors import Invalid
+from service.core.objectstore import open_blob_store
 from service.core.paths import PathRefused, resolve_in_roots
+from service.core.queues import QueueRouter, child_device, gpu_count, worker_concurrency
+from service.core.s3datasets import is_s3, remote_datasets
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +38,13 @@ class WorkerContext:
         self.settings = settings
         sandbox.configure(settings.sandbox)  # TorchScript archives BNRank cannot rebuild are converted in the box
         self.db = Database(settings, pool_size=2)
-        self.blobs = BlobStore(settings.blobs)
-        if settings.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            self.device = settings.device
+        self.blobs = open_blob_store(settings)
+        self.remote_datasets = remote_datasets(settings)
+        self.queues = QueueRouter(settings)
+        gpus = gpu_count(settings) if torch.cuda.is_available() else 0
+        self.device = child_device(settings, gpus, _pool_index())
         self.threads = configure_threads(
-            concurrent_jobs=settings.worker_concurrency, threads=settings.torch_threads or None
+            concurrent_jobs=worker_concurrency(settings, gpus), threads=settings.torch_threads or None
         )
         self._tasks: OrderedDict[tuple[str, int], TaskData] = OrderedDict()
         self._tasks_lock = threading.Lock()
@@ -50,8 +53,13 @@ class WorkerContext:
     def task_data(self, uri: str, skip_cases: set[str], seed: int) -> TaskData:
         """The dataset as training volumes; preprocessing is cached on disk (shared) and in memory (here)."""
         try:
-            folder = resolve_in_roots(uri, self.settings.data_roots)
-        except PathRefused as exc:
+            if is_s3(uri):
+                if self.remote_datasets is None:
+                    raise PathRefused(f"{uri} is in an object store, and BNRANK_DATASET_BUCKETS is empty here")
+                folder = self.remote_datasets.sync(uri)  # once per host and listing
+            else:
+                folder = resolve_in_roots(uri, self.settings.data_roots)
+        except (PathRefused, Invalid) as exc:
             raise DatasetError(f"dataset is no longer usable: {exc}") from exc
         dataset = open_dataset(folder, check=False)
         # Cases the registration check refused stay out; the others were read in full back then.
@@ -69,6 +77,16 @@ class WorkerContext:
             while len(self._tasks) > TASK_CACHE_SIZE:
                 self._tasks.popitem(last=False)
         return data
+
+
+def _pool_index() -> int:
+    """This pool child's index (0 in a solo or threads pool): which of several GPUs it takes."""
+    try:
+        from billiard.process import current_process
+
+        return int(getattr(current_process(), "index", 0) or 0)
+    except Exception:
+        return 0
 
 
 _context: WorkerContext | None = None

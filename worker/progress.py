@@ -14,22 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from sqlalchemy import ColumnElement, case, select, update
 
 from service.core.jobflow import job_progress
-from service.core.models import (
-    TERMINAL_JOB_STATUSES,
-    AlchemyResult,
-    Job,
-    RankingEntry,
-    utcnow,
-)
+from service.core.models import TERMINAL_JOB_STATUSES, Job, utcnow
 from worker.context import WorkerContext
-
-if TYPE_CHECKING:
-    from worker.claims import Work
+from worker.work import Work, WorkRow
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +29,6 @@ log = logging.getLogger(__name__)
 class Cancelled(Exception):
     """Raised from the engine's progress callback when the job was cancelled. Not a BNRankError, so the
     engine does not turn it into a failed entry."""
-
-
-WorkRow: TypeAlias = type[RankingEntry] | type[AlchemyResult]
 
 
 def at_least(column: ColumnElement[float], value: float) -> ColumnElement[float]:

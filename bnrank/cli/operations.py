@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.core.launcher import WorkerProcess
     from service.core.logs import configure_logging
 
-    settings = _settings(api_host=args.host, api_port=args.port)
+    settings = _settings(api_host=args.host, api_port=args.port, api_processes=args.processes)
     configure_logging(settings.log_level, settings.log_format)
     settings.ensure_folders()
     migrate(settings)
@@ -70,9 +71,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # installed before it started; this one turns it into a normal exit, so the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     worker = None if args.no_worker else WorkerProcess(settings)
+    processes = settings.api_processes
+    if processes > 1:
+        # uvicorn's own supervisor: N processes accept on one socket, each builds its app from these variables;
+        # their metrics are added up through files (service/api/metrics.py).
+        info(f"api processes: {processes}")
+        os.environ.update(settings.to_env())
+        metrics_dir = settings.home / f"metrics-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         uvicorn.run(
-            create_app(settings),
+            "service.api.app:create_app" if processes > 1 else create_app(settings),
+            factory=processes > 1,
+            workers=processes if processes > 1 else None,
             host=settings.api_host,
             port=settings.api_port,
             log_level=settings.log_level.lower(),
@@ -82,6 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if processes > 1:
+            shutil.rmtree(settings.home / f"metrics-{os.getpid()}", ignore_errors=True)
         if worker is not None:
             info("stopping the worker")
             worker.stop()
@@ -273,12 +288,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the REST API (and a worker beside it); settings from BNRANK_* variables")
     p.add_argument("--host", help="listen address (BNRANK_API_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (BNRANK_API_PORT, default 8000)")
+    p.add_argument("--processes", type=int, help="API processes behind the port (BNRANK_API_PROCESSES, default 1)")
     p.add_argument("--no-worker", action="store_true", help="API only; workers run elsewhere (`bnrank worker`)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for the service (settings from BNRANK_* variables)")
-    p.add_argument("--concurrency", type=int, help="tasks at once (BNRANK_WORKER_CONCURRENCY, default 1)")
+    p.add_argument(
+        "--concurrency", type=int, help="tasks at once (BNRANK_WORKER_CONCURRENCY; default: one per GPU, else 1)"
+    )
     p.add_argument("--pool", choices=["prefork", "solo", "threads"], help="Celery pool (BNRANK_WORKER_POOL)")
     p.add_argument("--loglevel", help="default: BNRANK_LOG_LEVEL")
     p.set_defaults(func=cmd_worker)

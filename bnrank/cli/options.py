@@ -1,9 +1,10 @@
 """Command-line flags generated from the engine's option declarations (bnrank/engine/options.py).
 
-`TrainConfig`, `AlchemyConfig` and `ProbeConfig` are the only lists of these options: a flag's name, type,
-default, help and bounds come from the field, so a default changed in the engine shows in `--help` and is
-what the command runs with. Local commands default every flag to the declared default; remote commands
-default every flag to None, which means "the service's default", and send only what the user gave.
+`TrainConfig`, `RankConfig`, `AlchemyConfig`, `ProbeConfig` and `PretrainConfig` (bnrank/engine/configs/)
+are the only lists of these options: a flag's name, type, default, help and bounds come from the field, so
+a default changed in the engine shows in `--help` and is what the command runs with. Local commands default
+every flag to the declared default; remote commands default every flag to None, which means "the
+service's default", and send only what the user gave.
 
 Bounds are checked after parsing (with the same `problems` the engine and the API use), not by argparse, so
 a bad value is an ``error: ...`` line and exit status 2 from `main`, like every other refused request.

@@ -28,7 +28,6 @@ from bnrank.engine.entries import RankingResult, entry_from_view
 from bnrank.engine.errors import BNRankError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-RESULT_PATHS = {"ranking": "/v1/rankings", "alchemy": "/v1/alchemy", "probe": "/v1/probes"}
 
 
 def info(message: str) -> None:
@@ -118,7 +117,7 @@ def cmd_remote(args: argparse.Namespace) -> int:
 
 def _follow(client: Client, job_id: str) -> dict[str, Any]:
     final = client.wait(job_id, on_progress=ProgressLine())
-    _print_result(final["kind"], client.get(f"{RESULT_PATHS[final['kind']]}/{job_id}"))
+    _print_result(final["kind"], client.get(final["results"]))
     return final
 
 
@@ -188,7 +187,7 @@ def _remote(args: argparse.Namespace, client: Client) -> int:
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
     elif command == "results":
         job = client.get(f"/v1/jobs/{args.job}")
-        _print_result(job["kind"], client.get(f"{RESULT_PATHS[job['kind']]}/{args.job}"), args.json)
+        _print_result(job["kind"], client.get(job["results"]), args.json)
     elif command == "cancel":
         job = client.post(f"/v1/jobs/{args.job}/cancel")
         info(f"{job['id']}: cancel requested (status {job['status']})")

@@ -1,6 +1,6 @@
 """Inspecting an uploaded checkpoint in a child process that has its own memory and time limits.
 
-Every size the engine can foresee is bounded before it is allocated (see checkpoints.py and
+Every size the engine can foresee is bounded before it is allocated (see formats/ and
 architectures/sizing.py), but a checkpoint is a stranger's file read by large C++ libraries, and the next
 trick may be one nobody foresaw. So the service does not read it in its own process: a child does, under
 ``RLIMIT_AS`` (address space) and a wall-clock limit. A file that would take 30 GB or loop forever then

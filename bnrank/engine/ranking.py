@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from scipy.stats import kendalltau
 
@@ -32,7 +30,9 @@ from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.fitting import LoadReport, load_checkpoint
 from bnrank.engine.gamma import gamma_stats
+from bnrank.engine.halving import halving_steps, halving_summary, halving_survivors
 from bnrank.engine.recognition import resolve_architecture
+from bnrank.engine.ties import tie_guidance
 from bnrank.engine.training.batched import can_train_together, train_together
 from bnrank.engine.training.patches import TaskData
 from bnrank.engine.training.trainer import ProgressFn, Trainer, TrainResult, recalibration_batches
@@ -174,95 +174,6 @@ def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candid
     return found
 
 
-def _score_matrices(members: Sequence[RankEntry], window: int) -> np.ndarray:
-    """[candidates, validations, cases] of scores; from the last validations' curve points where cases are missing."""
-    shapes = {np.shape(e.case_scores) for e in members}
-    if len(shapes) == 1 and all(e.case_scores for e in members) and len(next(iter(shapes))) == 2:
-        return np.array([[[np.nan if v is None else v for v in row] for row in e.case_scores] for e in members], float)
-    points = [[v for p in e.curve if (v := point_value(p)) is not None][-window:] for e in members]
-    w = max(1, min(len(p) for p in points))
-    return np.array([[[v] for v in (p[-w:] or [e.score or 0.0])] for p, e in zip(points, members, strict=True)], float)
-
-
-def _bootstrap(mats: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """[resamples, candidates] means over one paired resample of validations and cases (the same for everyone)."""
-    _, w, u = mats.shape
-    out = np.empty((resamples, mats.shape[0]))
-    for start in range(0, resamples, 100):
-        b = min(100, resamples - start)
-        pts, cases = rng.integers(w, size=(b, w)), rng.integers(u, size=(b, u))
-        sub = mats[:, pts[:, :, None], cases[:, None, :]]  # [n, b, w, u]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[start : start + b] = np.nanmean(sub, axis=(2, 3)).T
-    return np.where(np.isfinite(out), out, -np.inf)
-
-
-def tie_guidance(
-    entries: Sequence[RankEntry], resamples: int = 1000, confidence: float = 0.9, window: int = 3, seed: int = 0
-) -> dict[str, Any]:
-    """Which ranked candidates cannot be told apart at this budget; fills ``tied_with``, ``tie_group``, ``p_best``.
-
-    A paired bootstrap: each resample draws the validation cases (or fixed patches) and the validations behind the
-    score with replacement, the same draw for every candidate, and averages each candidate's per-case scores over
-    it. Two candidates are tied unless one is ahead in at least ``confidence`` of the resamples. Groups follow the
-    order: an entry joins the current group when it is tied with the group's first entry. Under successive halving
-    only candidates stopped in the same round (scored at the same budget) are compared. Entries without per-case
-    scores (e.g. read back from a store) fall back to the spread of their last ``window`` validations.
-    """
-    ranked = [e for e in entries if e.rank is not None]
-    ranked.sort(key=lambda e: e.rank or 0)
-    for e in entries:
-        e.tied_with, e.tie_group, e.p_best = [], None, None
-    summary: dict[str, Any] = {
-        "method": "paired bootstrap over validation cases and the validations behind the score",
-        "resamples": resamples,
-        "confidence": confidence,
-        "p_top_is_best": None,
-        "top_group": [],
-        "groups": [],
-    }
-    if not resamples or not ranked:
-        return summary
-    rng = np.random.default_rng(seed)
-    rounds: dict[int, list[RankEntry]] = {}
-    for e in ranked:
-        rounds.setdefault(e.halving_round or 0, []).append(e)
-    group = 0
-    for members in rounds.values():
-        stats = _bootstrap(_score_matrices(members, window), resamples, rng)
-        ahead = (stats[:, :, None] > stats[:, None, :]).mean(0) + 0.5 * (stats[:, :, None] == stats[:, None, :]).mean(0)
-        tied = np.maximum(ahead, ahead.T) < confidence
-        np.fill_diagonal(tied, False)
-        best = stats == stats.max(1, keepdims=True)
-        p_best = (best / best.sum(1, keepdims=True)).mean(0)
-        leader = -1
-        for i, e in enumerate(members):
-            e.tied_with = [m.checkpoint for j, m in enumerate(members) if tied[i, j]]
-            e.p_best = round(float(p_best[i]), 4)
-            if leader < 0 or not tied[leader, i]:
-                group, leader = group + 1, i
-                summary["groups"].append([])
-            e.tie_group = group
-            summary["groups"][-1].append(e.checkpoint)
-    summary["p_top_is_best"] = ranked[0].p_best
-    summary["top_group"] = summary["groups"][0]
-    return summary
-
-
-def halving_steps(max_steps: int, rounds: int, eta: int) -> list[int]:
-    """The step each halving round ends at: max_steps / eta^(rounds-1-k), the last exactly max_steps."""
-    return sorted({max(1, max_steps // eta ** (rounds - 1 - k)) for k in range(rounds)})
-
-
-def halving_survivors(scores: Sequence[float], eta: int) -> list[int]:
-    """Which candidates go on to the next halving round: the best ceil(n / eta) (at least one) by their score at
-    this round's end, ties kept in the given order. The one selection rule: the engine's rounds and the
-    service's (service/core/jobflow.py) both call it."""
-    keep = max(1, math.ceil(len(scores) / eta))
-    return sorted(range(len(scores)), key=lambda i: -scores[i])[:keep]
-
-
 def evaluate_round(
     candidate: Candidate,
     data: TaskData,
@@ -399,7 +310,6 @@ def _rank_kept(
     alive = [lv for lv in lives if lv.trainer is not None]
     counts = [math.ceil(len(alive) / rank.halving_eta**k) for k in range(len(ends))]
     progress["total"] = max(1, sum(n * (e - b) for n, e, b in zip(counts, ends, [0, *ends[:-1]], strict=True)))
-    rounds = []
     for k, end in enumerate(ends):
         for group in _groups(alive) if rank.batched else [[lv] for lv in alive]:
             trainers = [lv.trainer for lv in group if lv.trainer is not None]
@@ -416,7 +326,6 @@ def _rank_kept(
             for lv in group:
                 lv.entry.halving_round = k + 1 if len(ends) > 1 else None
         alive = [lv for lv in alive if lv.entry.status == "ok"]
-        rounds.append({"round": k + 1, "steps": end, "candidates": [lv.entry.checkpoint for lv in alive]})
         if k + 1 < len(ends):
             scores = [lv.trainer.score(end) for lv in alive]  # type: ignore[union-attr]
             alive = [alive[i] for i in halving_survivors(scores, rank.halving_eta)]
@@ -427,14 +336,8 @@ def _rank_kept(
         fill_entry(lv.entry, lv.trainer.result())
         lv.entry.gamma = {"raw": lv.raw, "after_bn": gamma_stats(lv.trainer.model, reference=lv.start)}
         lv.entry.seconds = round(lv.seconds + lv.trainer.seconds, 3)
-    info = {
-        "rounds": rounds,
-        "eta": rank.halving_eta,
-        "state": "kept in memory between rounds: model, optimiser, patch schedule and RNG state of every candidate",
-        "candidate_steps": sum(lv.trainer.step for lv in lives if lv.trainer is not None),
-        "candidate_steps_without_halving": config.max_steps * sum(1 for lv in lives if lv.trainer is not None),
-    }
-    return [lv.entry for lv in lives], info
+    entries = [lv.entry for lv in lives]
+    return entries, halving_summary(entries, ends, rank.halving_eta, config.max_steps, retrained=False)
 
 
 def rank_candidates(
@@ -467,12 +370,28 @@ def rank_candidates(
             entries.append(evaluate_candidate(cand, data, config, on_progress=progress))
         for cand in control_candidates(entries, candidates) if control else []:
             entries.append(evaluate_candidate(cand, data, config))
-    ordered = order_entries(entries)
+    ordered, closed = close_ranking(entries, config, rank)
     return RankingResult(
         dataset=dataset_name,
         entries=ordered,
         config={**asdict(config), "rank": asdict(rank)},
-        stability=stability(ordered, config.score_window),
-        ties=tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, config.score_window, config.seed),
+        stability=closed["stability"],
+        ties=closed["ties"],
         halving=halving,
     )
+
+
+def close_ranking(
+    entries: Sequence[RankEntry], config: TrainConfig, rank: RankConfig
+) -> tuple[list[RankEntry], dict[str, Any]]:
+    """Order evaluated entries and say how far to trust the order: ``(ordered, {"stability", "ties"})``.
+
+    The one close-out of a ranking: `rank_candidates` and the service's (service/core/jobflow.py) both call it,
+    so the same entries give the same order, stability and tie groups (drawn with the ranking's seed) either way.
+    """
+    ordered = order_entries(entries)
+    window = config.score_window
+    return ordered, {
+        "stability": stability(ordered, window),
+        "ties": tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, window, config.seed),
+    }

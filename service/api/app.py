@@ -32,6 +32,8 @@ from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import make_limiter, retry_header
+from service.api.receive import set_receive_buffer
+from service.api.refusals import status_of
 from service.api.routes import (
     alchemy,
     artifacts,
@@ -43,20 +45,18 @@ from service.api.routes import (
     probes,
     rankings,
 )
-from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
-from service.core.cache import FinishedCache, LiveCache
+from service.core.cache import FinishedCache, LiveCache, shared_generation
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
 from service.core.db import Database
-from service.core.errors import Conflict, Invalid, Limited, NotFound, ServiceError, TooLarge, Unavailable
+from service.core.errors import Limited, ServiceError
+from service.core.objectstore import open_blob_store
+from service.core.queues import QueueRouter
+from service.core.s3datasets import remote_datasets
 from service.ui.routes import mount as mount_dashboard
 
 log = logging.getLogger(__name__)
-
-# How core's refusals (service/core/errors.py) are answered; any other ServiceError is a 400.
-STATUS_OF = {NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422, Limited: 429, Unavailable: 503}
-
 
 def _where(loc: tuple | list) -> str:
     """``("body", "budget", "max_steps")`` → ``body.budget.max_steps``."""
@@ -76,7 +76,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
-    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
+    status = status_of(exc)
     headers = {"Retry-After": retry_header(exc.retry_after)} if isinstance(exc, Limited) else None
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 
@@ -124,6 +124,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_folders()
+    set_receive_buffer(settings.receive_buffer_bytes)
     db = Database(settings)
     celery = make_celery(settings)
     broker = BrokerProbe(settings, celery)
@@ -137,6 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.auth_limiter.close()
         await app.state.submission_limiter.close()
         broker.close()
+        app.state.queues.close()
+        if generation is not None:
+            await generation.close()
         db.dispose()
 
     app = FastAPI(
@@ -147,13 +151,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.blobs = BlobStore(settings.blobs)
+    app.state.blobs = open_blob_store(settings)
+    app.state.remote_datasets = remote_datasets(settings)
+    app.state.queues = QueueRouter(settings)
     app.state.celery = celery
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
-    app.state.finished_rankings = FinishedCache()
-    app.state.live_rankings = LiveCache(settings.live_cache_s)
+    generation = shared_generation(settings.broker_url, settings.broker_key_prefix, settings.queue)
+    app.state.finished_rankings = FinishedCache(generation=generation)
+    app.state.live_rankings = LiveCache(settings.live_cache_s, generation=generation)
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
     app.state.auth_limiter = make_limiter(settings, "auth", settings.auth_failures_per_minute)
     app.state.submission_limiter = make_limiter(settings, "submit", settings.submissions_per_minute)

@@ -1,7 +1,8 @@
 """What an API process does besides answering requests, for as long as it runs.
 
-- Abandoned partial uploads (``*.partial`` in the blob store, left by a process killed mid-upload) are
-  deleted at startup and then every ``partial_sweep_interval_s``, once older than ``partial_grace_s``.
+- Abandoned partial uploads (``*.partial`` in the blob store, left by a process killed mid-upload, and on
+  an object store the multipart uploads it had begun) are deleted at startup and then every
+  ``partial_sweep_interval_s``, once older than ``partial_grace_s``.
 - The forkserver that inspects uploads (bnrank.engine.inspect_isolated) is started in the background, so
   the first upload does not wait for it to import torch.
 - With ``metrics_port`` set, Prometheus metrics are served on that port (and ``metrics_host``) instead of
@@ -21,15 +22,14 @@ from prometheus_client import start_http_server
 from starlette.concurrency import run_in_threadpool
 
 from bnrank.engine.inspect_isolated import prestart
-from service.core.blobs import sweep_partials
 
 log = logging.getLogger(__name__)
 
 
 def _sweep(state: Any) -> None:
     try:
-        removed = sweep_partials(state.blobs, state.settings.partial_grace_s)
-    except OSError as exc:
+        removed = state.blobs.sweep(state.settings.partial_grace_s)
+    except Exception as exc:  # a file system or object store error: the next sweep tries again
         log.warning("cannot sweep partial uploads: %s", exc)
         return
     if removed:

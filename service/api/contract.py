@@ -10,7 +10,7 @@ every operation they can reach, all with `ErrorOut` (``{"detail": "..."}``):
 - 413: a JSON body over ``max_json_body_bytes`` (operations with a body; uploads declare their own);
 - 422: a parameter or body that does not validate.
 
-service/api/app.py installs the handlers that make the answers match; tests/service/test_contract.py runs
+service/api/app.py installs the handlers that make the answers match; tests/service/api/test_contract.py runs
 schemathesis against the live service to check that they do.
 """
 

@@ -23,6 +23,8 @@ from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache
 from service.core.config import Settings
 from service.core.db import Database
+from service.core.queues import QueueRouter
+from service.core.s3datasets import RemoteDatasets
 
 T = TypeVar("T")
 
@@ -86,6 +88,14 @@ async def get_live(request: Request) -> LiveCache:
     return request.app.state.live_rankings
 
 
+async def get_remote_datasets(request: Request) -> RemoteDatasets | None:
+    return request.app.state.remote_datasets
+
+
+async def get_queues(request: Request) -> QueueRouter:
+    return request.app.state.queues
+
+
 async def get_validation_slots(request: Request) -> threading.BoundedSemaphore:
     return request.app.state.validation_slots
 
@@ -100,6 +110,8 @@ BrokerDep = Annotated[BrokerProbe, Depends(get_broker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 FinishedDep = Annotated[FinishedCache, Depends(get_finished)]
 LiveDep = Annotated[LiveCache, Depends(get_live)]
+RemoteDatasetsDep = Annotated[RemoteDatasets | None, Depends(get_remote_datasets)]
+QueuesDep = Annotated[QueueRouter, Depends(get_queues)]
 SlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_validation_slots)]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]

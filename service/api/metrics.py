@@ -11,18 +11,21 @@ stores its run time, so the histogram covers all workers on all hosts without a 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.db import Database
-from service.core.models import JOB_STATUSES, AlchemyResult, Job, RankingEntry
+from service.core.kinds import KINDS, work_tables
+from service.core.models import JOB_STATUSES, Job
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def _duration_histograms(session: Any) -> Iterator[Metric]:
     family = HistogramMetricFamily(
         "bnrank_task_duration_seconds", "Run time of finished tasks", labels=["task", "status"]
     )
-    for rows in (RankingEntry, AlchemyResult):
+    for rows in work_tables():
         buckets = [func.sum(case((rows.seconds <= b, 1), else_=0)) for b in TASK_BUCKETS]
         query = (
             select(Job.kind, rows.status, func.count(), func.sum(rows.seconds), *buckets)
@@ -52,7 +55,7 @@ def _duration_histograms(session: Any) -> Iterator[Metric]:
     yield family
 
 
-TASK_LABELS = {"ranking": "rank_entry", "alchemy": "alchemy_fold", "probe": "probe_fold"}
+TASK_LABELS = {kind.name: kind.task_label for kind in KINDS.values()}
 
 
 class StateCollector(Collector):
@@ -89,22 +92,32 @@ class StateCollector(Collector):
 
 
 class Metrics:
-    """One registry per app, so several apps in one process (tests) do not collide."""
+    """One registry per app, so several apps in one process (tests) do not collide.
+
+    Behind several API processes (``PROMETHEUS_MULTIPROC_DIR`` set by `bnrank serve`) each process writes its
+    counters to files there, and a scrape, whichever process answers it, adds up every process's
+    (prometheus_client's multiprocess mode); ``registry`` is then what a scrape reads.
+    """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        own = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry)
+        else:
+            self.registry = own
         self.requests = Counter(
             "bnrank_http_requests",
             "HTTP requests by method, route template and status",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "bnrank_http_request_duration_seconds",
             "HTTP request latency (to the end of the response body)",
             ["method", "route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
 
     def add_state(self, collector: StateCollector) -> None:

@@ -12,9 +12,10 @@ from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, field_validator
 
 from bnrank.engine.alchemy import AlchemyConfig
+from service.core.kinds import kind_of
 from service.core.params import (
     AlchemyBudget,
     AlchemyOptions,
@@ -96,7 +97,10 @@ class DatasetIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=300)
     uri: str = Field(
-        min_length=1, max_length=4096, description="folder under a data root: absolute, file://, or root-relative"
+        min_length=1,
+        max_length=4096,
+        description="folder under a data root: absolute, file://, or root-relative; or s3://bucket/prefix in an "
+        "allowed bucket (BNRANK_DATASET_BUCKETS)",
     )
     modality: Literal["CT", "MR", "other"] | None = Field(
         default=None, description="default: from the dataset's channel names"
@@ -195,6 +199,10 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    @computed_field(description="where the job's results are served: its kind's collection (e.g. /v1/rankings/{id})")
+    def results(self) -> str:
+        return f"{kind_of(self.kind).path}/{self.id}"
 
 
 class EntryOut(BaseModel):

@@ -116,6 +116,10 @@ class BlobWriter:
 
 
 class BlobStore:
+    """Blobs in a folder (the embedded default); service/core/objectstore.py keeps them in an S3 bucket."""
+
+    remote = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
@@ -166,6 +170,14 @@ class BlobStore:
 
     def delete(self, relpath: str) -> None:
         self.path(relpath).unlink(missing_ok=True)
+
+    def fetch(self, relpath: str, sha256: str) -> Path:
+        """The blob as a local file to load: here the stored file itself (its address is its hash)."""
+        return self.path(relpath)
+
+    def sweep(self, older_than_s: float, now: float | None = None) -> int:
+        """Remove what interrupted uploads left behind; returns how many."""
+        return sweep_partials(self, older_than_s, now)
 
 
 def sweep_partials(store: BlobStore, older_than_s: float, now: float | None = None) -> int:

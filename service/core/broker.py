@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 
 from service.core.config import Settings
+from service.core.queues import all_queues
 
 
 class BrokerProbe:
@@ -42,12 +43,16 @@ class BrokerProbe:
                 conn.ensure_connection(max_retries=1, timeout=2)
 
     def queue_length(self) -> int | None:
-        """Tasks waiting (not yet taken by a worker), or None where that is not cheap to know."""
+        """Tasks waiting in the GPU and CPU queues (not yet taken by a worker), or None where that is not cheap."""
+        queues = all_queues(self.settings)
         if self._redis is not None:
-            return int(self._redis.llen(self.settings.broker_key_prefix + self.settings.queue))
+            with self._redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.llen(self.settings.broker_key_prefix + queue)
+                return sum(int(n) for n in pipe.execute())
         if self.settings.embedded_broker:
-            suffix = f".{self.settings.queue}.msg"
-            return sum(1 for name in os.listdir(self._queue_folder()) if name.endswith(suffix))
+            suffixes = tuple(f".{queue}.msg" for queue in queues)
+            return sum(1 for name in os.listdir(self._queue_folder()) if name.endswith(suffixes))
         return None
 
     def pending_task_ids(self) -> set[str] | None:
@@ -64,7 +69,8 @@ class BrokerProbe:
             # Unacked first: a message moves from the list to the hash, so reading in this order can only
             # see it twice, never miss it.
             raw = list(self._redis.hvals(prefix + "unacked"))
-            raw += self._redis.lrange(prefix + self.settings.queue, 0, -1)
+            for queue in all_queues(self.settings):
+                raw += self._redis.lrange(prefix + queue, 0, -1)
             ids = set()
             for item in raw:
                 try:
@@ -77,9 +83,9 @@ class BrokerProbe:
             return ids
         if self.settings.embedded_broker:
             folder = self._queue_folder()
-            suffix = f".{self.settings.queue}.msg"
+            suffixes = tuple(f".{queue}.msg" for queue in all_queues(self.settings))
             ids = set()
-            for path in folder.glob(f"*{suffix}"):
+            for path in (p for p in folder.iterdir() if p.name.endswith(suffixes)):
                 try:
                     ids.add(str(json.loads(path.read_bytes())["headers"]["id"]))
                 except (OSError, ValueError, KeyError, TypeError):

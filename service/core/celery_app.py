@@ -31,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_concurrency": settings.worker_concurrency,
+        "worker_concurrency": settings.worker_concurrency or None,  # 0: `worker_command` decides (its GPUs)
         "task_serializer": "json",
         "accept_content": ["json"],
         "enable_utc": True,

@@ -25,6 +25,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 GiB = 1024**3
 
 
+def job_kinds() -> tuple[str, ...]:
+    """The kinds of job the service runs: the registry's (imported when settings are read, not with this module)."""
+    from service.core.kinds import KIND_NAMES
+
+    return KIND_NAMES
+
+
 class Settings(BaseSettings):
     """Settings read from ``BNRANK_*`` environment variables (or passed explicitly, as tests do)."""
 
@@ -48,20 +55,74 @@ class Settings(BaseSettings):
         default_factory=lambda: [Path.cwd()],
         description="folders datasets must live in (JSON list or os.pathsep-separated); default: the cwd",
     )
-    blob_dir: Path | None = Field(default=None, description="content-addressed blob store; default: home/blobs")
+    blob_dir: Path | None = Field(
+        default=None,
+        description="content-addressed blob store; default: home/blobs. With blob_url set, the local cache of "
+        "blobs read from the object store and the spool of uploads",
+    )
+    blob_url: str = Field(
+        default="",
+        description="s3://bucket/prefix: keep blobs in an S3-compatible object store (workers on other hosts need "
+        "no shared folder); empty: the folder blob_dir",
+    )
+    s3_endpoint_url: str = Field(default="", description="object store endpoint (MinIO, Ceph, ...); empty: AWS S3")
+    s3_region: str = Field(default="us-east-1", description="object store region")
+    s3_access_key_id: str = Field(default="", description="object store key id; empty: boto3's own credential chain")
+    s3_secret_access_key: str = Field(default="", description="object store secret key")
+    s3_part_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * GiB,
+        description="part size of multipart uploads (the memory one upload holds); S3 needs at least 5 MiB",
+    )
+    dataset_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="buckets datasets may be registered from as s3://bucket/prefix (JSON list or comma-separated); "
+        "empty: none",
+    )
     cache_dir: Path | None = Field(default=None, description="preprocessing cache; default: home/cache")
     max_upload_bytes: int = Field(default=2 * GiB, ge=1, description="largest accepted checkpoint upload")
+    receive_buffer_bytes: int = Field(
+        default=4 * 1024**2,
+        ge=64 * 1024,
+        le=64 * 1024**2,
+        description="request body bytes uvicorn reads ahead of the app before it stops reading the socket "
+        "(uvicorn's own: 64 KiB), per connection",
+    )
     upload_validations: int = Field(
         default=2, ge=1, description="checkpoint validations run at once by one API process (each loads the file)"
     )
     device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
-    worker_concurrency: int = Field(default=1, ge=1, description="tasks one worker runs at once")
+    worker_concurrency: int = Field(
+        default=0, ge=0, description="tasks one worker runs at once; 0: one per GPU on a GPU worker, else 1"
+    )
+    worker_queues: Literal["auto", "gpu", "cpu", "all"] = Field(
+        default="auto",
+        description="queues a worker consumes: gpu (<queue>.gpu), cpu (<queue>), all; auto: all on a GPU worker, "
+        "cpu otherwise",
+    )
+    gpu_kinds: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(job_kinds()),
+        description="job kinds sent to the GPU queue when a GPU worker is there (JSON list or comma-separated)",
+    )
+    cpu_fallback_kinds: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(job_kinds()),
+        description="of gpu_kinds, those sent to the CPU queue while no GPU worker is there; the others wait for "
+        "one in the GPU queue",
+    )
     worker_pool: Literal["prefork", "solo", "threads"] = Field(default="prefork", description="Celery pool")
     torch_threads: int = Field(
         default=0, ge=0, description="torch threads per task; 0: the cores this worker may use / worker_concurrency"
     )
     api_host: str = Field(default="127.0.0.1", description="address `bnrank serve` listens on")
     api_port: int = Field(default=8000, ge=0, le=65535, description="port `bnrank serve` listens on")
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `bnrank serve` runs behind its one port; more than 1 needs a Redis broker, "
+        "where the rate limits and the caches' invalidations are shared",
+    )
     progress_interval_s: float = Field(
         default=2.0, gt=0, description="how often a running task writes progress and checks for cancel"
     )
@@ -161,6 +222,29 @@ class Settings(BaseSettings):
             return [part for part in text.split(os.pathsep) if part]
         return value
 
+    @field_validator("dataset_buckets", "gpu_kinds", "cpu_fallback_kinds", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
+        return value
+
+    @field_validator("gpu_kinds", "cpu_fallback_kinds")
+    @classmethod
+    def _check_kinds(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(job_kinds()))
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}; known: {', '.join(job_kinds())}")
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str) -> str:
+        if value and (not value.startswith("s3://") or len(value) <= len("s3://") or value[5] == "/"):
+            raise ValueError(f"blob_url must be s3://bucket[/prefix] (or empty for the folder blob_dir), got {value!r}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -186,6 +270,19 @@ class Settings(BaseSettings):
                 f"lease_s ({self.lease_s}) must be at least 3 × progress_interval_s ({self.progress_interval_s}):"
                 " a live task renews its heartbeat only that often"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> Settings:
+        if self.api_processes > 1 and (
+            not self.broker_url.startswith(("redis://", "rediss://")) or self.rate_limit_store == "process"
+        ):
+            raise ValueError(
+                f"api_processes {self.api_processes} needs the rate limits and cache invalidations shared in Redis: "
+                "set a redis:// broker_url (and rate_limit_store auto or redis), or run one process"
+            )
+        if self.api_processes > 1 and self.metrics_port:
+            raise ValueError("metrics_port is one port per process: with api_processes > 1 scrape /metrics instead")
         return self
 
     @model_validator(mode="after")

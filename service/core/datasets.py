@@ -24,15 +24,19 @@ from bnrank.engine.errors import BNRankError
 from service.core.errors import Invalid
 from service.core.models import Dataset
 from service.core.paths import PathRefused, relative_to_roots, resolve_in_roots
+from service.core.s3datasets import RemoteDatasets, is_s3
 
 
-def check_dataset(uri: str, declared_format: str, roots: list[Path]) -> tuple[EngineDataset, str]:
+def check_dataset(
+    uri: str, declared_format: str, roots: list[Path], remote: RemoteDatasets | None = None
+) -> tuple[EngineDataset, str]:
     """The opened dataset and its fingerprint; Invalid with the reason when it cannot be used.
 
     Reads every file of every case: call it off the event loop. A NIfTI header that promises more voxels
     than a volume may hold is not read: its case becomes a problem (the engine's ``max_volume_bytes``).
+    An ``s3://`` dataset is checked on this host's copy of it (service/core/s3datasets.py).
     """
-    folder = resolve_dataset_folder(uri, roots)
+    folder = _remote(remote, uri).sync(uri) if is_s3(uri) else resolve_dataset_folder(uri, roots)
     try:
         dataset = open_dataset(folder, check=True)
         fingerprint = compute_fingerprint(dataset, PreprocessConfig())
@@ -52,6 +56,21 @@ def check_dataset(uri: str, declared_format: str, roots: list[Path]) -> tuple[En
     return dataset, fingerprint
 
 
+def _remote(remote: RemoteDatasets | None, uri: str) -> RemoteDatasets:
+    if remote is None:
+        bucket = uri.strip()[len("s3://") :].split("/", 1)[0]
+        raise Invalid(
+            f"uri {uri!r}: bucket {bucket!r} is not one datasets may come from; allowed: none "
+            "(BNRANK_DATASET_BUCKETS is empty)"
+        )
+    return remote
+
+
+def dataset_key(uri: str, roots: list[Path], remote: RemoteDatasets | None = None) -> str:
+    """What a registration is recorded under: the canonical s3:// URI, or the resolved folder."""
+    return _remote(remote, uri).canonical(uri)[0] if is_s3(uri) else str(resolve_dataset_folder(uri, roots))
+
+
 def resolve_dataset_folder(uri: str, roots: list[Path]) -> Path:
     """The folder ``uri`` names inside the data roots, or Invalid saying why not (no file is read)."""
     try:
@@ -60,8 +79,8 @@ def resolve_dataset_folder(uri: str, roots: list[Path]) -> Path:
         raise Invalid(str(exc)) from exc
 
 
-def registered(session: Session, owner: str, folder: Path) -> Dataset | None:
-    """The owner's latest registration of this (resolved) folder, if any."""
+def registered(session: Session, owner: str, folder: Path | str) -> Dataset | None:
+    """The owner's latest registration of this (resolved) folder or canonical s3:// URI, if any."""
     query = select(Dataset).where(Dataset.owner == owner, Dataset.uri == str(folder))
     return session.scalars(query.order_by(Dataset.created_at.desc()).limit(1)).first()
 
@@ -76,6 +95,7 @@ def register_dataset(
     roots: list[Path],
     *,
     force: bool = False,
+    remote: RemoteDatasets | None = None,
 ) -> tuple[Dataset, bool]:
     """Check every case and record the dataset: ``(row, created)``. Bad cases are listed in ``problems``.
 
@@ -83,12 +103,14 @@ def register_dataset(
     and without reading a file, or, with ``force``, refreshed from a new check of every case. A concurrent
     registration of the same folder that commits first makes this one answer (or refresh) its row.
     """
-    existing = registered(session, owner, resolve_dataset_folder(uri, roots))
+    key = dataset_key(uri, roots, remote)
+    existing = registered(session, owner, key)
     if existing is not None and not force:
         _check_declared_format(uri, declared_format, existing.format)
         return existing, False
-    dataset, fingerprint = check_dataset(uri, declared_format, roots)
+    dataset, fingerprint = check_dataset(uri, declared_format, roots, remote)
     values = _row_values(dataset, fingerprint, name, modality)
+    values["uri"] = key
     if existing is None:
         row = Dataset(owner=owner, **values)
         session.add(row)
@@ -97,7 +119,7 @@ def register_dataset(
             return row, True
         except IntegrityError:  # the same folder, registered by a concurrent request of this owner
             session.rollback()
-            existing = registered(session, owner, dataset.root)
+            existing = registered(session, owner, key)
             if existing is None:  # the constraint that fired was not (owner, uri): not a race to resolve
                 raise
             if not force:

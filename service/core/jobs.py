@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
@@ -27,20 +27,17 @@ from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, control_candidates
 from service.core.errors import Invalid, NotFound, Unavailable
-from service.core.models import AlchemyResult, Checkpoint, Dataset, Job, RankingEntry, utcnow
+from service.core.inserts import insert_job
+from service.core.kinds import kind_of
+from service.core.kinds.base import Message
+from service.core.kinds.ranking import KIND as RANKING_KIND
+from service.core.models import Checkpoint, Dataset, Job, RankingEntry, utcnow
 from service.core.owned import owned_checkpoint, owned_dataset
 from service.core.params import AlchemyParams, FoldParams, JobParams, RankingParams
 
 log = logging.getLogger(__name__)
 
-# Celery task names, by job kind.
-TASK_RANK_ENTRY = "bnrank.rank_entry"
-TASK_ALCHEMY = "bnrank.alchemy"
-TASK_PROBE = "bnrank.probe"
-JOB_TASKS = {"ranking": TASK_RANK_ENTRY, "alchemy": TASK_ALCHEMY, "probe": TASK_PROBE}
-
-Message = tuple[str, str, list[Any]]  # (task id, task name, arguments)
-WorkRow = RankingEntry | AlchemyResult
+WorkRow = Any  # a row of a kind's table of units of work (service/core/kinds/)
 
 
 def send_tasks(celery: Celery, queue: str, messages: Sequence[Message]) -> None:
@@ -58,9 +55,7 @@ def send_tasks(celery: Celery, queue: str, messages: Sequence[Message]) -> None:
 
 def task_message(job: Job, row: WorkRow) -> tuple[str, list[Any]]:
     """The task that runs one unit of work, and its arguments: (job, entry) or (job, fold)."""
-    if isinstance(row, RankingEntry):
-        return JOB_TASKS[job.kind], [job.id, row.id]
-    return JOB_TASKS[job.kind], [job.id, row.fold]
+    return kind_of(job.kind).message(job, row)
 
 
 def stamp_dispatch(job: Job, row: WorkRow) -> str:
@@ -140,14 +135,14 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
     """
     # Ids and task ids are set here, not by the column defaults at flush: the rows then go to the database
     # complete in one INSERT each (a flush first and the task ids after cost an UPDATE per row).
-    rows = job.entries if job.kind == "ranking" else job.alchemy_results
+    rows = kind_of(job.kind).units(job)
     for obj in (job, *rows):
         obj.id = obj.id or type(obj).__table__.c.id.default.arg(None)
     messages = []
     for row in rows:
         name, args = task_message(job, row)
         messages.append((stamp_dispatch(job, row), name, args))
-    session.add(job)
+    insert_job(session, job, rows)  # one statement for the job and its rows (service/core/inserts.py)
     session.commit()
     try:
         send_tasks(celery, queue, messages)
@@ -155,6 +150,9 @@ def submit(session: Session, celery: Celery, queue: str, job: Job) -> Job:
         log.error("cannot enqueue job %s: %s", job.id, exc)
         session.rollback()
         job.status, job.error, job.finished_at = "failed", f"could not be queued: broker unreachable ({exc})", utcnow()
+        session.execute(
+            update(Job).where(Job.id == job.id).values(status=job.status, error=job.error, finished_at=job.finished_at)
+        )
         session.commit()
         raise Unavailable(f"the task broker is unreachable: {exc}") from exc
     return job
@@ -197,7 +195,7 @@ def submit_ranking(
         raise Invalid(f"checkpoint_ids: at most {max_candidates} candidates per ranking")
     check_params(params, memory_bytes)
     checkpoints = ranking_candidates(session, owner, dataset_id, checkpoint_ids)
-    job = Job(owner=owner, kind="ranking", dataset_id=dataset_id, params=params.model_dump(mode="json"))
+    job = Job(owner=owner, kind=RANKING_KIND.name, dataset_id=dataset_id, params=params.model_dump(mode="json"))
     job.message = "queued"
     job.entries = ranking_entries(checkpoints, params.control)
     return submit(session, celery, queue, job)
@@ -235,5 +233,6 @@ def submit_folds(
     if isinstance(params, AlchemyParams):
         check_own_gamma(checkpoint, params)
     job = Job(owner=owner, kind=kind, dataset_id=dataset.id, params=params.model_dump(mode="json"), message="queued")
-    job.alchemy_results = [AlchemyResult(fold=i) for i in range(params.folds)]
+    spec = kind_of(kind)
+    setattr(job, spec.relation, [spec.rows(fold=i) for i in range(params.folds)])
     return submit(session, celery, queue, job)

@@ -32,6 +32,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def worker_command(settings: Settings, loglevel: str | None = None) -> list[str]:
+    """``celery worker`` with this worker's queues and concurrency, which follow its GPUs (service.core.queues)."""
+    from service.core.queues import gpu_count, worker_concurrency, worker_queues
+
+    gpus = gpu_count(settings)
     command = [
         sys.executable,
         "-m",
@@ -40,9 +44,9 @@ def worker_command(settings: Settings, loglevel: str | None = None) -> list[str]
         "worker.celery_app",
         "worker",
         "--queues",
-        settings.queue,
+        ",".join(worker_queues(settings, gpus)),
         "--concurrency",
-        str(settings.worker_concurrency),
+        str(worker_concurrency(settings, gpus)),
         "--pool",
         settings.worker_pool,
         "--loglevel",

@@ -179,6 +179,9 @@ class Job(Base):
     alchemy_results: Mapped[list[AlchemyResult]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="AlchemyResult.fold"
     )
+    probe_results: Mapped[list[ProbeResult]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="ProbeResult.fold"
+    )
 
 
 class RankingEntry(Base):
@@ -222,6 +225,9 @@ class RankingEntry(Base):
     load_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     halving_round: Mapped[int | None] = mapped_column(Integer, default=None)
     """Successive halving: the round this entry is run for, then the round it stopped in; NULL without halving."""
+    case_scores: Mapped[list[Any] | None] = mapped_column(default=None)
+    """Per validation case score at each validation behind the score (the engine's ``RankEntry.case_scores``):
+    what the close-out's tie guidance resamples, as `bnrank rank` does; NULL before it ran (or before 0008)."""
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -270,9 +276,8 @@ class Artifact(Base):
 
 
 class AlchemyResult(Base):
-    """One fold of an alchemy or γ-clipping probe job (fold 0 when there is no cross-validation); like a
-    ranking entry, the (job, fold) pair is the slot a redelivered task writes over. A probe keeps its
-    per-threshold table in ``metrics`` and the unclipped Dice in ``dice``."""
+    """One fold of an alchemy job (fold 0 when there is no cross-validation); like a ranking entry, the
+    (job, fold) pair is the slot a redelivered task writes over."""
 
     __tablename__ = "alchemy_results"
     __table_args__ = (UniqueConstraint("job_id", "fold"),)
@@ -297,3 +302,30 @@ class AlchemyResult(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="alchemy_results")
+
+
+class ProbeResult(Base):
+    """One fold of a γ-clipping probe job: its per-threshold table in ``metrics`` and the unclipped Dice in
+    ``dice``. The same lease columns as an alchemy fold, without the fine-tuned weights a probe never writes."""
+
+    __tablename__ = "probe_results"
+    __table_args__ = (UniqueConstraint("job_id", "fold"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("pr"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    fold: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    dice: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    job: Mapped[Job] = relationship(back_populates="probe_results")

@@ -6,7 +6,8 @@ API's request bodies (service/api/schemas.py), the parameters stored with a job 
 back agree by construction, and the OpenAPI document shows the engine's own bounds and descriptions.
 
 :class:`JobParams` (one subclass per job kind) is what ``jobs.params`` holds: the API writes it once the
-request is resolved, the worker reads it back typed (`read_params`) and turns it into engine configs.
+request is resolved, the worker reads it back typed (`JobKind.read`, with the model its kind declares in
+service/core/kinds/) and turns it into engine configs.
 """
 
 from __future__ import annotations
@@ -192,11 +193,3 @@ class ProbeParams(FoldParams, ProbeOptions):  # type: ignore[misc, valid-type]
     def check(self) -> None:
         super().check()
         self.probe_config()
-
-
-PARAMS: dict[str, type[JobParams]] = {"ranking": RankingParams, "alchemy": AlchemyParams, "probe": ProbeParams}
-
-
-def read_params(kind: str, stored: Mapping[str, Any]) -> JobParams:
-    """A job row's ``params``, typed by the job's kind (raises pydantic's ValidationError when malformed)."""
-    return PARAMS[kind].model_validate(dict(stored))

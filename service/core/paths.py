@@ -38,7 +38,10 @@ def resolve_in_roots(uri: str, roots: Sequence[Path]) -> Path:
     if text.startswith("file://"):
         text = text[len("file://") :]
     elif _SCHEME.match(text):
-        raise PathRefused(f"uri {uri!r}: only local paths (or file:// URIs) under the data roots are supported")
+        raise PathRefused(
+            f"uri {uri!r}: only local paths (or file:// URIs) under the data roots are supported, or s3:// URIs "
+            "in an allowed bucket"
+        )
     if not text:
         raise PathRefused("uri is empty")
     if "\x00" in text:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import exists, or_, select, update
@@ -33,8 +34,10 @@ from sqlalchemy.orm import Session
 from service.core.config import Settings
 from service.core.db import Database
 from service.core.jobflow import ACTIVE_JOB, finalise
-from service.core.jobs import Message, send_tasks, task_message
-from service.core.models import TERMINAL_ENTRY_STATUSES, AlchemyResult, Job, RankingEntry, utcnow
+from service.core.jobs import Message, task_message
+from service.core.kinds import work_tables
+from service.core.models import TERMINAL_ENTRY_STATUSES, Job, utcnow
+from service.core.queues import QueueRouter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class SweepReport:
         return bool(self.orphaned or self.lost or self.closed)
 
 
-def _requeue(session: Session, job: Job, row: RankingEntry | AlchemyResult, expect: dict) -> Message | None:
+def _requeue(session: Session, job: Job, row: Any, expect: dict) -> Message | None:
     """Give ``row`` a new task id if it still looks as it did when read; the message to send, if it won.
 
     The ORM objects are not touched before the conditional update: autoflush would otherwise write the new
@@ -85,7 +88,7 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
     pending_read = False
     messages: list[Message] = []
     with db.session() as s:
-        for rows in (RankingEntry, AlchemyResult):
+        for rows in work_tables():
             active = select(rows, Job).join(Job, Job.id == rows.job_id).where(Job.status.in_(ACTIVE_JOB))
             orphans = s.execute(
                 active.where(
@@ -111,7 +114,7 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
                     messages.append(message)
                     report.lost.append(row.id)
         # Jobs with nothing left to run that nobody closed: one query per table, not one per job.
-        for rows in (RankingEntry, AlchemyResult):
+        for rows in work_tables():
             of_job = rows.job_id == Job.id
             unclosed = select(Job.id).where(
                 Job.status.in_(ACTIVE_JOB),
@@ -122,7 +125,11 @@ def sweep(db: Database, celery: Celery, settings: Settings, pending_ids: Pending
             report.closed += [job_id for job_id in s.scalars(unclosed).all() if finalise(s, job_id, messages)]
     # Committed before sending: a task that starts at once must find its row with this task id.
     if messages:
-        send_tasks(celery, settings.queue, messages)
+        router = QueueRouter(settings)
+        try:
+            router.send(celery, messages)
+        finally:
+            router.close()
     if report:
         log.warning(
             "recovery: re-sent %d orphaned and %d lost task(s), closed %d job(s)",

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.entries import RankEntry, gamma_change
 from service.core.errors import NotFound
-from service.core.models import AlchemyResult, GammaStat, Job, RankingEntry
+from service.core.models import AlchemyResult, GammaStat, Job, ProbeResult, RankingEntry
 
 # The alchemy engine's γ phases → the phases stored in gamma_stats (and served).
 ALCHEMY_GAMMA_PHASES = {
@@ -61,6 +61,7 @@ def entry_values(outcome: RankEntry) -> dict[str, Any]:
         "seconds": outcome.seconds,
         "error": outcome.error if outcome.status != "ok" else None,
         "load_report": stored_load_report(outcome),
+        "case_scores": outcome.case_scores or None,
     }
     if outcome.architecture:
         values["architecture"] = outcome.architecture
@@ -107,6 +108,7 @@ def rank_entry(row: RankingEntry) -> RankEntry:
         steps=row.steps,
         is_control=row.is_control,
         halving_round=row.halving_round,
+        case_scores=list(row.case_scores or []),
     )
 
 
@@ -196,15 +198,15 @@ def owned_ranking(session: Session, owner: str, job_id: str) -> tuple[Job, list[
 # -------------------------------------------------------------------------------------- alchemy, probe
 
 
-def fold_rows(session: Session, job_id: str) -> list[tuple[AlchemyResult, GammaByPhase]]:
-    """An alchemy or probe job's fold rows in fold order, each with its γ summaries by phase."""
+def fold_rows(session: Session, job_id: str, rows: type[Any]) -> list[tuple[Any, GammaByPhase]]:
+    """An alchemy or probe job's fold rows (``rows``: its kind's table) in fold order, each with its γ summaries."""
     gamma: dict[int, GammaByPhase] = {}
     for fold, phase, summary in session.execute(
         select(GammaStat.fold, GammaStat.phase, GammaStat.summary).where(GammaStat.job_id == job_id)
     ):
         gamma.setdefault(fold or 0, {})[phase] = summary
-    rows = session.scalars(select(AlchemyResult).where(AlchemyResult.job_id == job_id).order_by(AlchemyResult.fold))
-    return [(row, gamma.get(row.fold, {})) for row in rows]
+    found = session.scalars(select(rows).where(rows.job_id == job_id).order_by(rows.fold))
+    return [(row, gamma.get(row.fold, {})) for row in found]
 
 
 def alchemy_values(outcome: Any) -> dict[str, Any]:
@@ -260,7 +262,7 @@ def probe_values(outcome: Any) -> tuple[dict[str, Any], GammaByPhase]:
     return values, {"after_bn": gamma_after}
 
 
-def probe_view(row: AlchemyResult, gamma: GammaByPhase) -> dict[str, Any]:
+def probe_view(row: ProbeResult, gamma: GammaByPhase) -> dict[str, Any]:
     """A stored probe fold as the API serves it (``ProbeFoldOut``)."""
     probe = (row.metrics or {}).get("probe") or {}
     return {

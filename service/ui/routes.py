@@ -28,17 +28,19 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from service.api.refusals import status_of
 from service.api.routes import jobs as job_routes
 from service.api.schemas import JobStatus
 from service.core import checkpoints as records
 from service.core import jobflow
 from service.core.errors import ServiceError
+from service.core.kinds import KIND_NAMES, KINDS
 from service.core.owned import owned_job
 from service.ui import csrf, views
 from service.ui.session import SignInRefused, Who, sign_in, sign_out, signed_in
 
 HERE = Path(__file__).parent
-PAGE_OF_KIND = {"ranking": "rankings", "alchemy": "alchemy", "probe": "probes"}
+PAGE_OF_KIND = {kind.name: kind.page for kind in KINDS.values()}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -74,19 +76,13 @@ def render(request: Request, template: str, context: dict[str, Any], status_code
     return templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
-def _status_of(exc: ServiceError) -> int:
-    from service.api.app import STATUS_OF  # the one mapping; imported here because app.py imports this module
-
-    return next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
-
-
 def forbidden(request: Request, who: Any) -> HTMLResponse:
     detail = "missing or wrong CSRF token: reload the page and try again"
     return render(request, "error.html", {"who": who, "code": 403, "detail": detail}, status_code=403)
 
 
 def refused(request: Request, who: Any, exc: ServiceError) -> HTMLResponse:
-    code = _status_of(exc)
+    code = status_of(exc)
     return render(request, "error.html", {"who": who, "code": code, "detail": exc.detail}, status_code=code)
 
 
@@ -209,7 +205,7 @@ async def jobs_page(
     reads: ReadsDep,
     offset: Offset = 0,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-    kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
+    kind: Annotated[Literal[KIND_NAMES] | None, Query()] = None,  # type: ignore[valid-type]
 ) -> HTMLResponse:
     return await show(request, who, "jobs.html", reads, views.jobs_page, offset, status_, kind)
 

@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.formats.conversion import conversion_line
 from bnrank.engine.training.validation import point_value
 from service.core import checkpoints as records
@@ -24,10 +23,11 @@ from service.core import datasets as dataset_records
 from service.core import jobflow
 from service.core.errors import NotFound
 from service.core.histograms import entry_histograms, fold_histograms
+from service.core.kinds import kind_of
+from service.core.kinds.ranking import ranking_params
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Job
 from service.core.owned import owned_checkpoint, owned_dataset, owned_job
-from service.core.params import read_params
 from service.core.results import alchemy_view, fold_rows, owned_ranking, probe_view, ranking_views
 from service.ui import charts
 
@@ -130,10 +130,7 @@ def jobs_page(session: Session, owner: str, offset: int, status: str | None, kin
 
 
 def _score_window(job: Job) -> int:
-    try:
-        return read_params(job.kind, job.params).train_config().score_window  # type: ignore[attr-defined]
-    except ValueError:  # pydantic's ValidationError is one; params were checked when the job was created
-        return TrainConfig().score_window
+    return ranking_params(job.params).train_config().score_window
 
 
 def _spread(curve: list[dict[str, float]], window: int) -> float | None:
@@ -211,7 +208,7 @@ def _compared(session: Session, owner: str, job: Job) -> dict[str, Job]:
 
 def alchemy_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
     job = owned_job(session, owner, job_id, kind="alchemy")
-    folds = [alchemy_view(row, gamma) for row, gamma in fold_rows(session, job.id)]
+    folds = [alchemy_view(row, gamma) for row, gamma in fold_rows(session, job.id, kind_of(job.kind).rows)]
     hists = fold_histograms(session, job.id)
     options = (job.params or {}).get("options") or {}
     mode = _mode_of(job)
@@ -254,7 +251,7 @@ def alchemy_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
 
 def probe_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
     job = owned_job(session, owner, job_id, kind="probe")
-    folds = [probe_view(row, gamma) for row, gamma in fold_rows(session, job.id)]
+    folds = [probe_view(row, gamma) for row, gamma in fold_rows(session, job.id, kind_of(job.kind).rows)]
     for f in folds:
         points = [
             charts.ClipPoint(r["share_clipped"], r["dice_threshold"], r["dice_random"], r["dice_random_std"])

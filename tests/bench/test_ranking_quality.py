@@ -135,6 +135,31 @@ def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
     text = rq.report(boot=50)
     assert "TASK tuning" in text and "pre-registered" in text and "logme b8" in text
     assert "ceiling (leave-one-seed-out τw)" in text
+    baselines = text[text.index("BASELINES AND CASCADES tuning") :]
+    assert "random pick" in baselines and "norm-only (pre-registered)" in baselines and "LogME" in baselines
+    # what the fixture's raw files cannot give is named, not silently dropped
+    assert "short fine-tuning (no 80-step ground-truth point)" in baselines
+    assert "parameter count (no results/params.json" in baselines
+    assert "PROXY NOISE" not in text  # one proxy seed: no noise line
+    # A second proxy seed that orders the candidates the other way: the proxy's own seed-to-seed agreement
+    # shows it, and the interval over proxy seeds widens to include the reversed order.
+    reversed_entries = {
+        c: {"curve": _curve([1 - truth[c] * 0.5] * 10, secs=0.01), "overhead": 0.0, "score": 1 - truth[c]}
+        for c in cands
+    }
+    rq.dump(
+        results / "proxies" / "tuning" / "seed7" / "bnonly_lr0.1_100.json",
+        {"method": "bnonly", "lr": 0.1, "max_steps": 100, "extra": {}, "entries": reversed_entries},
+    )
+    rq.dump(
+        results / "proxies" / "tuning" / "seed7" / "logme_b8.json", {"method": "logme", "batches": 8, "entries": logme}
+    )
+    noise = rq.report(boot=50).split("PROXY NOISE tuning")[1].split("\n\n")[0]
+    setting = next(line for line in noise.splitlines() if line.strip().startswith(prereg["setting_id"]))
+    assert "seeds [0, 7]" in setting and "seed-to-seed τw -1.00" in setting
+    assert "logme b8 at seeds [0, 7]" in noise and "seed-to-seed τw 1.00" in noise
+    with pytest.raises(SystemExit, match="ground-truth seed"):
+        rq.main(["--proxies", "tuning", "--proxy-seed", "2", "--cache", str(tmp_path / "cache")])
     # An evaluation task's ground truth exists: tuning again is refused.
     (results / "ground_truth" / "ct_head").mkdir(parents=True)
     with pytest.raises(SystemExit):
@@ -184,6 +209,22 @@ def test_verify_trials_count_false_alarms_and_misses():
     assert qs.verify_trials(proxy, truth, seeds, k=2)["false_alarms"] == 2
     wrong = qs.verify_trials(proxy, [0.1, 0.9, 0.7, 0.2], seeds, k=1)
     assert (wrong["right"], wrong["false_alarms"], wrong["misses"]) == (0, 0, 2)
+
+
+def test_verify_trials_with_the_verify_seed_held_out_of_the_truth():
+    proxy = [0.9, 0.8, 0.1]  # verify with k=1 checks candidates 0 and 2... and k=2 adds 1
+    converged = np.array([[0.9, 0.5, 0.1], [0.5, 0.9, 0.1], [0.5, 0.9, 0.1], [0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
+    held = qs.held_out_truths(converged)
+    assert held[0] == pytest.approx(converged[1:].mean(axis=0))
+    assert held[3] == pytest.approx(np.delete(converged, 3, axis=0).mean(axis=0))
+    # In sample the truth ranks 0 above 1 (0.74 vs 0.66): seeds 1 and 2 disagree with it -> 2 false alarms.
+    in_sample = qs.verify_trials(proxy, converged.mean(axis=0), converged, k=2)
+    assert (in_sample["right"], in_sample["false_alarms"], in_sample["misses"]) == (5, 2, 0)
+    # Held out, a seed that ranks 0 first is judged by truths that lean less its way: seeds 0, 3 and 4 are each
+    # judged against a truth with 0 and 1 at 0.7 (a tie is not concordant: "order wrong"), and they say
+    # "agrees": 3 misses; seeds 1 and 2 are judged against 0 ahead (0.8 vs 0.6) and say "no": 2 false alarms.
+    out = qs.verify_trials(proxy, held, converged, k=2)
+    assert (out["runs"], out["right"], out["false_alarms"], out["misses"]) == (5, 2, 2, 3)
 
 
 def test_spearman_is_nan_for_a_constant_figure():

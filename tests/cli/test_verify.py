@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from bnrank.cli import main
@@ -13,15 +12,6 @@ from bnrank.engine.architectures import build_model
 from bnrank.engine.checkpoints import save_weights
 from tests.engine.tiny import WIDTH
 from tests.engine.volumes import write_nnunet_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads made these tiny runs 10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_rank_verify_in_cli_and_json(tmp_path: Path, capsys) -> None:

@@ -39,7 +39,7 @@ INSTALL_HINT = "it is a dev dependency: .venv/bin/pip install -e '.[dev]'"
 # BNRANK_* variables read by the entrypoint scripts, not by service/core/config.py.
 ENTRYPOINT_VARS = {"BNRANK_BIN", "BNRANK_DB_WAIT_S", "BNRANK_DB_RETRY_S"}
 # The services that run BNRank code, and so must agree on the shared settings.
-BNRANK_SERVICES = ("migrate", "api", "worker", "worker-cpu")
+BNRANK_SERVICES = ("migrate", "api", "worker", "worker-cpu", "worker-remote")
 SHARED_SETTINGS = (
     "BNRANK_DATABASE_URL",
     "BNRANK_BROKER_URL",
@@ -50,6 +50,10 @@ SHARED_SETTINGS = (
     "BNRANK_BLOB_DIR",
     "BNRANK_CACHE_DIR",
     "BNRANK_DATA_ROOTS",
+    "BNRANK_BLOB_URL",
+    "BNRANK_S3_ENDPOINT_URL",
+    "BNRANK_S3_REGION",
+    "BNRANK_DATASET_BUCKETS",
 )
 
 
@@ -155,6 +159,10 @@ def compose_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
                 "cpu",
                 "--profile",
                 "monitoring",
+                "--profile",
+                "s3",
+                "--profile",
+                "remote",
                 "config",
                 "--format",
                 "json",
@@ -208,7 +216,7 @@ def test_compose_file_has_no_version_key() -> None:
     assert "version" not in _raw_compose(), "the Compose Specification has no top-level version: drop it"
 
 
-@pytest.mark.parametrize("profiles", [(), ("cpu",), ("monitoring",)])
+@pytest.mark.parametrize("profiles", [(), ("cpu",), ("monitoring",), ("s3",), ("remote",)])
 def test_compose_accepts_each_profile_set(profiles: tuple[str, ...], tmp_path: Path) -> None:
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
     flags = [arg for p in profiles for arg in ("--profile", p)]
@@ -268,10 +276,11 @@ def test_bnrank_services_start_only_through_the_entrypoints(model: dict[str, Any
 def test_worker_reserves_an_nvidia_gpu_and_stops_gracefully(model: dict[str, Any]) -> None:
     worker = model["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]  # count: all
     env = _env(model, "worker")
     assert env["BNRANK_DEVICE"] == "cuda"
-    assert env["BNRANK_WORKER_CONCURRENCY"] == "1", "one task at a time on one GPU"
+    assert env["BNRANK_WORKER_CONCURRENCY"] == "0", "one task at a time on each GPU (follows the devices)"
+    assert env["BNRANK_WORKER_QUEUES"] == "all", "the GPU queue first, then the CPU queue"
     assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
     # SIGTERM is Celery's warm shutdown: the running task needs minutes, not the default 10 s.
     assert _duration_s(worker["stop_grace_period"]) >= 5 * 60
@@ -289,6 +298,31 @@ def test_cpu_worker_does_not_oversubscribe_its_cpus(model: dict[str, Any]) -> No
     assert concurrency * threads <= float(cpus), f"{concurrency} tasks × {threads} threads > {cpus} cpus"
     assert cpu["image"] == model["services"]["api"]["image"], "the CPU worker runs the CPU (API) image"
     assert cpu.get("healthcheck", {}).get("disable") is True, "the API image's /healthz check would fail"
+
+
+def test_remote_worker_mounts_no_blob_or_data_volume(model: dict[str, Any]) -> None:
+    remote = model["services"]["worker-remote"]
+    assert remote["profiles"] == ["remote"]
+    assert "depends_on" not in remote, "on another host there is no postgres, redis or migrate to wait for"
+    mounts = remote["volumes"]
+    assert [(m["type"], m["source"], m["target"]) for m in mounts] == [
+        ("volume", "remote-worker-cache", "/var/lib/bnrank")
+    ], "its own cache only: blobs come from the object store, datasets from s3://"
+    env = _env(model, "worker-remote")
+    assert {"BNRANK_BLOB_URL", "BNRANK_S3_ENDPOINT_URL", "BNRANK_DATABASE_URL", "BNRANK_BROKER_URL"} <= set(env)
+    assert env["BNRANK_WORKER_CONCURRENCY"] == "0" and env["BNRANK_WORKER_QUEUES"] == "all"
+    assert remote["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_object_store_service_and_its_bucket(model: dict[str, Any]) -> None:
+    store, bucket = model["services"]["objectstore"], model["services"]["objectstore-bucket"]
+    assert store["profiles"] == bucket["profiles"] == ["s3"]
+    assert store["healthcheck"]["test"][0] == "CMD" and [p["target"] for p in store["ports"]] == [9000]
+    assert any(v["source"] == "objectstore-data" for v in store["volumes"])
+    assert bucket["depends_on"]["objectstore"]["condition"] == "service_healthy"
+    assert bucket["entrypoint"][:3] == ["mc", "mb", "--ignore-existing"]
+    env = _env(model, "objectstore")
+    assert env["MINIO_ROOT_USER"] and env["MINIO_ROOT_PASSWORD"]
 
 
 def test_flower_watches_the_same_broker(model: dict[str, Any]) -> None:

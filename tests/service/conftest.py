@@ -5,6 +5,10 @@ When PostgreSQL and Redis answer on localhost (dev machines, CI), each session g
 so parallel runs cannot take each other's tasks. Otherwise (or with ``BNRANK_TEST_BACKEND=embedded``) the
 embedded defaults are used: SQLite file and kombu's filesystem broker in the session's temp folder.
 
+Every test that uses the stack runs on both blob backends: the folder (the embedded default) and an
+S3-compatible object store, moto's standalone server started by the session on 127.0.0.1 (tests/s3server.py).
+``BNRANK_TEST_BLOBS=filesystem`` (or ``s3``) keeps one of them.
+
 The API runs in-process under uvicorn on a background thread, so requests go through real HTTP (streamed
 uploads, server-sent events) while tests can still build apps with other settings (a tiny upload limit).
 """
@@ -36,7 +40,9 @@ from service.api.auth import create_key
 from service.core.config import Settings
 from service.core.db import Database, migrate
 from service.core.launcher import WorkerProcess
+from service.core.objectstore import S3BlobStore, open_blob_store
 from tests.engine.volumes import write_nnunet_dataset
+from tests.s3server import MotoServer, moto_server
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -70,6 +76,9 @@ def pytest_report_header() -> str:
     return f"bnrank service tests: {backend} (BNRANK_TEST_BACKEND=embedded forces the embedded stack)"
 
 
+BLOB_BACKENDS = [b for b in os.environ.get("BNRANK_TEST_BLOBS", "filesystem,s3").split(",") if b]
+
+
 @dataclass
 class Stack:
     kind: str
@@ -78,10 +87,52 @@ class Stack:
     root: Path
     data_root: Path
     outside: Path
+    blobs: str = "filesystem"
+    s3: MotoServer | None = None
+
+    def stored_size(self, sha256: str) -> int | None:
+        """Size of the blob with this sha256 in the stack's store (folder or bucket); None when absent."""
+        store = open_blob_store(self.settings)
+        rel = store.relpath(sha256)
+        if isinstance(store, S3BlobStore):
+            try:
+                return int(store.client.head_object(Bucket=store.bucket, Key=store.key(rel))["ContentLength"])
+            except Exception:
+                return None
+        path = store.path(rel)
+        return path.stat().st_size if path.is_file() else None
+
+    def leftovers(self) -> list[str]:
+        """What unfinished uploads left: spool files and, on S3, multipart uploads and temporary objects."""
+        found = [str(p) for p in (self.settings.blobs / "tmp").iterdir()]
+        store = open_blob_store(self.settings)
+        if isinstance(store, S3BlobStore):
+            tmp = store.key("tmp/")
+            uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=tmp).get("Uploads", [])
+            objects = store.client.list_objects_v2(Bucket=store.bucket, Prefix=tmp).get("Contents", [])
+            found += [f"multipart upload {u['Key']}" for u in uploads] + [f"object {o['Key']}" for o in objects]
+        return found
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's S3 server, one per session (each stack makes its own bucket in it)."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=BLOB_BACKENDS)
+def blob_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    blob_backend: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[Stack]:
+    s3: MotoServer | None = request.getfixturevalue("s3_server") if blob_backend == "s3" else None
     root = tmp_path_factory.mktemp("bnrank")
     data_root, outside = root / "data", root / "outside"
     data_root.mkdir()
@@ -108,6 +159,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # short-lived cache of unfinished rankings on an app of its own.
         "live_cache_s": 0,
     }
+    if s3 is not None:
+        common.update(s3.settings(s3.new_bucket()))
     suffix = secrets.token_hex(4)
     pg_name = None
     if _postgres_and_redis():
@@ -131,7 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     migrate(settings)
     db = Database(settings)
     try:
-        yield Stack(kind, settings, db, root, data_root, outside)
+        yield Stack(kind, settings, db, root, data_root, outside, blob_backend, s3)
     finally:
         db.dispose()
         if pg_name is not None:

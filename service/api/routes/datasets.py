@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from service.api.auth import Owner
-from service.api.deps import Limit, Offset, SessionDep, SettingsDep
+from service.api.deps import Limit, Offset, RemoteDatasetsDep, SessionDep, SettingsDep
 from service.api.schemas import DatasetIn, DatasetOut, ErrorOut, Page
 from service.core import datasets
 from service.core.owned import owned_dataset
@@ -29,6 +29,7 @@ def register_dataset(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    remote: RemoteDatasetsDep,
     owner: Owner,
     force: Annotated[bool, Query(description="check the folder again and refresh its dataset (same id)")] = False,
 ) -> DatasetOut:
@@ -38,7 +39,9 @@ def register_dataset(
     folder registered again by the same owner answers the existing dataset (200), re-checked if ``force``.
     """
     row, created = datasets.register_dataset(
-        session, owner, body.name, body.uri, body.modality, body.format, settings.data_roots, force=force
+        session, owner, body.name, body.uri, body.modality, body.format, settings.data_roots,
+        force=force,
+        remote=remote,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return DatasetOut.model_validate(row)

@@ -16,6 +16,7 @@ from service.api.deps import Limit, LiveDep, Offset, ReadsDep, SessionDep, Setti
 from service.api.schemas import ErrorOut, JobOut, JobStatus, Page
 from service.core import jobflow
 from service.core.errors import NotFound
+from service.core.kinds import KIND_NAMES
 from service.core.models import TERMINAL_JOB_STATUSES
 from service.core.owned import owned_job
 
@@ -33,7 +34,7 @@ def list_jobs(
     status_: Annotated[
         JobStatus | None, Query(alias="status")
     ] = None,
-    kind: Annotated[Literal["ranking", "alchemy", "probe"] | None, Query()] = None,
+    kind: Annotated[Literal[KIND_NAMES] | None, Query()] = None,  # type: ignore[valid-type]
 ) -> Page[JobOut]:
     rows, total = jobflow.list_jobs(session, owner, limit, offset, status_, kind)
     return Page(items=[JobOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)

@@ -6,50 +6,29 @@ the small γ costs far less Dice than zeroing as many random γ, the γ ranking 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
-from sqlalchemy.orm import Session
+from typing import Any
 
-from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, ReadsDep, SessionDep, SettingsDep
-from service.api.schemas import ErrorOut, JobOut, ProbeFoldOut, ProbeIn, ProbeOut
-from service.core.jobs import submit_folds
-from service.core.owned import owned_job
-from service.core.results import fold_rows, probe_view
-
-router = APIRouter(prefix="/v1/probes", tags=["probes"])
+from service.api.routes.folds import fold_router
+from service.api.schemas import JobOut, ProbeFoldOut, ProbeIn, ProbeOut
+from service.core.kinds.probe import KIND
+from service.core.models import Job
+from service.core.results import GammaByPhase, probe_view
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobOut,
-    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
-)
-def create_probe(
-    body: ProbeIn, response: Response, session: SessionDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
-) -> JobOut:
-    """Queue BN-only training of one checkpoint, then clipping by threshold and at random."""
-    job = submit_folds(
-        session,
-        celery,
-        settings.queue,
-        owner,
-        "probe",
-        body.dataset_id,
-        body.params(),
-        memory_bytes=settings.worker_memory_bytes,
-    )
-    response.headers["Location"] = f"/v1/probes/{job.id}"
-    return JobOut.model_validate(job)
-
-
-@router.get("/{job_id}", response_model=ProbeOut, responses={404: {"model": ErrorOut}})
-async def get_probe(job_id: str, reads: ReadsDep, owner: Owner) -> ProbeOut:
-    """The job and, per fold, the unclipped Dice and one row per threshold: Dice clipped by |γ| vs at random."""
-    return await reads(_probe, owner, job_id)
-
-
-def _probe(session: Session, owner: str, job_id: str) -> ProbeOut:
-    job = owned_job(session, owner, job_id, kind="probe")
-    folds = [ProbeFoldOut.model_validate(probe_view(row, gamma)) for row, gamma in fold_rows(session, job.id)]
+def _shape(job: Job, rows: list[tuple[Any, GammaByPhase]]) -> ProbeOut:
+    folds = [ProbeFoldOut.model_validate(probe_view(row, gamma)) for row, gamma in rows]
     return ProbeOut(job=JobOut.model_validate(job), folds=folds)
+
+
+router = fold_router(
+    KIND,
+    tag="probes",
+    body=ProbeIn,
+    out=ProbeOut,
+    shape=_shape,
+    names=("create_probe", "get_probe"),
+    docs=(
+        "Queue BN-only training of one checkpoint, then clipping by threshold and at random.",
+        "The job and, per fold, the unclipped Dice and one row per threshold: Dice clipped by |γ| vs at random.",
+    ),
+)

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import Owner, Submitter
-from service.api.deps import CeleryDep, DatabaseDep, FinishedDep, LiveDep, Reads, ReadsDep, SettingsDep
+from service.api.deps import CeleryDep, DatabaseDep, FinishedDep, LiveDep, QueuesDep, Reads, ReadsDep, SettingsDep
 from service.api.schemas import EntryOut, ErrorOut, JobOut, RankingIn, RankingOut
 from service.api.singleflight import single_flight
-from service.core.cache import FinishedCache, LiveCache
+from service.core.cache import FinishedCache, LiveCache, up_to_date
 from service.core.jobs import submit_ranking
 from service.core.models import TERMINAL_JOB_STATUSES
 from service.core.results import owned_ranking, ranking_views
@@ -30,13 +30,22 @@ router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
 async def create_ranking(
-    body: RankingIn, response: Response, db: DatabaseDep, settings: SettingsDep, celery: CeleryDep, owner: Submitter
+    body: RankingIn,
+    response: Response,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    queues: QueuesDep,
+    owner: Submitter,
 ) -> JobOut:
-    """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture).
+    """Queue BN-only evaluation of every checkpoint (plus a random-init control per architecture) on the dataset.
 
-    Async, with all the database and broker work in one thread-pool call: a sync endpoint with a session
-    dependency costs three thread hops, which under concurrent submissions were a tenth of the CPU time.
+    One task per candidate (and per successive-halving round); the answer is the queued job, and ``Location``
+    names the ranking to poll. Refused before anything is queued when a checkpoint or the dataset is not the
+    caller's, the budget cannot run, or the broker is unreachable.
     """
+    # Async, with the database and broker work in one thread-pool call: a sync endpoint with a session dependency
+    # costs three thread hops (docs/benchmarks.md).
     params = body.params()
 
     def submit() -> JobOut:
@@ -44,7 +53,7 @@ async def create_ranking(
             job = submit_ranking(
                 session,
                 celery,
-                settings.queue,
+                queues.queue_for("ranking"),
                 owner,
                 body.dataset_id,
                 body.checkpoint_ids,
@@ -68,6 +77,7 @@ async def get_ranking(job_id: str, reads: ReadsDep, finished: FinishedDep, live:
     unfinished one is read at most every ``BNRANK_LIVE_CACHE_S`` per process, however many clients poll it,
     and in the background once its body is older than that (no request waits for that read).
     """
+    await up_to_date(finished.generation, finished, live)
     body = finished.get(job_id, owner)
     if body is None:
         cached = live.lookup(job_id, owner)

@@ -20,11 +20,12 @@ from bnrank.engine.ranking import Candidate, rank_candidates
 from service.core.models import Job, RankingEntry, utcnow
 from service.core.params import RankingParams
 from tests.service.conftest import TINY_BUDGET, Stack, make_checkpoint, upload, wait_job
-from tests.service.test_recovery import _rows, _sweep, idle  # noqa: F401  (idle: the fixture)
+from tests.worker.test_recovery import _rows, _sweep, idle  # noqa: F401  (idle: the fixture)
 from worker.context import WorkerContext
 from worker.ranking import run_rank_entry
 
 HALVING = {"halving_rounds": 2, "halving_eta": 2}  # TINY_BUDGET's 4 steps: round 1 ends at 2, round 2 at 4
+SEED = 7  # not 0: the close-out's tie bootstrap must draw with the ranking's seed, not a default one
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _submit(client: httpx.Client, four: dict[str, Path], dataset_dir: Path) -> s
         "dataset_id": dataset,
         "checkpoint_ids": list(ids.values()),
         "budget": TINY_BUDGET,
-        "seed": 0,
+        "seed": SEED,
         "control": False,
         "ranking": HALVING,
     }
@@ -87,6 +88,21 @@ def test_a_halving_ranking_keeps_half_for_round_two_as_the_engine_does(
     for e in local.entries:
         assert served[e.checkpoint] == pytest.approx(e.score, abs=1e-4), e.checkpoint
     assert [e["name"] for e in entries] == [e.checkpoint for e in local.entries]
+
+    # One close-out: the same entries give the same ties and halving rounds as `bnrank rank`'s (the engine's
+    # close_ranking, whose tie bootstrap draws with the ranking's seed over the same per-case scores).
+    assert config.seed == SEED
+    ties = ranking["ties"]
+    assert ties["groups"] == local.ties["groups"] and ties["top_group"] == local.ties["top_group"]
+    assert ties["p_top_is_best"] == pytest.approx(local.ties["p_top_is_best"], abs=1e-3)
+    by_name = {e.checkpoint: e for e in local.entries}
+    for e in entries:
+        mine = by_name[e["name"]]
+        assert (e["tie_group"], sorted(e["tied_with"])) == (mine.tie_group, sorted(mine.tied_with)), e["name"]
+        assert e["p_best"] == pytest.approx(mine.p_best, abs=1e-3), e["name"]
+    assert local.halving is not None
+    assert halving["rounds"] == local.halving["rounds"] and halving["eta"] == local.halving["eta"]
+    assert halving["candidate_steps_without_halving"] == local.halving["candidate_steps_without_halving"]
 
 
 def test_rounds_are_dispatched_when_a_round_ends_and_a_killed_worker_is_recovered(

@@ -11,7 +11,7 @@ import pytest
 from bnrank.cli.client import Client
 from bnrank.engine.fitting import load_checkpoint
 from service.core.launcher import WorkerProcess
-from tests.service.conftest import TINY_BUDGET, upload, wait_job
+from tests.service.conftest import TINY_BUDGET, Stack, upload, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,15 @@ def test_alchemy_reports_dice_kernels_gamma_and_weights(alchemy_job: dict[str, A
 
 
 def test_fine_tuned_weights_download_and_load(
-    alice: httpx.Client, bob: httpx.Client, alchemy_job: dict[str, Any], tmp_path: Path
+    alice: httpx.Client, bob: httpx.Client, alchemy_job: dict[str, Any], tmp_path: Path, stack: Stack
 ) -> None:
     artifact_id = alchemy_job["results"][0]["artifact_id"]
     response = alice.get(f"/v1/artifacts/{artifact_id}")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
     assert ".safetensors" in response.headers["content-disposition"]
+    # The worker stored the weights in the stack's blob store (the folder, or the bucket) under their hash.
+    assert stack.stored_size(response.headers["etag"].strip('"')) == len(response.content)
     path = tmp_path / "tuned.safetensors"
     path.write_bytes(response.content)
     _, report = load_checkpoint(path)

@@ -18,6 +18,7 @@ from bnrank.engine.configs.ranking import RANKING_DEFAULTS, RankConfig, ranking_
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.options import Option, offered, option
 from service.api.schemas import AlchemyIn, ProbeIn, RankingIn
+from service.core.kinds import read_params
 from service.core.params import (
     AlchemyBudget,
     AlchemyParams,
@@ -27,7 +28,6 @@ from service.core.params import (
     RankingParams,
     RankOptions,
     model_of,
-    read_params,
 )
 
 BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,43 @@ def test_0004_merges_duplicate_datasets_into_the_newest_and_repoints_jobs(tmp_pa
     with engine.begin() as conn, pytest.raises(IntegrityError):
         conn.execute(text(insert), {"id": "ds_again", "owner": "o", "uri": "/d/a", "t": "2026-01-05 00:00:00"})
     engine.dispose()
+
+
+def test_0007_moves_probe_folds_into_their_own_table_and_back(tmp_path: Path) -> None:
+    """Probe folds stored among alchemy folds before 0007 move to probe_results with their results; alchemy folds
+    stay; the downgrade moves them back."""
+    settings = Settings(home=tmp_path, database_url="", broker_url="", data_roots=[tmp_path])
+    migrate(settings, "0006")
+    engine = make_engine(settings.database_url)
+    now = "2026-01-01 00:00:00"
+    job = (
+        "INSERT INTO jobs (id, owner, kind, status, params, progress, message, cancel_requested, task_ids,"
+        " created_at, updated_at) VALUES (:id, 'o', :kind, 'succeeded', '{}', 1, '', 0, '[]', :t, :t)"
+    )
+    fold = (
+        "INSERT INTO alchemy_results (id, job_id, fold, status, progress, attempts, seconds, dice, reinitialised,"
+        " metrics, created_at) VALUES (:id, :job, :fold, 'ok', 1, 1, 2.5, :dice, '{}', :metrics, :t)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(job), {"id": "job_a", "kind": "alchemy", "t": now})
+        conn.execute(text(job), {"id": "job_p", "kind": "probe", "t": now})
+        values = {"id": "ar_a", "job": "job_a", "fold": 0, "dice": '{"score": 0.5}', "metrics": "{}", "t": now}
+        conn.execute(text(fold), values)
+        for i in range(2):
+            probe = {"id": f"ar_p{i}", "job": "job_p", "fold": i, "dice": '{"score": 0.7}', "t": now}
+            conn.execute(text(fold), {**probe, "metrics": json.dumps({"probe": {"rows": [i]}})})
+    migrate(settings)
+    with engine.connect() as conn:
+        alchemy = conn.execute(text("SELECT id FROM alchemy_results")).scalars().all()
+        probes = conn.execute(
+            text("SELECT id, job_id, fold, seconds, dice, metrics FROM probe_results ORDER BY fold")
+        ).all()
+    assert alchemy == ["ar_a"]
+    assert [(p[0], p[1], p[2], p[3]) for p in probes] == [("ar_p0", "job_p", 0, 2.5), ("ar_p1", "job_p", 1, 2.5)]
+    assert "0.7" in probes[0][4] and "[1]" in probes[1][5] and "[1]" not in probes[0][5]
+    assert _diff(settings.database_url) == []
+    command.downgrade(alembic_config(settings.database_url), "0006")
+    with engine.connect() as conn:
+        back = sorted(conn.execute(text("SELECT id FROM alchemy_results")).scalars().all())
+    engine.dispose()
+    assert back == ["ar_a", "ar_p0", "ar_p1"]

@@ -55,7 +55,8 @@ def test_paths_outside_the_data_roots_are_refused(alice: httpx.Client, stack: St
         "relative dot-dot": (f"../outside/{outside_dataset.name}", "'..' is not allowed"),
         "symlink escaping": (str(link), "through a symlink"),
         "missing outside": ("/etc/definitely-not-here", "outside the data roots"),
-        "remote scheme": ("s3://bucket/data", "only local paths"),
+        "remote scheme": ("gs://bucket/data", "only local paths"),
+        "bucket not allowed": ("s3://bucket/data", "is not one datasets may come from"),
         "missing inside": (str(stack.data_root / "nope"), "does not exist"),
     }
     for what, (uri, expected) in cases.items():

@@ -130,7 +130,8 @@ def test_largest_offset_is_served(alice: httpx.Client) -> None:
         ("~/data", "'~' is not expanded"),
         ("http:foo", "only local paths"),
         ("mailto:someone@example.org", "only local paths"),
-        ("s3://bucket/x", "only local paths"),
+        ("gs://bucket/x", "only local paths"),
+        ("s3://bucket/x", "is not one datasets may come from"),
         ("a" * 4000, "cannot be resolved"),
     ],
 )

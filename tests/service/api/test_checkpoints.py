@@ -27,8 +27,8 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _tmp_files(stack: Stack) -> list[Path]:
-    return list((stack.settings.blobs / "tmp").iterdir())
+def _tmp_files(stack: Stack) -> list[str]:
+    return stack.leftovers()
 
 
 def _rows(stack: Stack, **where: str) -> int:
@@ -59,8 +59,7 @@ def test_upload_validates_and_records_the_checkpoint(uploaded: dict, stack: Stac
     assert uploaded["n_parameters"] > 0 and uploaded["n_bn_channels"] > 0
     assert uploaded["load_report"]["matched_fraction"] == 1.0
     assert uploaded["gamma_summary"]["count"] == uploaded["n_bn_channels"]
-    blob = stack.settings.blobs / "sha256" / uploaded["sha256"][:2] / uploaded["sha256"]
-    assert blob.is_file() and blob.stat().st_size == uploaded["size"]
+    assert stack.stored_size(uploaded["sha256"]) == uploaded["size"]
 
 
 def test_same_bytes_again_answer_200_with_the_same_checkpoint(
@@ -115,10 +114,10 @@ def test_another_owner_gets_404_everywhere(bob: httpx.Client, uploaded: dict) ->
 
 
 def test_delete_removes_row_and_unshared_blob(alice: httpx.Client, uploaded: dict, stack: Stack) -> None:
-    blob = stack.settings.blobs / "sha256" / uploaded["sha256"][:2] / uploaded["sha256"]
+    assert stack.stored_size(uploaded["sha256"]) is not None
     assert alice.delete(f"/v1/checkpoints/{uploaded['id']}").status_code == 204
     assert alice.get(f"/v1/checkpoints/{uploaded['id']}").status_code == 404
-    assert not blob.exists()
+    assert stack.stored_size(uploaded["sha256"]) is None
 
 
 def _pickle_attacks(tmp_path: Path, marker: Path) -> dict[str, Path]:

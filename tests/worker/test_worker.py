@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from service.core.kinds import read_params
 from service.core.models import GammaStat, Job, RankingEntry, utcnow
-from service.core.params import RankingParams, read_params
+from service.core.params import RankingParams
 from tests.service.conftest import TINY_BUDGET, Stack
 from worker.context import WorkerContext
 from worker.ranking import run_rank_entry

@@ -1,0 +1,89 @@
+"""Benchmark v2's declarations and guards (bench/benchmark_v2.py, bench/v2_tasks.py), without training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.bench.test_ranking_quality import _module
+
+T = _module("v2_tasks")
+B = _module("benchmark_v2")
+
+
+def test_the_declared_design_meets_the_brief():
+    doc = B.prereg_document()
+    families = doc["candidates"]
+    assert set(families) == {"unet3d", "nnunet"}
+    for members in families.values():
+        assert sum(r["make"] != "random" for r in members) >= 5  # pretrained variants per family
+        assert any(r["make"] == "random" for r in members)
+    assert all(r["architecture"] == "nnunet" for r in families["nnunet"])
+    tasks = {n: T.TASKS[n] for n in doc["evaluation_tasks"]}
+    assert all(2 <= s.n_train <= 3 for s in T.TASKS.values())  # few-shot everywhere
+    small = [n for n, s in T.TASKS.items() if "ventricles" in s.kind or "deep_csf" in s.kind]
+    assert T.TUNING_TASK in small and len([n for n in small if n in tasks]) >= 2
+    real = [s for s in tasks.values() if s.kind.startswith("real_")]
+    assert real and all(s.spacing_mm <= 2.0 for s in real)
+    assert not set(doc["proxies"]["seeds"]) & set(doc["ground_truth"]["seeds"])
+    assert len(doc["proxies"]["seeds"]) >= 3
+    roots = [s.root for s in T.TASKS.values()]
+    assert len(set(roots)) == len(roots)
+
+
+def test_the_committed_preregistration_matches_the_declarations():
+    """What runs is what was registered: the committed file equals the declarations but for its timestamp."""
+    committed = B.rq.load(B.PREREGISTRATION)
+    declared = B.prereg_document()
+    committed.pop("created"), declared.pop("created")
+    assert json.loads(json.dumps(declared, default=float)) == committed
+
+
+@pytest.mark.parametrize("name", ["tuning", "t2_ventricles"])
+def test_synthetic_small_structures_are_small_and_present(name):
+    spec = T.TASKS[name]
+    image, label, affine, _ident = T.make_case(spec, np.random.default_rng(np.random.SeedSequence(7).spawn(1)[0]))
+    assert image.shape == label.shape and affine[0, 0] == spec.spacing_mm
+    small = label == max(T.LABELS[spec.kind].values())
+    assert 0.0005 < small.mean() < 0.02
+
+
+@pytest.mark.skipif(not (T.ITK_DATA / T.ITK_T1).is_file(), reason="apt-get install insighttoolkit5-examples")
+def test_the_real_head_tissue_rule_orders_classes_by_t1_intensity_and_warps_at_2mm():
+    image, tissue, _ = T.real_head()
+    means = [image[tissue == k].mean() for k in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]  # T1: CSF darker than grey, grey darker than white
+    spec = T.TASKS["real_deep_csf"]
+    moved, label, affine, _ = T.make_case(spec, np.random.default_rng(3))
+    assert affine[0, 0] == 2.0 and min(moved.shape) > 80  # a realistic head at 2 mm, not a thumbnail
+    assert 0.001 < label.mean() < 0.02
+
+
+def test_an_evaluation_tasks_ground_truth_needs_the_committed_preregistration(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    mine = tmp_path / "preregistration_v2.json"
+    mine.write_text('{"a": 1}\n')
+    monkeypatch.setattr(B, "PREREGISTRATION", mine)
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    B.require_prereg(B.T.TUNING_TASK, repo)  # the tuning task never needs it
+    with pytest.raises(SystemExit, match="commit"):
+        B.require_prereg("ct_fewshot", repo)
+    (repo / B.PREREG_REL).write_text('{"a": 1}\n')
+    with pytest.raises(SystemExit):  # written but not committed
+        B.require_prereg("ct_fewshot", repo)
+    git("add", B.PREREG_REL)
+    git("commit", "-qm", "prereg")
+    B.require_prereg("ct_fewshot", repo)
+    mine.write_text('{"a": 2}\n')  # the run's copy differs from the committed one
+    with pytest.raises(SystemExit):
+        B.require_prereg("ct_fewshot", repo)

@@ -1,0 +1,73 @@
+"""POST /v1/rankings writes the job and its entries in one INSERT (PostgreSQL), and a submission the broker
+refuses leaves a failed job saying why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+
+from service.api.app import create_app
+from service.core.models import Job, RankingEntry
+from tests.service.conftest import TINY_BUDGET, Stack, ThreadedServer
+
+
+@pytest.fixture
+def statements(stack: Stack) -> Iterator[tuple[str, list[str]]]:
+    """An API of the stack's settings on a queue no worker reads, and the SQL its requests execute."""
+    settings = stack.settings.model_copy(update={"queue": f"{stack.settings.queue}_unread"})
+    app = create_app(settings)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(app.state.db.engine, "before_cursor_execute", record)
+    with ThreadedServer(app) as server:
+        yield server.url, seen
+
+
+def test_a_ranking_and_its_entries_are_one_insert(
+    stack: Stack, statements: tuple[str, list[str]], alice: httpx.Client, candidates: dict[str, str], dataset_id: str
+) -> None:
+    url, seen = statements
+    body = {"dataset_id": dataset_id, "checkpoint_ids": [candidates["good_a"], candidates["good_b"]]}
+    with httpx.Client(base_url=url, headers=alice.headers, timeout=60) as client:
+        client.get("/v1/checkpoints")  # the key is now cached: the POST below does no key lookup
+        seen.clear()
+        response = client.post("/v1/rankings", json={**body, "budget": TINY_BUDGET})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["created_at"] and job["message"] == "queued"
+    inserts = [s for s in seen if s.lstrip().upper().startswith(("INSERT", "WITH"))]
+    expected = 1 if stack.kind == "postgres+redis" else 2
+    assert len(inserts) == expected, inserts
+    with stack.db.sessions() as s:
+        stored = s.get(Job, job["id"])
+        assert stored is not None and stored.task_ids and stored.status == "queued"
+        entries = s.scalars(select(RankingEntry).where(RankingEntry.job_id == job["id"])).all()
+    assert len(entries) == 3  # two candidates and their control
+    assert {e.task_id for e in entries} == set(stored.task_ids)
+    # No worker reads that queue: cancelled, so the job does not hold its checkpoints for the other tests.
+    assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
+    assert alice.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_a_submission_the_broker_refuses_fails_its_job_with_503(
+    stack: Stack, serve_app: Any, alice: httpx.Client, candidates: dict[str, str], dataset_id: str
+) -> None:
+    if stack.kind != "postgres+redis":
+        pytest.skip("the filesystem broker has no server to be down")
+    down = stack.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0", "rate_limit_store": "process"})
+    body = {"dataset_id": dataset_id, "checkpoint_ids": [candidates["good_a"]], "budget": TINY_BUDGET}
+    with serve_app(down) as url, httpx.Client(base_url=url, headers=alice.headers, timeout=60) as client:
+        response = client.post("/v1/rankings", json=body)
+    assert response.status_code == 503 and "broker is unreachable" in response.json()["detail"]
+    with stack.db.sessions() as s:
+        failed = s.scalars(
+            select(Job).where(Job.owner == "alice", Job.error.like("could not be queued%")).order_by(Job.created_at)
+        ).all()
+    assert failed and failed[-1].status == "failed" and failed[-1].finished_at is not None
