@@ -110,6 +110,7 @@ def bench_scores(root: Path, networks: list[str]) -> list[dict[str, Any]]:
     from bnrank.engine.demo_volumes import write_demo_task
     from bnrank.engine.ranking import Candidate, evaluate_candidate
     from bnrank.engine.task import make_task
+    from tests.engine.formats import makers as mk
     from tests.engine.formats import onnx_makers as om
 
     torch.set_num_threads(2)
@@ -118,11 +119,11 @@ def bench_scores(root: Path, networks: list[str]) -> list[dict[str, Any]]:
     config = ranking_config(precision="fp32")
     rows = []
     for name in networks:
-        model = om.network(name, seed=1)
-        weights = save_weights(model, root / f"{name}.safetensors") if name != "nnunet" else None
-        if weights is None:  # nnU-Net shares tensors between encoder and decoder.encoder: torch.save keeps that
-            weights = root / f"{name}.pt"
-            torch.save(model.state_dict(), weights)
+        if name == "nnunet":  # its weights mean something only with its plans: the model folder nnU-Net writes
+            weights, model = mk.write_nnunet_folder(root / "nnunet_results", seed=1)
+        else:
+            model = om.network(name, seed=1)
+            weights = save_weights(model, root / f"{name}.safetensors")
         exported = om.export(model, root / f"{name}.onnx", size=32)
         row: dict[str, Any] = {"network": name}
         for label, path in (("original", weights), ("onnx", exported)):
@@ -219,7 +220,8 @@ def main() -> None:
         if earlier:
             result["cost_and_hostile_from"] = earlier["when"]
         result["scores"] = [] if args.skip_scores else bench_scores(root, args.networks)
-    out = ROOT / "bench" / "results" / "onnx_conversion" / f"{result['when'].replace(':', '')}.json"
+    part = "-scores" if args.only_scores else "-cost" if args.skip_scores else ""  # parts run side by side
+    out = ROOT / "bench" / "results" / "onnx_conversion" / f"{result['when'].replace(':', '')}{part}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print_tables(result)
