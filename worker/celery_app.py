@@ -13,6 +13,7 @@ from celery.signals import setup_logging
 
 from service.core.celery_app import make_celery
 from service.core.config import get_settings
+from service.core.launcher import follow_parent
 from service.core.logs import configure_logging
 
 
@@ -24,5 +25,6 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     configure_logging(str(level), settings.log_format)
 
 
+follow_parent()  # started by `bnrank serve` (or a test): end with it
 app = make_celery(get_settings())
 app.conf.imports = ("worker.tasks",)

@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.api.app import create_app
     from service.core.db import migrate
-    from service.core.launcher import WorkerProcess
+    from service.core.launcher import SupervisedWorker
     from service.core.logs import configure_logging
 
     settings = _settings(api_host=args.host, api_port=args.port, api_processes=args.processes)
@@ -70,20 +70,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
     # installed before it started; this one turns it into a normal exit, so the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker = None if args.no_worker else WorkerProcess(settings)
+    # The embedded worker is restarted when it dies and reported by /readyz; it exits when serve does.
+    worker = None if args.no_worker else SupervisedWorker(settings).start()
     processes = settings.api_processes
     if processes > 1:
         # uvicorn's own supervisor: N processes accept on one socket, each builds its app from these variables;
-        # their metrics are added up through files (service/api/metrics.py).
+        # their metrics are added up through files (service/api/metrics.py). The worker's state is then watched
+        # by this process alone (its log says when it restarts), not by each API process's /readyz.
         info(f"api processes: {processes}")
         os.environ.update(settings.to_env())
         metrics_dir = settings.home / f"metrics-{os.getpid()}"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        app: Any = "service.api.app:create_app"
+    else:
+        app = create_app(settings)
+        app.state.worker = worker
     try:
         uvicorn.run(
-            "service.api.app:create_app" if processes > 1 else create_app(settings),
+            app,
             factory=processes > 1,
             workers=processes if processes > 1 else None,
             host=settings.api_host,
@@ -91,6 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level.lower(),
             log_config=None,  # configure_logging above: the same text or JSON format as the worker
             access_log=args.access_log,
+            # Forwarded headers are read by the app, from BNRANK_TRUSTED_PROXIES only (service/api/app.py):
+            # uvicorn's own default would believe any X-Forwarded-For that comes from 127.0.0.1.
+            proxy_headers=False,
         )
     except KeyboardInterrupt:
         pass
@@ -151,6 +160,29 @@ def cmd_recover(args: argparse.Namespace) -> int:
     info(
         f"re-sent {len(report.orphaned)} orphaned and {len(report.lost)} lost task(s); "
         f"closed {len(report.closed)} finished job(s)"
+    )
+    return 0
+
+
+def cmd_blobs(args: argparse.Namespace) -> int:
+    """Blobs no row refers to: listed (dry run), or deleted once older than the grace period."""
+    from service.core.db import Database  # deferred: the service stack (module docstring)
+    from service.core.objectstore import open_blob_store
+    from service.core.orphans import sweep_orphans
+
+    settings = _settings()
+    grace_s = settings.orphan_grace_s if args.grace_s is None else args.grace_s
+    db = Database(settings, pool_size=1)
+    try:
+        with db.session() as session:
+            report = sweep_orphans(session, open_blob_store(settings), grace_s=grace_s, delete=args.delete)
+    finally:
+        db.dispose()
+    for orphan in report.orphans:
+        print(f"{orphan.relpath}  {orphan.size:>12,} bytes  {orphan.age_s / 3600:8.1f} h old")
+    verb = f"deleted {len(report.deleted)} (older than {grace_s:g} s)" if args.delete else "dry run: nothing deleted"
+    info(
+        f"{len(report.orphans)} orphaned blob(s), {report.orphan_bytes:,} bytes; {report.kept_in_use} in use; {verb}"
     )
     return 0
 
@@ -307,6 +339,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("recover", help="re-send work whose broker message was lost or whose worker died")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("blobs", help="blob store upkeep: find (and delete) blobs no record refers to")
+    blobs = p.add_subparsers(dest="blobs_command", required=True)
+    b = blobs.add_parser("sweep", help="list orphaned blobs; with --delete, delete those past the grace period")
+    b.add_argument("--delete", action="store_true", help="delete orphans older than the grace period")
+    b.add_argument("--grace-s", type=float, help="grace period in seconds (default: BNRANK_ORPHAN_GRACE_S)")
+    p.set_defaults(func=cmd_blobs)
 
     p = sub.add_parser("keys", help="manage API keys of the service")
     keys = p.add_subparsers(dest="keys_command", required=True)

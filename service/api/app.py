@@ -24,9 +24,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bnrank import __version__
 from service.api.auth import KeyCache
+from service.api.authgate import AuthFirstMiddleware
 from service.api.background import housekeeping
 from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
@@ -49,6 +51,7 @@ from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache, shared_generation
 from service.core.celery_app import make_celery
 from service.core.config import Settings, get_settings
+from service.core.datasets import CheckLimits
 from service.core.db import Database
 from service.core.errors import Limited, ServiceError
 from service.core.objectstore import open_blob_store
@@ -162,6 +165,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.finished_rankings = FinishedCache(generation=generation)
     app.state.live_rankings = LiveCache(settings.live_cache_s, generation=generation)
     app.state.validation_slots = threading.BoundedSemaphore(settings.upload_validations)
+    app.state.dataset_checks = CheckLimits(
+        max_volume_bytes=settings.max_volume_bytes,
+        time_limit_s=settings.dataset_check_time_limit_s,
+        wait_s=settings.dataset_check_wait_s,
+        slots=threading.BoundedSemaphore(settings.dataset_checks),
+    )
     app.state.auth_limiter = make_limiter(settings, "auth", settings.auth_failures_per_minute)
     app.state.submission_limiter = make_limiter(settings, "submit", settings.submissions_per_minute)
 
@@ -170,8 +179,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(DataError, _unstorable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
+    # Outermost last: the client address first (trusted proxies only), then metrics, then the key from the
+    # headers, then the body's ceiling; only then may anything read the body.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_json_body_bytes)
+    app.add_middleware(AuthFirstMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     app.include_router(health.router)
     for module in (checkpoints, datasets, rankings, alchemy, probes, jobs, artifacts, leaderboard):

@@ -6,9 +6,23 @@ query, which is what makes another owner's id indistinguishable from a missing o
 A key's owner is remembered for a few seconds per process, so a burst of polling requests does not cost a
 database round trip each; a revoked key stops working within that time.
 
-Guessing is rate limited (service/api/ratelimit.py): failed authentications are counted per client address
-and per presented key, and past the limit every request from that address (or with that key) answers 429
-with ``Retry-After`` before any lookup. Job submissions are limited per owner (`submitting_owner`).
+The key is checked from the request's headers alone, before any byte of its body is read
+(service/api/authgate.py runs `authenticate` for every ``/v1`` request and hands the owner on), so a request
+without a valid key costs the headers and nothing more, however large the body it announces.
+
+Guessing is rate limited (service/api/ratelimit.py), in buckets kept apart so that one kind of failure
+cannot lock out another kind of request:
+
+- ``anon:<address>``: requests with no key at all. They answer 401 until the address spent its own
+  budget, then 429; a flood of them never touches a key's budget, so a valid key from the same address
+  (a shared NAT, a misconfigured script beside a good one) keeps working.
+- ``addr:<address>`` and ``key:<digest>``: requests presenting a key that is not valid. Past the limit,
+  any key from that address (or that key from anywhere) answers 429 before any lookup: guessing is the
+  abuse the limit exists for, and a lookup would answer the guess.
+
+A key seen valid in the last seconds (the key cache) is never held back. The client address is the TCP
+peer, or the ``X-Forwarded-For`` client where the peer is one of ``BNRANK_TRUSTED_PROXIES`` (service/api/
+app.py). Job submissions are limited per owner (`submitting_owner`).
 """
 
 from __future__ import annotations
@@ -75,6 +89,10 @@ class KeyCache:
             return None
         return item[0]
 
+    def forget(self, key_hash: str) -> None:
+        with self._lock:
+            self._items.pop(key_hash, None)
+
     def put(self, key_hash: str, owner: str) -> None:
         with self._lock:
             if len(self._items) > 10_000:
@@ -96,20 +114,28 @@ def _too_many(seconds: float) -> Limited:
     return Limited(f"too many failed authentications; try again in {retry_header(seconds)} s", seconds)
 
 
+def _buckets(address: str, digest: str | None) -> list[str]:
+    """The rate-limit buckets a failed authentication counts against (module docstring)."""
+    return [f"addr:{address}", f"key:{digest}"] if digest is not None else [f"anon:{address}"]
+
+
+def client_address(request: Request) -> str:
+    """The address limits are counted against: the peer, or the client a trusted proxy forwarded."""
+    return request.client.host if request.client else "unknown"
+
+
 async def failed_authentication(
     limiter: Limiter, address: str, digest: str | None, detail: str
 ) -> HTTPException | Limited:
-    """Count a failed authentication against the address (and the key presented); the error to raise."""
-    waits = [await limiter.take(f"addr:{address}")]
-    if digest is not None:
-        waits.append(await limiter.take(f"key:{digest}"))
+    """Count a failed authentication in its buckets (`_buckets`); the error to raise (401, or 429 past one)."""
+    waits = [await limiter.take(bucket) for bucket in _buckets(address, digest)]
     late = [w for w in waits if w is not None]
     return _too_many(max(late)) if late else _unauthorized(detail)
 
 
 async def held_back(limiter: Limiter, address: str, digest: str | None) -> float | None:
-    """Seconds this address (or the key presented) must still wait after too many failed authentications."""
-    waits = [await limiter.check(f"addr:{address}"), await limiter.check(f"key:{digest}") if digest else None]
+    """Seconds this request must still wait after too many failed authentications of its kind, or None."""
+    waits = [await limiter.check(bucket) for bucket in _buckets(address, digest)]
     late = [w for w in waits if w is not None]
     return max(late) if late else None
 
@@ -130,17 +156,18 @@ async def owner_of_digest(request: Request, digest: str) -> str | None:
     return owner if owner is not None else await lookup_owner(request, digest)
 
 
-async def current_owner(request: Request) -> str:
+async def authenticate(request: Request) -> str:
     """The owner of the request's bearer key, or 401; 429 once this address or key failed too often.
 
-    Async so that the common case (a key seen in the last seconds) costs no thread-pool round trip.
+    Reads the headers only (the gate calls it before the body is read). Async so that the common case (a
+    key seen in the last seconds) costs no thread-pool round trip.
     """
     limiter: Limiter = request.app.state.auth_limiter
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
-    digest = hash_key(key) if key else None
+    digest = hash_key(key) if key and scheme.lower() == "bearer" else None
     cache: KeyCache = request.app.state.key_cache
     owner = cache.get(digest) if digest else None
     if owner is not None:
@@ -149,7 +176,7 @@ async def current_owner(request: Request) -> str:
     wait = await held_back(limiter, address, digest)
     if wait is not None:
         raise _too_many(wait)
-    if scheme.lower() != "bearer" or digest is None:
+    if digest is None:
         raise await failed_authentication(
             limiter,
             address,
@@ -160,6 +187,12 @@ async def current_owner(request: Request) -> str:
     if owner is None:
         raise await failed_authentication(limiter, address, digest, "invalid or revoked API key")
     return owner
+
+
+async def current_owner(request: Request) -> str:
+    """The owner the gate authenticated for this request (service/api/authgate.py), else `authenticate`."""
+    owner = getattr(request.state, "owner", None)
+    return owner if isinstance(owner, str) else await authenticate(request)
 
 
 Owner = Annotated[str, Depends(current_owner)]

@@ -5,7 +5,12 @@ service sends. The statuses that come from the app as a whole rather than from a
 every operation they can reach, all with `ErrorOut` (``{"detail": "..."}``):
 
 - 400: a body that cannot be parsed at all (operations with a body);
-- 401 and 429: an operation behind an API key (429: failed authentications or submissions over the rate);
+- 401 and 429: an operation behind an API key. The key is checked from the headers before the body is
+  read (service/api/authgate.py), so a request without a valid key gets its 401 (or 429) whatever its
+  body. A request with no key is 401 until its address spent its own budget of keyless requests, then
+  429; a wrong key is 401 until the address (or that key) spent the budget of failed keys, then 429 for
+  any key not validated in the last seconds. The two budgets are apart, so keyless requests never lock
+  out a valid key; submissions over the owner's rate are 429 too;
 - 405: another method on the same path (the answer's ``Allow`` header lists the methods that are there);
 - 413: a JSON body over ``max_json_body_bytes`` (operations with a body; uploads declare their own);
 - 422: a parameter or body that does not validate.
@@ -26,11 +31,12 @@ from service.api.schemas import ErrorOut
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
 REASONS = {
     "400": "the body cannot be parsed",
-    "401": "missing, invalid or revoked API key",
+    "401": "missing, invalid or revoked API key (checked before the body is read)",
     "405": "method not allowed on this path (Allow lists the methods that are)",
     "413": "request body over the size limit",
     "422": "a parameter or the body is invalid (detail names each field and what is wrong)",
-    "429": "too many failed authentications or submissions; retry after Retry-After seconds",
+    "429": "too many keyless requests or failed keys from this address (counted apart), or too many "
+    "submissions; retry after Retry-After seconds",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 ALLOW = {"Allow": {"description": "the methods this path answers", "schema": {"type": "string"}}}

@@ -22,6 +22,7 @@ from service.core.blobs import BlobStore
 from service.core.broker import BrokerProbe
 from service.core.cache import FinishedCache, LiveCache
 from service.core.config import Settings
+from service.core.datasets import CheckLimits as DatasetCheckLimits
 from service.core.db import Database
 from service.core.queues import QueueRouter
 from service.core.s3datasets import RemoteDatasets
@@ -100,6 +101,15 @@ async def get_validation_slots(request: Request) -> threading.BoundedSemaphore:
     return request.app.state.validation_slots
 
 
+async def get_dataset_checks(request: Request) -> DatasetCheckLimits:
+    return request.app.state.dataset_checks
+
+
+async def get_worker(request: Request) -> Any:
+    """The embedded worker's supervisor under `bnrank serve` (service/core/launcher.py), else None."""
+    return getattr(request.app.state, "worker", None)
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadsDep = Annotated[Reads, Depends(get_reads)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
@@ -113,6 +123,8 @@ LiveDep = Annotated[LiveCache, Depends(get_live)]
 RemoteDatasetsDep = Annotated[RemoteDatasets | None, Depends(get_remote_datasets)]
 QueuesDep = Annotated[QueueRouter, Depends(get_queues)]
 SlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_validation_slots)]
+WorkerDep = Annotated[Any, Depends(get_worker)]
+DatasetChecksDep = Annotated[DatasetCheckLimits, Depends(get_dataset_checks)]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 # A ceiling far above any real table, low enough that the database never sees an integer it cannot hold.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import mmap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,8 +36,12 @@ from service.core.blobs import BlobStore, BlobTooLarge, BlobWriter
 from service.core.checkpoints import Declared
 
 FIELD_LIMIT = 64 * 1024  # a text field larger than this is not a name or a JSON network definition
+FORM_FIELDS = ("name", "modality", "architecture", "network_def")  # the only text fields, each at most once
 PIECE_BYTES = 4 * 1024 * 1024  # the writer thread hashes and writes the file in pieces of this size
-FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields, allowed on top of the file size limit
+# Multipart headers and the text fields, allowed on top of the file size limit: every field at its limit,
+# plus room for part headers. The whole body is held to this, before the file part and after it.
+FORM_OVERHEAD = len(FORM_FIELDS) * FIELD_LIMIT + 64 * 1024
+HEADER_LIMIT = 8 * 1024  # one part's headers together (a content disposition with a file name, a type)
 MODALITIES = ("CT", "MR", "other")
 
 
@@ -68,6 +73,7 @@ class _Collector:
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, str] = {}
+        self._header_bytes = 0
         self._name: str | None = None
         self._text: bytearray | None = None
         self._in_file = False
@@ -75,13 +81,22 @@ class _Collector:
     # parser callbacks -------------------------------------------------------------------------------
     def on_part_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
         self._name, self._text, self._in_file = None, None, False
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
+        self._count_header(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._count_header(end - start)
+
+    def _count_header(self, n: int) -> None:
+        """All of one part's headers together are bounded: they are held in memory until the part's data."""
+        self._header_bytes += n
+        if self._header_bytes > HEADER_LIMIT:
+            raise UploadError(422, f"a multipart part's headers are longer than {HEADER_LIMIT} bytes")
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
@@ -100,6 +115,11 @@ class _Collector:
             self.result.filename = params.get(b"filename", b"").decode("utf-8", "replace") or None
             self.result.writer = self.store.writer(self.limit)
             self._in_file = True
+        elif name not in FORM_FIELDS:
+            allowed = ", ".join(FORM_FIELDS)
+            raise UploadError(422, f"unknown form field(s) {name!r}; allowed: file, {allowed}")
+        elif name in self.result.fields:
+            raise UploadError(422, f"form field {name!r} is sent more than once")
         else:
             self._text = bytearray()
 
@@ -219,7 +239,7 @@ async def receive_upload(
     try:
         async for chunk in body:
             total += len(chunk)
-            if total > limit + FORM_OVERHEAD and collector.result.writer is None:
+            if total > limit + FORM_OVERHEAD:  # the file part alone is held to `limit` by `_Pieces`
                 raise UploadError(413, f"upload exceeds the limit of {limit} bytes")
             parser.write(chunk)
             if collector.result.writer is not None:
@@ -281,10 +301,54 @@ def _raise_refusal(exc: BaseException, limit: int) -> None:
         raise UploadError(400, "the client disconnected before the upload was complete") from exc
 
 
+MAX_DEF_NUMBER = 2**31  # no width, kernel, stride or count of a network is larger; 1e308 is not a stride
+MAX_DEF_DEPTH = 32  # nesting of a network definition (a MONAI network's kwargs are a few levels deep)
+
+
+def _json_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a network definition may hold")
+
+
+def _check_def_values(value: Any, where: str = "network_def", depth: int = 0) -> None:
+    """Refuse what the database could not store or a network could not be built from: NaN/Infinity, numbers
+    beyond any layer size, NUL characters, absurd nesting. Checked here, so it is a 422 now rather than a
+    failure in the worker later."""
+    if depth > MAX_DEF_DEPTH:
+        raise UploadError(422, f"form field 'network_def' is nested deeper than {MAX_DEF_DEPTH} levels")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > MAX_DEF_NUMBER:
+            raise UploadError(422, f"form field 'network_def': {where} = {value!r} is not a usable number")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise UploadError(422, f"form field 'network_def': {where} contains a NUL character")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_def_values(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_def_values(key, where, depth + 1)
+            _check_def_values(item, f"{where}.{key}", depth + 1)
+
+
+def _parse_network_def(text: str) -> dict[str, Any]:
+    try:
+        network_def = json.loads(text, parse_constant=_json_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise UploadError(422, f"form field 'network_def' is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise UploadError(422, f"form field 'network_def' is nested deeper than {MAX_DEF_DEPTH} levels") from exc
+    if not isinstance(network_def, dict):
+        raise UploadError(422, "form field 'network_def' must be a JSON object")
+    _check_def_values(network_def)
+    return network_def
+
+
 def checkpoint_form(upload: ParsedUpload) -> Declared:
     """The text fields of a checkpoint upload (name, modality, architecture or network_def), checked."""
     fields = upload.fields
-    unknown = sorted(set(fields) - {"name", "modality", "architecture", "network_def"})
+    unknown = sorted(set(fields) - set(FORM_FIELDS))
     if unknown:
         raise UploadError(422, f"unknown form field(s) {', '.join(unknown)}; allowed: name, modality, architecture")
     name = (fields.get("name") or upload.filename or "").strip()
@@ -292,18 +356,15 @@ def checkpoint_form(upload: ParsedUpload) -> Declared:
         raise UploadError(422, "form field 'name' is required (or send a file name)")
     if len(name) > 300:
         raise UploadError(422, "form field 'name' is longer than 300 characters")
+    if "\x00" in name:
+        raise UploadError(422, "form field 'name' contains a NUL character")
     modality = fields.get("modality") or None
     if modality is not None and modality not in MODALITIES:
         raise UploadError(422, f"form field 'modality' must be one of {', '.join(MODALITIES)}, got {modality!r}")
     architecture = fields.get("architecture") or None
     network_def = None
     if fields.get("network_def"):
-        try:
-            network_def = json.loads(fields["network_def"])
-        except json.JSONDecodeError as exc:
-            raise UploadError(422, f"form field 'network_def' is not valid JSON: {exc}") from exc
-        if not isinstance(network_def, dict):
-            raise UploadError(422, "form field 'network_def' must be a JSON object")
+        network_def = _parse_network_def(fields["network_def"])
         if architecture:
             raise UploadError(422, "send either 'architecture' or 'network_def', not both")
     elif architecture is not None and architecture not in ARCHITECTURES:

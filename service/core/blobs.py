@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -170,6 +171,16 @@ class BlobStore:
 
     def delete(self, relpath: str) -> None:
         self.path(relpath).unlink(missing_ok=True)
+
+    def stored(self) -> Iterator[tuple[str, int, float]]:
+        """Every blob at a store address as (address, size, last written); partial uploads are not listed."""
+        for path in sorted((self.root / "sha256").glob("*/*")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted while we looked
+                continue
+            if path.is_file():
+                yield path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime
 
     def fetch(self, relpath: str, sha256: str) -> Path:
         """The blob as a local file to load: here the stored file itself (its address is its hash)."""

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnrank.engine.errors import BNRankError, CheckpointTooLargeError
+from bnrank.engine.errors import BNRankError, CheckpointTooLargeError, NetworkTooLargeError
 from bnrank.engine.inspect_isolated import inspect_checkpoint_isolated, memory_limit_for
 from service.core.blobs import BlobStore, BlobWriter
 from service.core.cache import FinishedCache
@@ -44,7 +44,8 @@ class CheckpointRejected(Invalid):
 
 
 class CheckpointTooLarge(TooLarge):
-    """The file unpacks to more than the upload limit allows (a zip bomb, or simply too big)."""
+    """The file unpacks to more than the upload limit allows (a zip bomb, or simply too big), or the network
+    it describes (an nnU-Net plan, a MONAI network_def) has more parameters than allowed: 413 for all."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def inspect_checkpoint(
             time_limit_s=limits.time_limit_s,
             sandbox_mode=limits.sandbox,
         )
-    except CheckpointTooLargeError as exc:
+    except (CheckpointTooLargeError, NetworkTooLargeError) as exc:  # too large, whatever the format: 413
         raise CheckpointTooLarge(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
     except BNRankError as exc:  # engine refusals and exhausted limits alike (LimitExceededError is one)
         raise CheckpointRejected(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
@@ -180,6 +181,7 @@ def record_checkpoint(
     with db.sessions() as session:
         existing = _existing(session, owner, writer.sha256)
         if existing is not None:
+            _check_same_declaration(existing, declared)
             return existing, raw_gamma(session, existing.id), False
     with slots:
         info = inspect_checkpoint(
@@ -190,19 +192,47 @@ def record_checkpoint(
             label=f"checkpoint {declared.name!r}",
             limits=limits,
         )
-    ckpt = _new_record(owner, writer, store.commit(writer), info, declared, threshold)
-    with db.sessions() as session:
-        session.add(ckpt)
-        try:
-            session.commit()
-        except IntegrityError:
-            # The same bytes arrived twice at once; the other request won, answer with its row.
-            session.rollback()
-            existing = _existing(session, owner, writer.sha256)
-            if existing is None:
-                raise
-            return existing, raw_gamma(session, existing.id), False
-        return ckpt, ckpt.gamma[0], True
+    blob_path = store.commit(writer)
+    try:
+        ckpt = _new_record(owner, writer, blob_path, info, declared, threshold)
+        with db.sessions() as session:
+            session.add(ckpt)
+            try:
+                session.commit()
+            except IntegrityError:
+                # The same bytes arrived twice at once; the other request won, answer with its row.
+                session.rollback()
+                existing = _existing(session, owner, writer.sha256)
+                if existing is None:
+                    raise
+                return existing, raw_gamma(session, existing.id), False
+            return ckpt, ckpt.gamma[0], True
+    except BaseException:
+        # No blob without a row: whatever refused the row (a value the database cannot store, a lost
+        # connection), the bytes go too unless another record uses them.
+        forget_blob(db, store, blob_path)
+        raise
+
+
+def _check_same_declaration(existing: Checkpoint, declared: Declared) -> None:
+    """Conflict when the same bytes come again with a network_def other than the one they were stored with:
+    answering the old record would silently drop the new definition."""
+    if declared.network_def is not None and declared.network_def != existing.network_def:
+        raise Conflict(
+            f"these bytes are already checkpoint {existing.id!r} ({existing.name!r}), stored with "
+            f"{'another' if existing.network_def is not None else 'no'} network_def; delete it first to upload "
+            "them with this one"
+        )
+
+
+def forget_blob(db: Database, store: BlobStore, blob_path: str) -> None:
+    """Delete a blob that no record uses (after a failed insert); a blob some record uses stays."""
+    try:
+        with db.sessions() as session:
+            if _blob_users(session, blob_path) == 0:
+                store.delete(blob_path)
+    except Exception:  # the database may be what failed: `bnrank blobs sweep` finds the blob later
+        log.warning("could not check whether blob %s is used; left for the orphan sweep", blob_path, exc_info=True)
 
 
 def list_checkpoints(

@@ -12,6 +12,7 @@ switches the same code to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -91,6 +92,29 @@ class Settings(BaseSettings):
     )
     upload_validations: int = Field(
         default=2, ge=1, description="checkpoint validations run at once by one API process (each loads the file)"
+    )
+    dataset_checks: int = Field(
+        default=1,
+        ge=1,
+        description="dataset registrations checked at once by one API process (each in a child process that reads "
+        "one volume at a time); a registration that finds every slot busy waits up to dataset_check_wait_s, then 503",
+    )
+    dataset_check_wait_s: float = Field(
+        default=10.0, ge=0, description="how long a registration waits for a free dataset-check slot before 503"
+    )
+    dataset_check_time_limit_s: float = Field(
+        default=900.0, gt=0, description="a dataset registration whose check (in a child process) takes longer is 422"
+    )
+    max_volume_bytes: int = Field(
+        default=2 * GiB,
+        ge=1024**2,
+        description="largest decompressed volume a registration reads (from the NIfTI header, before decompressing); "
+        "the checking child's memory limit is derived from it",
+    )
+    orphan_grace_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="`bnrank blobs sweep --delete` deletes a blob no row refers to only once it is this old",
     )
     device: str = Field(default="auto", description="worker device: auto (CUDA when present), cpu, cuda, cuda:N")
     worker_concurrency: int = Field(
@@ -177,8 +201,8 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         default=30,
         ge=0,
-        description="failed authentications allowed per client address and per presented key in a minute, "
-        "then 429 with Retry-After; 0 turns the limit off",
+        description="failed authentications allowed in a minute, counted in separate buckets: requests without a "
+        "key per client address, wrong keys per address and per key; then 429 with Retry-After; 0 turns it off",
     )
     submissions_per_minute: int = Field(
         default=120, ge=0, description="jobs one owner may submit in a minute, then 429; 0 turns the limit off"
@@ -187,6 +211,11 @@ class Settings(BaseSettings):
         default="auto",
         description="where rate-limit counters live: redis (the broker's Redis, one limit across every API "
         "process), process (per API process), auto (redis when the broker is Redis, else process)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses (or networks, or *) of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated or a JSON list); default: none, the TCP peer is the client",
     )
     metrics_key: str = Field(
         default="", description="when set, GET /metrics requires 'Authorization: Bearer <metrics_key>'"
@@ -222,9 +251,10 @@ class Settings(BaseSettings):
             return [part for part in text.split(os.pathsep) if part]
         return value
 
-    @field_validator("dataset_buckets", "gpu_kinds", "cpu_fallback_kinds", mode="before")
+    @field_validator("dataset_buckets", "gpu_kinds", "cpu_fallback_kinds", "trusted_proxies", mode="before")
     @classmethod
-    def _split_buckets(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
+        """A JSON list or a comma-separated one."""
         if isinstance(value, str):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
@@ -243,6 +273,18 @@ class Settings(BaseSettings):
     def _check_blob_url(cls, value: str) -> str:
         if value and (not value.startswith("s3://") or len(value) <= len("s3://") or value[5] == "/"):
             raise ValueError(f"blob_url must be s3://bucket[/prefix] (or empty for the folder blob_dir), got {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        """Addresses or networks only (or ``*``): a typo must not silently trust nobody, or everybody."""
+        for entry in value:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"trusted_proxies: {entry!r} is not an IP address, a network or *") from exc
         return value
 
     @field_validator("device")

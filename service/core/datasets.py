@@ -7,10 +7,17 @@ registrations racing past the lookup both check the folder, one insert wins, and
 winner's row. ``force`` re-checks the folder and refreshes that one row in place (same id, so the jobs
 that name it keep their link) when its contents changed.
 Messages speak of paths relative to the data root (`relative_to_roots`), never of the server's folders.
+
+The check reads every volume, so it runs in a child process under a memory and a time limit
+(bnrank/engine/data/check_isolated.py), with a per-volume budget on the decompressed size the header
+declares (``BNRANK_MAX_VOLUME_BYTES``), and at most ``BNRANK_DATASET_CHECKS`` at once per API process: a
+registration that finds no free slot within ``BNRANK_DATASET_CHECK_WAIT_S`` is answered 503.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +25,53 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bnrank.engine.data import DEFAULT_MAX_VOLUME_BYTES
 from bnrank.engine.data import Dataset as EngineDataset
-from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_dataset
+from bnrank.engine.data.check_isolated import DEFAULT_TIME_LIMIT_S, check_dataset_isolated
 from bnrank.engine.errors import BNRankError
-from service.core.errors import Invalid
+from service.core.errors import Invalid, Unavailable
 from service.core.models import Dataset
 from service.core.paths import PathRefused, relative_to_roots, resolve_in_roots
 from service.core.s3datasets import RemoteDatasets, is_s3
 
 
+@dataclass(frozen=True)
+class CheckLimits:
+    """What checking one dataset may cost, and how many checks run at once (``slots``, shared per process)."""
+
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    wait_s: float = 10.0
+    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(1))
+
+
 def check_dataset(
-    uri: str, declared_format: str, roots: list[Path], remote: RemoteDatasets | None = None
+    uri: str,
+    declared_format: str,
+    roots: list[Path],
+    limits: CheckLimits | None = None,
+    remote: RemoteDatasets | None = None,
 ) -> tuple[EngineDataset, str]:
     """The opened dataset and its fingerprint; Invalid with the reason when it cannot be used.
 
-    Reads every file of every case: call it off the event loop. A NIfTI header that promises more voxels
-    than a volume may hold is not read: its case becomes a problem (the engine's ``max_volume_bytes``).
-    An ``s3://`` dataset is checked on this host's copy of it (service/core/s3datasets.py).
+    Reads every file of every case, in a limited child process: call it off the event loop. A NIfTI header
+    that promises more voxels than ``limits.max_volume_bytes`` is not read: its case becomes a problem.
+    Unavailable (503) when every check slot stays busy for ``limits.wait_s``. An ``s3://`` dataset is checked
+    on this host's copy of it (service/core/s3datasets.py).
     """
+    limits = limits or CheckLimits()
     folder = _remote(remote, uri).sync(uri) if is_s3(uri) else resolve_dataset_folder(uri, roots)
+    if not limits.slots.acquire(timeout=limits.wait_s):
+        raise Unavailable("every dataset check slot is busy (registrations are checked a few at a time); retry shortly")
     try:
-        dataset = open_dataset(folder, check=True)
-        fingerprint = compute_fingerprint(dataset, PreprocessConfig())
+        checked = check_dataset_isolated(
+            folder, max_volume_bytes=limits.max_volume_bytes, time_limit_s=limits.time_limit_s
+        )
     except BNRankError as exc:
         raise Invalid(relative_to_roots(str(exc), roots)) from exc
+    finally:
+        limits.slots.release()
+    dataset, fingerprint = checked.dataset, checked.fingerprint
     if declared_format != "auto" and dataset.layout != declared_format:
         raise Invalid(f"uri {uri!r} holds a {dataset.layout} dataset, but format {declared_format!r} was declared")
     if len(dataset.cases) < 2:
@@ -95,6 +125,7 @@ def register_dataset(
     roots: list[Path],
     *,
     force: bool = False,
+    limits: CheckLimits | None = None,
     remote: RemoteDatasets | None = None,
 ) -> tuple[Dataset, bool]:
     """Check every case and record the dataset: ``(row, created)``. Bad cases are listed in ``problems``.
@@ -108,7 +139,7 @@ def register_dataset(
     if existing is not None and not force:
         _check_declared_format(uri, declared_format, existing.format)
         return existing, False
-    dataset, fingerprint = check_dataset(uri, declared_format, roots, remote)
+    dataset, fingerprint = check_dataset(uri, declared_format, roots, limits, remote)
     values = _row_values(dataset, fingerprint, name, modality)
     values["uri"] = key
     if existing is None:

@@ -92,6 +92,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class DashboardSession(Base):
+    """A dashboard sign-in, kept server-side so that signing out ends it: the cookie names a row (by the
+    sha256 of a random token), and a cookie whose row is gone or expired opens nothing."""
+
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (

@@ -289,6 +289,16 @@ class S3BlobStore(BlobStore):
         super().delete(relpath)
         self.client.delete_object(Bucket=self.bucket, Key=self.key(relpath))
 
+    def stored(self) -> Iterator[tuple[str, int, float]]:
+        """Every object at a blob address under the prefix, as (address, size, last modified)."""
+        listing = self.client.get_paginator("list_objects_v2")
+        pages = listing.paginate(Bucket=self.bucket, Prefix=self.prefix + "sha256/")
+        for page in pages:
+            for item in page.get("Contents", []):
+                relpath = item["Key"][len(self.prefix) :]
+                if len(relpath.split("/")) == 3:
+                    yield relpath, int(item["Size"]), item["LastModified"].timestamp()
+
     def fetch(self, relpath: str, sha256: str) -> Path:
         """The blob as a local file, downloaded into the cache once and checked against its sha256."""
         local = self.path(relpath)

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
+from service.api.auth import KeyCache
 from service.api.deps import (
     BlobsDep,
     FinishedDep,
@@ -37,6 +38,7 @@ from service.core.errors import ServiceError
 from service.core.kinds import KIND_NAMES, KINDS
 from service.core.owned import owned_job
 from service.ui import csrf, views
+from service.ui.headers import SecurityHeadersMiddleware
 from service.ui.session import SignInRefused, Who, sign_in, sign_out, signed_in
 
 HERE = Path(__file__).parent
@@ -120,7 +122,18 @@ async def login_page(
     who = await signed_in(request)
     if who is not None:
         return RedirectResponse(_back(next_), status_code=status.HTTP_303_SEE_OTHER)
-    return render(request, "login.html", {"who": None, "next": _back(next_), "error": None})
+    return login_form(request, _back(next_), None)
+
+
+def login_form(request: Request, next_: str, error: str | None, status_code: int = 200) -> HTMLResponse:
+    """The sign-in page with a fresh CSRF token bound to this browser's nonce cookie."""
+    holder = Response()
+    login_csrf = csrf.login_token(request, holder)
+    context = {"who": None, "next": next_, "error": error, "login_csrf": login_csrf}
+    page = render(request, "login.html", context, status_code=status_code)
+    for value in holder.headers.getlist("set-cookie"):
+        page.headers.append("set-cookie", value)
+    return page
 
 
 @router.post("/login")
@@ -128,23 +141,32 @@ async def login(
     request: Request,
     api_key: Annotated[str, Form(max_length=500)] = "",
     next_: Annotated[str, Form(alias="next", max_length=2000)] = "/ui/jobs",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    """Exchange an API key for the session cookie; the key itself is never stored or sent back."""
+    """Exchange an API key for a session; the key itself is never stored or sent back.
+
+    The form must carry the token of the login page this browser was shown (403 otherwise): a page of
+    another site cannot sign the browser in under a key of its choosing.
+    """
+    if not csrf.login_valid(request, csrf_token):
+        detail = "the sign-in form expired or did not come from this site: sign in again"
+        return login_form(request, _back(next_), detail, status_code=status.HTTP_403_FORBIDDEN)
     response = RedirectResponse(_back(next_), status_code=status.HTTP_303_SEE_OTHER)
     try:
         await sign_in(request, response, api_key)
     except SignInRefused as exc:
-        context = {"who": None, "next": _back(next_), "error": exc.detail}
-        return render(request, "login.html", context, status_code=exc.status_code)
+        return login_form(request, _back(next_), exc.detail, status_code=exc.status_code)
+    response.delete_cookie(csrf.LOGIN_COOKIE, path="/ui/login", httponly=True, samesite="strict")
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request, who: Who, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """End the session server-side: the cookie, even if kept or copied, opens nothing afterwards."""
     if not csrf.valid(request, who, csrf_token):
         return forbidden(request, who)
     response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
-    sign_out(response)
+    await sign_out(request, response, who)
     return response
 
 
@@ -194,8 +216,10 @@ async def datasets_page(request: Request, who: Who, reads: ReadsDep, offset: Off
 
 
 @router.get("/datasets/{dataset_id}")
-async def dataset_page(request: Request, dataset_id: str, who: Who, reads: ReadsDep) -> HTMLResponse:
-    return await show(request, who, "dataset.html", reads, views.dataset_page, dataset_id)
+async def dataset_page(
+    request: Request, dataset_id: str, who: Who, reads: ReadsDep, settings: SettingsDep
+) -> HTMLResponse:
+    return await show(request, who, "dataset.html", reads, views.dataset_page, dataset_id, settings.data_roots)
 
 
 @router.get("/jobs")
@@ -282,7 +306,9 @@ async def job_events(
 def mount(app: FastAPI) -> None:
     """Add the dashboard to ``app``: its routes and its static files (stylesheet, live-progress script)."""
     app.state.session_secret = app.state.settings.session_key()
+    app.state.session_cache = KeyCache()  # session token hash → key hash, a few seconds (ui/session.py)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+    app.add_middleware(SecurityHeadersMiddleware)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +29,7 @@ from service.core.kinds.ranking import ranking_params
 from service.core.leaderboard import checkpoint_results, leaderboard
 from service.core.models import Job
 from service.core.owned import owned_checkpoint, owned_dataset, owned_job
+from service.core.paths import relative_to_roots
 from service.core.results import alchemy_view, fold_rows, owned_ranking, probe_view, ranking_views
 from service.ui import charts
 
@@ -115,10 +117,11 @@ def datasets_page(session: Session, owner: str, offset: int) -> dict[str, Any]:
     return {"items": rows, "page": _page(offset, PAGE, total)}
 
 
-def dataset_page(session: Session, owner: str, dataset_id: str) -> dict[str, Any]:
+def dataset_page(session: Session, owner: str, dataset_id: str, roots: list[Path]) -> dict[str, Any]:
     dataset = owned_dataset(session, owner, dataset_id)
     board, total = leaderboard(session, owner, dataset.id, 10, 0)
-    return {"dataset": dataset, "board": board, "board_total": total}
+    folder = relative_to_roots(dataset.uri, roots)  # as the API shows it: never the server's own path
+    return {"dataset": dataset, "folder": folder, "board": board, "board_total": total}
 
 
 # ----------------------------------------------------------------------------------------------- jobs

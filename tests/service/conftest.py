@@ -223,7 +223,9 @@ class ThreadedServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # proxy_headers off, as `bnrank serve` runs it: forwarded headers are the app's (BNRANK_TRUSTED_PROXIES).
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> ThreadedServer:

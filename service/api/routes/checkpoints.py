@@ -68,6 +68,7 @@ def _query_field(description: str, **kwargs: Any) -> Any:
     response_model=CheckpointOut,
     responses={
         200: {"model": CheckpointOut, "description": "this owner already uploaded the same bytes"},
+        409: {"model": ErrorOut, "description": "the same bytes are stored already with another network_def"},
         413: {"model": ErrorOut, "description": "over the upload limit, or unpacks to more than it"},
         422: {"model": ErrorOut},
     },

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import BrokerDep, DatabaseDep, MetricsDep, SettingsDep
+from service.api.deps import BrokerDep, DatabaseDep, MetricsDep, SettingsDep, WorkerDep
 from service.api.schemas import ErrorOut, Health, Unready
 
 router = APIRouter(tags=["health"])
@@ -26,8 +26,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Unready}})
-def readyz(db: DatabaseDep, broker: BrokerDep) -> Response:
-    """Readiness: can this process serve requests and queue jobs right now?"""
+def readyz(db: DatabaseDep, broker: BrokerDep, worker: WorkerDep) -> Response:
+    """Readiness: can this process serve requests and queue jobs right now? Under `bnrank serve` with its
+    embedded worker, also: is that worker running (``checks.worker``; 503 while it is being restarted)."""
     checks: dict[str, str] = {}
     try:
         db.ping()
@@ -39,6 +40,8 @@ def readyz(db: DatabaseDep, broker: BrokerDep) -> Response:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+    if worker is not None:
+        checks["worker"] = worker.state
     if all(v == "ok" for v in checks.values()):
         return JSONResponse(Health(status="ok", checks=checks).model_dump())
     detail = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")

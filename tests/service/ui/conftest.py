@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -10,10 +11,23 @@ import pytest
 from tests.service.conftest import Stack, make_checkpoint, new_key, upload
 
 
+def login_token(client: httpx.Client) -> str:
+    """Open the sign-in page as a browser would: its CSRF token (the client keeps the nonce cookie)."""
+    page = client.get("/ui/login")
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert page.status_code == 200 and found, page.text
+    return found.group(1)
+
+
+def sign_in(client: httpx.Client, key: str, next_: str = "/ui/jobs") -> httpx.Response:
+    """Post the sign-in form with the token of the page just shown."""
+    return client.post("/ui/login", data={"api_key": key, "next": next_, "csrf_token": login_token(client)})
+
+
 def signed_in_client(api: str, key: str) -> httpx.Client:
     """An HTTP client that signed in through /ui/login with ``key`` and keeps the session cookie."""
     client = httpx.Client(base_url=api, timeout=60)
-    response = client.post("/ui/login", data={"api_key": key, "next": "/ui/jobs"})
+    response = sign_in(client, key)
     assert response.status_code == 303 and response.headers["location"] == "/ui/jobs", response.text
     return client
 

@@ -14,8 +14,8 @@ import pytest
 
 from service.core.config import Settings
 from service.core.launcher import WorkerProcess
-from tests.service.conftest import TINY_BUDGET, wait_job
-from tests.service.ui.conftest import XSS_NAME
+from tests.service.conftest import TINY_BUDGET, Stack, wait_job
+from tests.service.ui.conftest import XSS_NAME, sign_in
 
 
 def _csrf(html: str) -> str:
@@ -40,12 +40,12 @@ def test_pages_need_a_session(anonymous: httpx.Client) -> None:
 
 def test_sign_in_sets_a_strict_http_only_cookie(api: str, ui_keys: dict[str, str]) -> None:
     with httpx.Client(base_url=api) as client:
-        wrong = client.post("/ui/login", data={"api_key": "bnr_wrong"})
+        wrong = sign_in(client, "bnr_wrong")
         assert wrong.status_code == 401 and "invalid or revoked API key" in wrong.text
-        assert "set-cookie" not in wrong.headers
-        right = client.post("/ui/login", data={"api_key": ui_keys["alice"], "next": "https://evil.example/"})
+        assert not any(c.startswith("bnrank_session=") for c in wrong.headers.get_list("set-cookie"))
+        right = sign_in(client, ui_keys["alice"], "https://evil.example/")
         assert right.status_code == 303 and right.headers["location"] == "/ui/jobs"  # never off-site
-        cookie = right.headers["set-cookie"]
+        cookie = next(c for c in right.headers.get_list("set-cookie") if c.startswith("bnrank_session="))
         assert cookie.startswith("bnrank_session=") and ui_keys["alice"] not in cookie
         flags = {part.strip().lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "samesite=strict", "path=/ui"} <= flags
@@ -134,7 +134,7 @@ def test_user_supplied_names_are_escaped(alice_ui: httpx.Client, xss_checkpoint:
 
 
 def test_checkpoint_dataset_jobs_and_leaderboard_pages(
-    alice_ui: httpx.Client, ranked: dict[str, Any], candidates: dict[str, str], dataset_id: str
+    alice_ui: httpx.Client, ranked: dict[str, Any], candidates: dict[str, str], dataset_id: str, stack: Stack
 ) -> None:
     job_id = ranked["job"]["id"]
     checkpoint = alice_ui.get(f"/ui/checkpoints/{candidates['good_a']}").text
@@ -143,6 +143,7 @@ def test_checkpoint_dataset_jobs_and_leaderboard_pages(
     assert any(job_id in row for row in _rows(checkpoint, "checkpoint-results"))
     dataset = alice_ui.get(f"/ui/datasets/{dataset_id}").text
     assert "tumor" in dataset and "edema" in dataset and "good_a" in dataset
+    assert "<code>Dataset001_Tiny</code>" in dataset and str(stack.data_root) not in dataset  # no server path
     board = alice_ui.get("/ui/leaderboard", params={"dataset_id": dataset_id}).text
     rows = _rows(board, "leaderboard")[1:]
     names = [re.search(r'/ui/checkpoints/[^"]+">([^<]+)</a>', row).group(1) for row in rows]  # type: ignore[union-attr]
