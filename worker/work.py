@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from bnrank.engine.ranking import Candidate
@@ -33,3 +34,5 @@ class Work:
     """A ranking entry's successive-halving round to run (None: no halving, or the first round)."""
     fold: int | None = None
     """The fold of a job run once per fold (None for a ranking entry)."""
+    graph_source: Path | None = None
+    """For the control of an ONNX graph: a candidate's file, read first so the graph's architecture is known."""
