@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install demo demo-local serve test lint browser clean
+.PHONY: install demo demo-local serve test lint browser sandbox clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
 
 # The whole product on the embedded default: demo data, API + worker, uploads, dataset, ranking, table.
 demo: install
@@ -36,7 +37,11 @@ lint: install
 browser:
 	./.ci/install-chromium
 
-test: install lint browser
+# The sandboxed TorchScript conversion (BNRANK_SANDBOX=bwrap) and its tests run under Debian's bubblewrap.
+sandbox:
+	./.ci/install-bubblewrap
+
+test: install lint browser sandbox
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections import OrderedDict
 
+from bnrank.engine import sandbox
 from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_dataset, preprocess
 from bnrank.engine.errors import DatasetError
 from bnrank.engine.task import make_task
@@ -35,6 +36,7 @@ class WorkerContext:
         import torch
 
         self.settings = settings
+        sandbox.configure(settings.sandbox)  # TorchScript archives BNRank cannot rebuild are converted in the box
         self.db = Database(settings, pool_size=2)
         self.blobs = open_blob_store(settings)
         self.remote_datasets = remote_datasets(settings)

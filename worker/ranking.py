@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bnrank.engine.cascade import race_config, race_ends, stage_config
 from bnrank.engine.configs.ranking import RankConfig
@@ -12,11 +16,12 @@ from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
 from bnrank.engine.finetune_run import FineTuneRun
+from bnrank.engine.fitting import remember_graph
 from bnrank.engine.halving import halving_steps
 from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round, fill_entry
 from bnrank.engine.training.patches import TaskData
 from service.core.kinds.ranking import KIND
-from service.core.models import Job, RankingEntry
+from service.core.models import Checkpoint, Job, RankingEntry
 from service.core.params import RankingParams
 from service.core.results import entry_values
 from worker.claims import claim, read_work
@@ -65,6 +70,18 @@ def run_cascade_row(
     return entry
 
 
+def graph_source(ctx: WorkerContext, s: Session, job_id: str, architecture: str) -> Path | None:
+    """The blob of a candidate of this job whose architecture is ``architecture`` (an ONNX graph's): a worker
+    process that has not read one cannot build the graph's random-init control by name."""
+    blob = s.scalars(
+        select(Checkpoint.blob_path)
+        .join(RankingEntry, RankingEntry.checkpoint_id == Checkpoint.id)
+        .where(RankingEntry.job_id == job_id, Checkpoint.architecture == architecture)
+        .limit(1)
+    ).first()
+    return ctx.blobs.path(blob) if blob is not None else None
+
+
 class RankingUnit(Unit):
     kind = KIND
     verb = "evaluating"
@@ -85,6 +102,8 @@ class RankingUnit(Unit):
             work.stage, work.seed = entry.stage, entry.seed
             if entry.is_control and work.dataset_uri is not None and work.params is not None:
                 work.problem = None
+                if (entry.architecture or "").startswith("onnx:"):  # built from the graph: read a file with it
+                    work.graph_source = graph_source(ctx, s, job_id, entry.architecture)
                 work.candidate = Candidate(
                     name=entry.name,
                     architecture=entry.architecture,
@@ -97,6 +116,8 @@ class RankingUnit(Unit):
         if work.problem:
             raise BNRankError(work.problem)
         assert work.candidate is not None and work.dataset_uri is not None and work.params is not None
+        if work.graph_source is not None:
+            remember_graph(work.graph_source)
         config = work.params.train_config(device=ctx.device)
         data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
         reporter.update(0, config.max_steps, f"{work.name}: starting")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from bnrank.engine.ranking import Candidate
@@ -37,3 +38,5 @@ class Work:
     """The seed a ranking entry runs at where it is not the ranking's own (cascade control and race seeds)."""
     fold: int | None = None
     """The fold of a job run once per fold (None for a ranking entry)."""
+    graph_source: Path | None = None
+    """For the control of an ONNX graph: a candidate's file, read first so the graph's architecture is known."""

@@ -198,6 +198,7 @@ def _no_gamma(model: nn.Module) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bnrank.engine.fitting import load_checkpoint
+    from bnrank.engine.formats.conversion import conversion_line
     from bnrank.engine.gamma import gamma_stats
 
     model, report = load_checkpoint(
@@ -215,6 +216,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         + (f", inside '{report.container}'" if report.container else "")
         + (f", prefixes stripped: {report.stripped_prefixes}" if report.stripped_prefixes else "")
     )
+    converted = conversion_line(report.source)
+    if converted:
+        print(f"conversion:    {converted}")
     print(f"load report:   {report.summary()}")
     for name, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
         if keys:

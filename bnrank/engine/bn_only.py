@@ -74,7 +74,8 @@ def reinit_head(model: nn.Module, arch: Architecture, seed: int) -> None:
 
 def _trainable(model: nn.Module, arch: Architecture) -> tuple[list[nn.Parameter], TrainedNorms]:
     if not has_norm(model):
-        raise TrainingError(no_norm_message(arch.name))
+        hint = getattr(model, "no_norm_hint", "")  # a converted graph says why it has none (a folded export)
+        raise TrainingError(no_norm_message(arch.name) + (f". {hint}" if hint else ""))
     inserted = insert_affines(model)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -34,6 +34,7 @@ from torch import nn
 from bnrank.engine.errors import CheckpointError, CheckpointTooLargeError, CorruptCheckpointError
 from bnrank.engine.formats import bundle as bundle_format
 from bnrank.engine.formats import nnunet as nnunet_format
+from bnrank.engine.formats import onnx_graph, onnx_network
 from bnrank.engine.formats import torchscript as torchscript_format
 from bnrank.engine.formats.limits import DEFAULT_MAX_CHECKPOINT_BYTES, size_text
 from bnrank.engine.formats.pickles import read_torch
@@ -45,7 +46,7 @@ STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 
 
 def sniff_format(path: Path) -> str:
-    """'safetensors' or 'torch', from the bytes rather than the file name (uploads lose their names)."""
+    """'safetensors', 'onnx' or 'torch', from the bytes rather than the file name (uploads lose their names)."""
     with path.open("rb") as f:
         head = f.read(16)
     if len(head) < 8:
@@ -55,8 +56,10 @@ def sniff_format(path: Path) -> str:
     (header_len,) = struct.unpack("<Q", head[:8])
     if head[8:9] == b"{" and 0 < header_len < 100_000_000:
         return "safetensors"
+    if onnx_graph.looks_like_onnx(head):
+        return "onnx"
     raise CorruptCheckpointError(
-        f"{path.name}: neither a .safetensors file nor a PyTorch checkpoint (first bytes {head[:8]!r})"
+        f"{path.name}: neither a .safetensors file, an ONNX model nor a PyTorch checkpoint (first bytes {head[:8]!r})"
     )
 
 
@@ -167,6 +170,8 @@ def _read_raw(path: Path, max_bytes: int) -> tuple[Any, dict[str, Any]]:
                 f"{path.name}: the file is {size_text(path.stat().st_size)}, above the {size_text(max_bytes)} limit"
             )
         return read_safetensors(path), {"format": fmt}
+    if fmt == "onnx":
+        return onnx_network.read_candidate(path, max_bytes)
     if is_zip(path):
         with open_zip(path, max_bytes=max_bytes) as tree:
             found = _read_tree(tree, max_bytes, zipped=True)
@@ -214,6 +219,7 @@ def read_state_dict(
         "architecture": found.get("architecture"),
         "build_kwargs": found.get("build_kwargs"),
         "network_def": found.get("network_def"),
+        "onnx": found.get("onnx"),
         "source": found.get("source", {}),
     }
     return state, meta

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnrank.engine import sandbox
 from bnrank.engine.architectures import Architecture, head_keys
 from bnrank.engine.architectures.registry import probe_shapes
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.checkpoints import read_state_dict
-from bnrank.engine.errors import ArchitectureMismatchError, CheckpointTooLargeError
+from bnrank.engine.errors import ArchitectureMismatchError, CheckpointTooLargeError, UnknownArchitectureError
 from bnrank.engine.formats.limits import DEFAULT_MAX_CHECKPOINT_BYTES
 from bnrank.engine.recognition import architecture_for
 
@@ -131,7 +132,20 @@ def load_checkpoint(
     anything is allocated).
     """
     state, meta = read_state_dict(path, max_bytes=max_bytes)
-    arch, kwargs = architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
+    try:
+        arch, kwargs = architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
+    except UnknownArchitectureError:
+        if meta["format"] != "torchscript" or not sandbox.enabled():
+            raise
+        # an architecture BNRank cannot rebuild: the archive's own program, run in the sandbox, exports it to ONNX
+        converted = sandbox.converted_torchscript(Path(path), state)
+        model, report = load_checkpoint(
+            converted, out_channels=out_channels, in_channels=in_channels, min_match=min_match,
+            max_bytes=max_bytes, max_parameters=max_parameters,
+        )
+        report.format = "torchscript"
+        report.source["converted"] = "TorchScript archive exported to ONNX in the sandbox (BNRANK_SANDBOX)"
+        return model, report
     kwargs = dict(kwargs)
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
@@ -167,3 +181,12 @@ def check_parameter_count(arch: Architecture, kwargs: Mapping[str, Any], max_par
         )
     return count
 
+
+def remember_graph(path: str | Path, *, max_bytes: int | None = None) -> str:
+    """Read a file whose network is its own graph (ONNX, or TorchScript through the sandbox) and remember the
+    architecture by name, so a random-init control named after it can be built in this process; returns the name.
+
+    A worker evaluating a control row has not necessarily read the candidate it stands for."""
+    kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
+    _, report = load_checkpoint(path, **kwargs)
+    return report.architecture

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bnrank.engine import errors
+from bnrank.engine import errors, sandbox
 from bnrank.engine.architectures import head_keys
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
@@ -163,7 +163,8 @@ def _limit_memory(limit_mib: int) -> None:
 def _failure(exc: BaseException, name: str, memory_limit_mib: int) -> tuple[Any, ...]:
     """The child's answer for an exception: an exhausted limit, an engine refusal, or any other failure."""
     text = str(exc)
-    if isinstance(exc, MemoryError) or any(marker in text.lower() for marker in _OUT_OF_MEMORY_MARKERS):
+    boxed = isinstance(exc, sandbox.SandboxError)  # the box's own limits, reported as the box saw them
+    if not boxed and (isinstance(exc, MemoryError) or any(m in text.lower() for m in _OUT_OF_MEMORY_MARKERS)):
         return ("limit", f"{name}: inspection ran out of the {memory_limit_mib} MiB memory limit")
     if isinstance(exc, BNRankError):
         extra = getattr(exc, "report", None)
@@ -173,9 +174,12 @@ def _failure(exc: BaseException, name: str, memory_limit_mib: int) -> tuple[Any,
     return ("error", "CheckpointError", message, None)
 
 
-def _child(conn: Any, path: str, options: dict[str, Any], memory_limit_mib: int, threads: int) -> None:
+def _child(
+    conn: Any, path: str, options: dict[str, Any], memory_limit_mib: int, threads: int, sandbox_mode: str = "off"
+) -> None:
     """Runs in the child: limit itself, inspect, send back ("ok", summary) or what `_failure` says."""
     try:
+        sandbox.configure(sandbox_mode)  # the child is a fresh process: the parent's mode does not carry over
         torch.set_num_threads(max(1, threads))
         _limit_memory(memory_limit_mib)
         result: tuple[Any, ...] = ("ok", summarise_checkpoint(path, **options))
@@ -231,6 +235,7 @@ def inspect_checkpoint_isolated(
     memory_limit_mib: int = DEFAULT_MEMORY_LIMIT_MIB,
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     threads: int = 1,
+    sandbox_mode: str | None = None,
 ) -> CheckpointSummary:
     """`summarise_checkpoint` in a child process limited to `memory_limit_mib` and `time_limit_s`.
 
@@ -250,7 +255,9 @@ def inspect_checkpoint_isolated(
     context = _context()
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_child, args=(send, str(path), options, memory_limit_mib, threads), daemon=True
+        target=_child,
+        args=(send, str(path), options, memory_limit_mib, threads, sandbox_mode or sandbox.mode()),
+        daemon=True,
     )
     child.start()
     send.close()  # the child holds the only writing end, so its death reads as EOF here

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bnrank.engine import families
 from bnrank.engine.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -25,6 +26,7 @@ from bnrank.engine.architectures import (
 from bnrank.engine.architectures.registry import probe_shapes
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.errors import ArchitectureMismatchError, UnknownArchitectureError
+from bnrank.engine.formats import onnx_network
 
 
 def closest_architectures(shapes: Mapping[str, tuple[int, ...]], n: int = 3) -> list[tuple[str, float]]:
@@ -52,12 +54,7 @@ def recognise(shapes: Mapping[str, tuple[int, ...]]) -> tuple[Architecture, dict
         kwargs = arch.infer(shapes)
         if kwargs is not None:
             return arch, kwargs
-    sample = ", ".join(list(shapes)[:4])
-    closest = ", ".join(f"{name} ({share:.0%} of key names shared)" for name, share in closest_architectures(shapes))
-    raise UnknownArchitectureError(
-        f"the checkpoint's keys ({sample}, ...) match no registered architecture; closest: {closest}. "
-        "Pass the architecture explicitly or a MONAI network definition"
-    )
+    raise UnknownArchitectureError(families.unrecognised(shapes, closest_architectures(shapes)))
 
 
 # Architectures built from a description inside a file (a MONAI bundle's network_def), by name. A ranking
@@ -126,6 +123,18 @@ def architecture_for(
             )
         kwargs = {**meta["build_kwargs"], **_described_channels(state)}
         return get_architecture(described), kwargs
+    if meta.get("onnx") is not None:
+        spec = meta["onnx"]
+        try:  # an export of a registered network keeps its state-dict names: take that family's head
+            family, _ = recognise(spec.weight_shapes)
+        except UnknownArchitectureError:
+            family = None
+        if family is not None and family.head:
+            spec = onnx_network.with_head(spec, family.head, family.name)
+            if isinstance(meta.get("source"), dict):  # the load report shows the head actually used
+                meta["source"]["conversion"] = spec.report()
+        arch = onnx_network.onnx_architecture(spec)
+        return _DESCRIBED.setdefault(arch.name, arch), onnx_network.channels(meta["onnx"])
     if network_def is None and architecture is None and meta.get("network_def") is not None:
         bundle_def = meta["network_def"]
         kwargs = {k: bundle_def[k] for k in ("in_channels", "out_channels") if isinstance(bundle_def.get(k), int)}

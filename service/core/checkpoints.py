@@ -54,6 +54,7 @@ class InspectLimits:
 
     max_bytes: int
     time_limit_s: float = 60.0
+    sandbox: str = "off"
 
     @property
     def memory_limit_mib(self) -> int:
@@ -104,6 +105,7 @@ def inspect_checkpoint(
             max_bytes=limits.max_bytes,
             memory_limit_mib=limits.memory_limit_mib,
             time_limit_s=limits.time_limit_s,
+            sandbox_mode=limits.sandbox,
         )
     except (CheckpointTooLargeError, NetworkTooLargeError) as exc:  # too large, whatever the format: 413
         raise CheckpointTooLarge(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc

@@ -181,6 +181,12 @@ class Settings(BaseSettings):
         description="memory one task may use for a training step (GPU memory on a GPU worker); budgets whose "
         "estimated step needs more are refused when submitted (422), see docs/deploy.md",
     )
+    sandbox: Literal["off", "bwrap"] = Field(
+        default="off",
+        description="'bwrap': a TorchScript archive of an architecture BNRank cannot rebuild is exported to ONNX by "
+        "its own program inside a bubblewrap sandbox (no network, read-only host, seccomp, memory/CPU limits) and "
+        "ranked as ONNX; 'off': such archives are refused. Needs Debian's bubblewrap on the API and worker hosts",
+    )
     inspect_time_limit_s: float = Field(
         default=60.0, gt=0, description="an upload whose inspection (in a child process) takes longer is refused"
     )

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bnrank.engine.configs.ranking import DEFAULT_STRATEGY
+from bnrank.engine.formats.conversion import conversion_line
 from bnrank.engine.training.validation import point_value
 from service.core import checkpoints as records
 from service.core import datasets as dataset_records
@@ -99,6 +100,7 @@ def checkpoint_page(session: Session, owner: str, checkpoint_id: str) -> dict[st
     results, total = checkpoint_results(session, owner, ckpt.id, PAGE, 0)
     return {
         "ckpt": ckpt,
+        "conversion": conversion_line((ckpt.load_report or {}).get("source")),
         "norm": norm_kind(raw.summary if raw is not None else None, [r["norm_kinds"] for r in results]),
         "summary": raw.summary if raw is not None else None,
         "layers": raw.layers if raw is not None else [],

@@ -5,6 +5,9 @@
   bare `checkpoint_final.pth` files, whose `init_args` carry the plans.
 * `bundle`: MONAI bundles (configs/metadata.json, configs/inference.json or train.json, models/model.pt).
 * `torchscript`: TorchScript archives, whose tensors are read by a restricted unpickler, never `torch.jit.load`.
+* `onnx_graph`: ONNX models, the graph judged (operator allow-list, sizes, no external data) before anything is
+  built; `onnx_network`: the checked graph as a torch module (norms as torch norm layers, the head found);
+  `conversion`: its conversion report as text.
 
 And the readers of plain checkpoints, each bounding what it may allocate before it allocates it:
 

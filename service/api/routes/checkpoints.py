@@ -105,7 +105,7 @@ async def upload_checkpoint(
         assert upload.writer is not None
         try:
             declared = checkpoint_form(upload)
-            limits = records.InspectLimits(settings.max_upload_bytes, settings.inspect_time_limit_s)
+            limits = records.InspectLimits(settings.max_upload_bytes, settings.inspect_time_limit_s, settings.sandbox)
             args = (db, store, slots, owner, upload.writer, declared, settings.gamma_threshold, limits)
             ckpt, raw, created = await run_in_threadpool(records.record_checkpoint, *args)
         finally:

@@ -143,7 +143,7 @@ def test_malicious_pickles_are_refused_without_running_code(alice: httpx.Client,
 @pytest.mark.parametrize(
     ("content", "fields", "expected"),
     [
-        (b"this is not a checkpoint at all", {}, "neither a .safetensors file nor a PyTorch checkpoint"),
+        (b"this is not a checkpoint at all", {}, "neither a .safetensors file, an ONNX model nor a PyTorch checkpoint"),
         (b"\x10\x00\x00\x00\x00\x00\x00\x00{}", {}, "safetensors"),
         (b"short", {}, "too short"),
         (None, {"architecture": "no_such_net"}, "unknown architecture"),

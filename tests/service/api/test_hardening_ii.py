@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -244,14 +245,18 @@ def test_bnrank_blobs_sweep_is_a_dry_run_unless_told(
     settings = stack.settings.model_copy(update={"blob_dir": tmp_path / "cli-blobs"})
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
-    store = BlobStore(settings.blobs)
-    stray = store.root / store.relpath("cd" + "1" * 62)
-    stray.parent.mkdir(parents=True)
-    stray.write_bytes(b"x" * 10)
+    store = open_blob_store(settings)  # the stack's backend: a folder, or the bucket
+    writer = store.writer()
+    writer.write(secrets.token_bytes(64))  # bytes no row can name
+    stray = store.commit(writer)
+
+    def stored() -> set[str]:
+        return {relpath for relpath, _, _ in store.stored()}
+
     assert cli_main(["blobs", "sweep"]) == 0
-    assert store.relpath("cd" + "1" * 62) in capsys.readouterr().out and stray.exists()
-    assert cli_main(["blobs", "sweep", "--delete"]) == 0 and stray.exists()  # younger than the default day
-    assert cli_main(["blobs", "sweep", "--delete", "--grace-s", "0"]) == 0 and not stray.exists()
+    assert stray in capsys.readouterr().out and stray in stored()
+    assert cli_main(["blobs", "sweep", "--delete"]) == 0 and stray in stored()  # younger than the default day
+    assert cli_main(["blobs", "sweep", "--delete", "--grace-s", "0"]) == 0 and stray not in stored()
 
 
 # ---------------------------------------------------------------- 5 and 7: whose address, which bucket
