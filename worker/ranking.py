@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bnrank.engine.cascade import race_config, race_ends, stage_config
+from bnrank.engine.configs.ranking import RankConfig
+from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.finetune_run import FineTuneRun
 from bnrank.engine.fitting import remember_graph
 from bnrank.engine.halving import halving_steps
-from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round
+from bnrank.engine.ranking import Candidate, evaluate_candidate, evaluate_round, fill_entry
+from bnrank.engine.training.patches import TaskData
 from service.core.kinds.ranking import KIND
 from service.core.models import Checkpoint, Job, RankingEntry
 from service.core.params import RankingParams
@@ -36,6 +42,32 @@ def _progress_when_done(work: Work, outcome: RankEntry) -> float:
     config, rank = params.train_config(), params.rank_config()
     ends = halving_steps(config.max_steps, rank.halving_rounds, rank.halving_eta)
     return 1.0 if outcome.halving_round >= len(ends) else ends[outcome.halving_round - 1] / ends[-1]
+
+
+def run_cascade_row(
+    work: Work, data: TaskData, config: TrainConfig, rank: RankConfig, reporter: ProgressReporter
+) -> RankEntry:
+    """One row of a cascade: norm-only evaluation at the stage's budget (at the row's seed, for a control), or one
+    racer's fine-tuning run at one seed from step 0 to its round's end (the engine's continued runs score alike)."""
+    assert work.candidate is not None
+    budget, _ = stage_config(config, data)
+    if work.stage != "race":
+        seeded = replace(budget, seed=work.seed) if work.seed is not None else budget
+        entry = evaluate_candidate(work.candidate, data, seeded, on_progress=reporter.update)
+        entry.checkpoint = work.name
+        return entry
+    ends, round_ = race_ends(rank), work.halving_round or 1
+    entry = RankEntry(checkpoint=work.name, halving_round=round_)
+    try:
+        race = race_config(budget, rank, work.seed if work.seed is not None else config.seed)
+        run = FineTuneRun(work.candidate, data, race, score_at=ends, on_progress=reporter.update).run(ends[round_ - 1])
+    except BNRankError as exc:
+        entry.status, entry.error = "failed", str(exc)
+        return entry
+    entry.architecture = run.architecture
+    fill_entry(entry, run.result())
+    entry.seconds = run.result().seconds
+    return entry
 
 
 def graph_source(ctx: WorkerContext, s: Session, job_id: str, architecture: str) -> Path | None:
@@ -67,6 +99,7 @@ class RankingUnit(Unit):
                 return None
             work = read_work(ctx, s, job, key, entry.name, entry.checkpoint_id, attempt)
             work.halving_round = entry.halving_round
+            work.stage, work.seed = entry.stage, entry.seed
             if entry.is_control and work.dataset_uri is not None and work.params is not None:
                 work.problem = None
                 if (entry.architecture or "").startswith("onnx:"):  # built from the graph: read a file with it
@@ -89,6 +122,8 @@ class RankingUnit(Unit):
         data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
         reporter.update(0, config.max_steps, f"{work.name}: starting")
         rank = work.params.rank_config() if isinstance(work.params, RankingParams) else None
+        if rank is not None and rank.strategy == "cascade":
+            return Outcome(run_cascade_row(work, data, config, rank, reporter))
         if rank is None or rank.halving_rounds == 1:
             return Outcome(evaluate_candidate(work.candidate, data, config, on_progress=reporter.update))
         # Successive halving: this task trains the candidate from step 0 to its round's end (the ranking kind

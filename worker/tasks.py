@@ -25,6 +25,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from service.core.broker import BrokerProbe
 from service.core.config import get_settings
 from service.core.db import Database
+from service.core.kinds.ranking import RACE_TASK
 from service.core.launcher import READY_FILE_ENV
 from service.core.logs import job_context
 from service.core.queues import Announcer, gpu_count, gpu_queue, worker_queues
@@ -82,3 +83,10 @@ def _task(unit: Unit) -> Any:
 
 
 TASKS = {unit.kind.name: _task(unit) for unit in UNITS}
+
+
+@app.task(name=RACE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def race_entry(job_id: str, entry_id: str) -> str:
+    """A cascade's race row (a fine-tuning run), routed to GPU workers first: the ranking's unit of work."""
+    with job_context(job_id, entry_id=str(entry_id)):
+        return run_unit(context(), ranking.UNIT, job_id, entry_id)

@@ -32,6 +32,10 @@ class Work:
     problem: str | None = None
     halving_round: int | None = None
     """A ranking entry's successive-halving round to run (None: no halving, or the first round)."""
+    stage: str | None = None
+    """A ranking entry's cascade stage: None for norm-only evaluation, ``race`` for a fine-tuning racer."""
+    seed: int | None = None
+    """The seed a ranking entry runs at where it is not the ranking's own (cascade control and race seeds)."""
     fold: int | None = None
     """The fold of a job run once per fold (None for a ranking entry)."""
     graph_source: Path | None = None

@@ -94,12 +94,14 @@ def add_network_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from bnrank.engine.logme import LogMEConfig, logme_entry, rank_logme
-    from bnrank.engine.ranking import Candidate, rank_candidates
+    from bnrank.engine.ranking import Candidate
+    from bnrank.engine.strategies import rank_by_strategy
     from bnrank.engine.verify import control_candidates, format_verify, verify_config, verify_ranking
 
     threads = configure_threads(threads=args.threads)
     # The ranking budget: RANKING_DEFAULTS under the flags (options without a flag keep the ranking's value too).
     config = ranking_config(**values(args, local_options(TrainConfig)))
+    rank = build(RankConfig, args)  # a strategy that cannot run is refused before the dataset is read
     dataset, task = load_task(args)
     network_def = read_network_def(args.network_def)
     candidates = [
@@ -119,14 +121,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
             candidates, task, config, dataset_name=str(dataset.root), control=not args.no_control, logme=logme_config
         )
     else:
-        result = rank_candidates(
+        result = rank_by_strategy(
             candidates,
             task,
             config,
+            rank,
             dataset_name=str(dataset.root),
             control=not args.no_control,
             on_progress=progress,
-            rank=build(RankConfig, args),
         )
     payload = result.to_dict()
     payload["method"] = args.method

@@ -74,6 +74,7 @@ def print_ranking(ranking: dict[str, Any]) -> None:
             config={},
             stability=ranking.get("stability") or {},
             ties=ranking.get("ties") or {},
+            cascade=ranking.get("cascade"),
         )
     )
 
@@ -232,7 +233,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-control", action="store_true", help="skip the random-init control rows")
     r.add_argument("checkpoints", nargs="+", metavar="CKPT_ID")
     add_flags(
-        r.add_argument_group("ranking (successive halving, ties; service defaults when omitted)"),
+        r.add_argument_group("ranking (strategy, successive halving, ties; service defaults when omitted)"),
         remote_options(RankConfig),
         service_default=True,
     )

@@ -66,6 +66,9 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
         if e.status != "ok":
             line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
         print(line)
+    if result.cascade is not None:
+        print_cascade(result.cascade)
+        return
     print_ties(result.ties)
     s = result.stability
     if s.get("kendall_tau") is not None:
@@ -90,3 +93,40 @@ def print_ties(ties: dict[str, Any]) -> None:
             f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune them all, or rank again "
             "with more steps"
         )
+
+
+def print_cascade(cascade: dict[str, Any]) -> None:
+    """The cascade's stages: the noise floor, who raced, who was cut in which round and why, and one verdict (its
+    tie guidance and stability come from the same rounds, so they are printed as one line)."""
+    first, race = cascade["stages"]
+    for f in first["noise_floor"]:
+        print(
+            f"noise floor: {f['control']}: controls {f['scores']} (s.d. {f['sd']:.4f}); gains within {f['floor']:.4f}"
+        )
+    inside = [r["name"] for r in first["rows"] if r.get("inside_noise_floor")]
+    if inside:
+        print(f"inside the noise floor (no better than random init): {', '.join(inside)}")
+    small = cascade["small_structures"]
+    if small.get("small"):
+        print(
+            f"small structure ({small['smallest_foreground_share']:.4f} of the voxels): scored by {small['score']}, "
+            f"{small['max_steps']} norm-only steps"
+        )
+    print(
+        f"race: {', '.join(race['leaders']) or 'nobody'} at {race['config']['seeds']} seed(s), "
+        f"rounds ending at {race['config']['ends']} fine-tuning steps"
+    )
+    for r in race["rounds"]:
+        if "skipped" in r:
+            print(f"  round {r['round']} ({r['steps']} steps): not run, {r['skipped']}")
+            continue
+        standings = ", ".join(f"{x['name']} {x['score']:.4f} (P(best) {x['p_best']:.2f})" for x in r["racers"])
+        print(f"  round {r['round']} ({r['steps']} steps): {standings}")
+        for cut in r["cut"]:
+            print(f"    cut: {cut['name']}: {cut['why']}")
+    cost = cascade["cost"]
+    print(
+        f"stop: {cascade['stop']}; cost {cost['spent_steps']} steps = {cost['share_of_finetuning_all']:.1%} of "
+        f"fine-tuning every candidate for {cost['reference_steps']} steps (cap {cost['budget_cap']:.0%})"
+    )
+    print(f"verdict: {cascade['verdict']['guidance']} [{cascade['verdict']['evidence']}]")

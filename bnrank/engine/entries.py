@@ -85,6 +85,8 @@ class RankingResult:
     stability: dict[str, Any]
     ties: dict[str, Any] = field(default_factory=dict)
     halving: dict[str, Any] | None = None
+    cascade: dict[str, Any] | None = None
+    """The cascade strategy's stages, stop rule, verdict and cost (bnrank/engine/cascade.py); None for norm_only."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class RankingResult:
             "stability": self.stability,
             "ties": self.ties,
             "halving": self.halving,
+            "cascade": self.cascade,
             "entries": [e.to_dict() for e in self.entries],
         }
 

@@ -20,17 +20,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
 from scipy.stats import kendalltau
 
-from bnrank.engine.bn_only import reinit_head
 from bnrank.engine.configs.ranking import VERIFY_LR, VERIFY_STEPS
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry, RankingResult
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, build_candidate, control_candidates
+from bnrank.engine.finetune_run import FineTuneRun
+from bnrank.engine.ranking import Candidate, control_candidates
 from bnrank.engine.training.patches import TaskData
-from bnrank.engine.training.trainer import ProgressFn, Trainer, TrainResult
+from bnrank.engine.training.trainer import ProgressFn, TrainResult
 
 
 def finetune_candidate(
@@ -44,24 +43,9 @@ def finetune_candidate(
     """Fine-tune every parameter of a candidate from the run's fresh head (seeded like BN-only evaluation).
 
     With ``cosine`` the learning rate decays from ``config.lr`` to 0 over ``config.max_steps`` as in the
-    benchmark's ground truth; the engine's loop has no schedule of its own, so the run advances one step at a
-    time (a resumable Trainer) and the schedule steps between them.
+    benchmark's ground truth (bnrank/engine/finetune_run.py).
     """
-    model, arch, _ = build_candidate(candidate, data, config.seed)
-    reinit_head(model, arch, config.seed)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    trainer = Trainer(model, model.parameters(), data, config, on_progress=on_progress, label=candidate.name)
-    if not cosine:
-        return trainer.run().result()
-    total = config.max_steps
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        trainer.optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total))
-    )
-    while trainer.step < total and not trainer.stopped_early:
-        trainer.run(trainer.step + 1)
-        decay.step()
-    return trainer.result()
+    return FineTuneRun(candidate, data, config, cosine=cosine, on_progress=on_progress).run().result()
 
 
 def _candidate_for(entry: RankEntry, candidates: Sequence[Candidate], entries: Sequence[RankEntry]) -> Candidate:

@@ -244,6 +244,10 @@ class EntryOut(BaseModel):
         description="successive halving: the round this entry is run for, once finished the round it stopped in "
         "(later rounds rank first); None without halving",
     )
+    stage: Literal["race"] | None = Field(
+        default=None, description="the cascade's stage: None for norm-only evaluation, race for a fine-tuning racer"
+    )
+    seed: int | None = Field(default=None, description="the seed this row ran at (cascade controls and racers)")
     gamma_change: float | None = Field(
         default=None, description="mean |Δγ| over every channel during BN-only training (γ summary after_bn)"
     )
@@ -261,6 +265,12 @@ class RankingOut(BaseModel):
         default=None,
         description="successive halving once finished: each round's steps and candidates, the candidate steps "
         "spent (every round re-trains from step 0) and what a run without halving would have spent",
+    )
+    cascade: dict[str, Any] | None = Field(
+        default=None,
+        description="the cascade strategy once finished: its stages (norm-only gains over seeded controls with the "
+        "noise floor; the fine-tuning race, who was cut in which round and why), the stop rule, the verdict (leader, "
+        "P(best), tied group, evidence) and the cost against the budget cap",
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from bnrank.engine.alchemy import gamma_steps, no_own_affine_message
 from bnrank.engine.budget_limits import check_step_memory
+from bnrank.engine.cascade import control_seeds
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError, LimitExceededError
 from bnrank.engine.ranking import Candidate, control_candidates
@@ -83,9 +84,17 @@ def check_params(params: JobParams, memory_bytes: int | None = None) -> None:
             raise Invalid(f"budget: {exc}") from exc
 
 
-def ranking_entries(checkpoints: Sequence[Any], control: bool) -> list[RankingEntry]:
+def _group_key(control: Candidate) -> str:
+    key = json.dumps([control.architecture, control.build_kwargs, control.network_def], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def ranking_entries(
+    checkpoints: Sequence[Any], control: bool, params: RankingParams | None = None
+) -> list[RankingEntry]:
     """Entry rows for the candidates, then one random-init control per configuration, grouped and named by
-    the engine's rule (`control_candidates`), exactly as a local `bnrank rank` adds them."""
+    the engine's rule (`control_candidates`), exactly as a local `bnrank rank` adds them. Under the cascade
+    strategy every control gets one row per control seed, and each candidate the key of its control group."""
     entries = [
         RankingEntry(
             checkpoint_id=c.id,
@@ -105,20 +114,31 @@ def ranking_entries(checkpoints: Sequence[Any], control: bool) -> list[RankingEn
         for c in checkpoints
     ]
     candidates = [Candidate(c.name, architecture=c.architecture, network_def=c.network_def) for c in checkpoints]
+    cascade = params is not None and params.rank_config().strategy == "cascade"
+    seeds: list[int | None] = [None]
+    if cascade:
+        assert params is not None
+        seeds = list(control_seeds(params.train_config(), params.rank_config()))
+        for row, own in zip(entries, seen, strict=True):
+            found = control_candidates([own], [candidates[row.position]])
+            row.group_key = _group_key(found[0]) if found else None
     for control_of in control_candidates(seen, candidates):
-        key = json.dumps([control_of.architecture, control_of.build_kwargs, control_of.network_def], sort_keys=True)
-        entries.append(
-            RankingEntry(
-                checkpoint_id=None,
-                slot=f"control:{hashlib.sha256(key.encode()).hexdigest()[:20]}",
-                position=len(entries),
-                name=control_of.name[:300],
-                is_control=True,
-                architecture=str(control_of.architecture),
-                build_kwargs=control_of.build_kwargs,
-                network_def=dict(control_of.network_def) if control_of.network_def is not None else None,
+        group = _group_key(control_of)
+        for seed in seeds:
+            entries.append(
+                RankingEntry(
+                    checkpoint_id=None,
+                    slot=f"control:{group}" + (f":seed{seed}" if seed is not None else ""),
+                    position=len(entries),
+                    name=(control_of.name + (f" seed {seed}" if seed is not None else ""))[:300],
+                    is_control=True,
+                    architecture=str(control_of.architecture),
+                    build_kwargs=control_of.build_kwargs,
+                    network_def=dict(control_of.network_def) if control_of.network_def is not None else None,
+                    seed=seed,
+                    group_key=group if seed is not None else None,
+                )
             )
-        )
     return entries
 
 
@@ -197,7 +217,7 @@ def submit_ranking(
     checkpoints = ranking_candidates(session, owner, dataset_id, checkpoint_ids)
     job = Job(owner=owner, kind=RANKING_KIND.name, dataset_id=dataset_id, params=params.model_dump(mode="json"))
     job.message = "queued"
-    job.entries = ranking_entries(checkpoints, params.control)
+    job.entries = ranking_entries(checkpoints, params.control, params)
     return submit(session, celery, queue, job)
 
 

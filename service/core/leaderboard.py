@@ -52,6 +52,7 @@ def _scored(owner: str) -> list[Any]:
         RankingEntry.is_control.is_(False),
         RankingEntry.checkpoint_id.is_not(None),
         RankingEntry.score.is_not(None),
+        RankingEntry.stage.is_(None),  # a cascade's race rows are fine-tuning scores, not norm-only ones
     ]
 
 
@@ -150,7 +151,12 @@ def checkpoint_results(
     """Every ranking entry of one of the owner's checkpoints, newest job first, with its dataset and job;
     and the total. NotFound when the owner has no such checkpoint."""
     ckpt = owned_checkpoint(session, owner, checkpoint_id)
-    where = [Job.owner == owner, Job.kind == "ranking", RankingEntry.checkpoint_id == ckpt.id]
+    where = [
+        Job.owner == owner,
+        Job.kind == "ranking",
+        RankingEntry.checkpoint_id == ckpt.id,
+        RankingEntry.stage.is_(None),  # norm-only results only: a cascade's race rows are fine-tuning runs
+    ]
     if dataset_id:
         where.append(Job.dataset_id == dataset_id)
     if status:

@@ -240,6 +240,13 @@ class RankingEntry(Base):
     case_scores: Mapped[list[Any] | None] = mapped_column(default=None)
     """Per validation case score at each validation behind the score (the engine's ``RankEntry.case_scores``):
     what the close-out's tie guidance resamples, as `bnrank rank` does; NULL before it ran (or before 0008)."""
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The cascade strategy's stage this row belongs to: NULL for norm-only evaluation, ``race`` for one racer's
+    fine-tuning run at one seed and round (bnrank/engine/cascade.py)."""
+    seed: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The seed the row runs at where it is not the ranking's own (a cascade's control seeds and race seeds)."""
+    group_key: Mapped[str | None] = mapped_column(String(32), default=None)
+    """The cascade's control group: a candidate's and its architecture's controls share it (their slot's hash)."""
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -160,7 +160,8 @@ class RankingParams(JobParams):
 
     def check(self) -> None:
         super().check()
-        self.rank_config()
+        if self.rank_config().strategy == "cascade" and not self.control:
+            raise ValueError("the cascade strategy scores candidates against their random-init controls: keep control")
 
 
 class FoldParams(JobParams):

@@ -140,10 +140,12 @@ class QueueRouter:
 
     def __init__(self, settings: Settings, presence: Presence | None = None) -> None:
         from service.core.kinds import KINDS
+        from service.core.kinds.ranking import RACE_TASK
 
         self.settings = settings
         self.presence = presence or Presence(settings)
         self._kind_of_task = {kind.task: name for name, kind in KINDS.items()}
+        self._kind_of_task[RACE_TASK] = "ranking"  # a cascade's fine-tuning race rows: ranking work, GPU first
 
     def queue_for(self, kind: str) -> str:
         settings = self.settings

@@ -137,6 +137,8 @@ def entry_view(row: RankingEntry, gamma: GammaByPhase, ties: Mapping[str, Any] |
         "p_best": ties.get("p_best"),
         "tied_with": list(ties.get("tied_with") or []),
         "halving_round": row.halving_round,
+        "stage": row.stage,
+        "seed": row.seed,
         "gamma_change": gamma_change(gamma.get("after_bn") or {}),
     }
 

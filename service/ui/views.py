@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bnrank.engine.configs.ranking import DEFAULT_STRATEGY
 from bnrank.engine.formats.conversion import conversion_line
 from bnrank.engine.training.validation import point_value
 from service.core import checkpoints as records
@@ -170,8 +171,11 @@ def ranking_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
         "job": job,
         "dataset": dataset,
         "classes": classes,
-        "candidates": [v for v in views if not v["is_control"]],
+        "candidates": [v for v in views if not v["is_control"] and v["stage"] is None],
         "controls": [v for v in views if v["is_control"]],
+        "racers": [v for v in views if v["stage"] == "race"],
+        "cascade": (job.result or {}).get("cascade"),
+        "strategy": ((job.params or {}).get("ranking") or {}).get("strategy", DEFAULT_STRATEGY),
         "stability": (job.result or {}).get("stability"),
         "ties": ties,
         "curves": curve_chart,

@@ -28,6 +28,22 @@ def ranking_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**RANKING_DEFAULTS, **overrides})
 
 
+# All-parameter fine-tuning to the ranking-quality benchmark's converged budget, with its learning rate (that
+# of `bnrank alchemy`'s fine-tuning: full training wants a smaller step than BN-only training) and its cosine
+# decay (`rank --verify`, bnrank/engine/verify.py): the budget at which fine-tuning agrees with itself across
+# seeds (docs/ranking-quality.md).
+VERIFY_STEPS = 600
+VERIFY_LR = 3e-3
+
+# The strategies a ranking can follow. ``norm_only`` is the thesis's BN-only evaluation, unchanged; ``cascade`` runs
+# it as its first stage, scores it as the gain over each architecture's random-init controls, then races the
+# leaders of every architecture by short full fine-tuning (bnrank/engine/cascade.py). The default stays
+# ``norm_only`` until benchmark v2's tuning task has chosen by its pre-registered decision rule
+# (bench/preregistration_v2.json, "decision_rule"), which names no strategy in advance.
+STRATEGIES = ("norm_only", "cascade")
+DEFAULT_STRATEGY = "norm_only"
+
+
 @dataclass
 class RankConfig:
     """How candidates are ranked, beside the training budget (:class:`TrainConfig`) every candidate shares.
@@ -65,13 +81,54 @@ class RankConfig:
         lt=1,
     )
 
+    strategy: str = option(
+        DEFAULT_STRATEGY,
+        choices=STRATEGIES,
+        help="norm_only: the thesis's BN-only evaluation alone; cascade: BN-only scored as the gain over random-init "
+        "controls at several seeds, then a short full fine-tuning race among every architecture's leaders that stops "
+        "once the leader is separated or the budget cap is reached",
+    )
+    control_seeds: int = option(
+        3,
+        help="cascade: random-init controls per architecture, one per seed; their spread is the noise floor",
+        ge=2,
+        le=10,
+    )
+    noise_floor_sd: float = option(
+        2.0,
+        help="cascade: a gain within this many control s.d. of the controls is flagged as inside the noise floor",
+        gt=0,
+        le=10,
+    )
+    race_leaders: int = option(2, help="cascade: candidates of each architecture, by gain, that race", ge=1, le=16)
+    race_steps: int = option(100, help="cascade: fine-tuning steps of the race's last round", ge=2, le=100_000)
+    race_rounds: int = option(
+        3, help="cascade: successive-halving rounds of the race (steps race_steps / 2^(R-1) ... race_steps)", ge=1, le=8
+    )
+    race_seeds: int = option(
+        2, help="cascade: seeds each racer fine-tunes at, so P(best) counts seed-to-seed noise", ge=1, le=5
+    )
+    race_lr: float = option(
+        VERIFY_LR, help="cascade: fine-tuning learning rate (cosine to 0 over race_steps)", gt=0, le=1
+    )
+    separation: float = option(
+        0.9, help="cascade: the race stops once the leader is best in at least this share of resamples", gt=0.5, lt=1
+    )
+    budget_cap: float = option(
+        0.1,
+        help="cascade: most the ranking may spend, as a share of fine-tuning every candidate for reference_steps "
+        "(counted in training steps); the race stops before a round that would pass it",
+        gt=0,
+        le=1,
+    )
+    reference_steps: int = option(
+        VERIFY_STEPS, help="cascade: the fine-tuning budget budget_cap is a share of", ge=1, le=1_000_000
+    )
+
     def __post_init__(self) -> None:
         validate(self)
-
-
-# All-parameter fine-tuning to the ranking-quality benchmark's converged budget, with its learning rate (that
-# of `bnrank alchemy`'s fine-tuning: full training wants a smaller step than BN-only training) and its cosine
-# decay (`rank --verify`, bnrank/engine/verify.py): the budget at which fine-tuning agrees with itself across
-# seeds (docs/ranking-quality.md).
-VERIFY_STEPS = 600
-VERIFY_LR = 3e-3
+        if self.strategy == "cascade" and (self.halving_rounds > 1 or self.batched):
+            raise ValueError(
+                "halving_rounds and batched apply to the norm_only strategy; the cascade halves in its fine-tuning "
+                "race (race_rounds)"
+            )

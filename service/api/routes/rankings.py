@@ -126,4 +126,5 @@ def _ranking(session: Session, owner: str, job_id: str) -> RankingOut:
         stability=(job.result or {}).get("stability"),
         ties=ties,
         halving=(job.result or {}).get("halving"),
+        cascade=(job.result or {}).get("cascade"),
     )

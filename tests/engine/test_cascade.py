@@ -1,0 +1,170 @@
+"""The cascade strategy on tiny volumes: its stages, noise floor, race, stop rule, budget cap and verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bnrank.engine.architectures import build_model
+from bnrank.engine.cascade import BUDGET_CAP, SEPARATED, Race, StageOne, rank_cascade, verdict
+from bnrank.engine.checkpoints import save_weights
+from bnrank.engine.configs.ranking import DEFAULT_STRATEGY, STRATEGIES, RankConfig
+from bnrank.engine.errors import BNRankError
+from bnrank.engine.ranking import Candidate, evaluate_candidate
+from bnrank.engine.separation import p_best, resampled_means, tied_with
+from bnrank.engine.small_structures import SMALL_SHARE, small_structure_rule, smallest_foreground_share
+from bnrank.engine.strategies import rank_by_strategy
+from bnrank.engine.training.patches import TaskData, Volume
+
+from .tiny import blob_task, small_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _candidates(tmp_path: Path, widths: list[int]) -> list[Candidate]:
+    cands = []
+    for i, width in enumerate(widths):
+        torch.manual_seed(i)
+        model = build_model("unet3d", in_channels=1, out_channels=3, width=width)
+        cands.append(Candidate(f"w{width}_{i}", save_weights(model, tmp_path / f"w{width}_{i}.safetensors")))
+    return cands
+
+
+def _tiny_rank(**kw) -> RankConfig:
+    base = dict(
+        strategy="cascade",
+        control_seeds=2,
+        race_leaders=2,
+        race_steps=4,
+        race_rounds=2,
+        race_seeds=2,
+        budget_cap=1.0,
+        reference_steps=1000,
+        tie_resamples=200,
+    )
+    return RankConfig(**{**base, **kw})
+
+
+def test_the_default_strategy_is_the_thesis_until_the_benchmark_chooses() -> None:
+    # bench/preregistration_v2.json names candidate strategies and a decision rule, not a winner: the default
+    # stays norm-only evaluation until the tuning task has chosen.
+    assert DEFAULT_STRATEGY == "norm_only" == RankConfig().strategy
+    assert set(STRATEGIES) == {"norm_only", "cascade"}
+
+
+def test_cascade_refuses_halving_and_missing_controls(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="race_rounds"):
+        RankConfig(strategy="cascade", halving_rounds=2)
+    with pytest.raises(BNRankError, match="controls"):
+        rank_by_strategy(_candidates(tmp_path, [4]), blob_task(), small_config(), _tiny_rank(), control=False)
+
+
+def test_cascade_stages_noise_floor_race_and_one_verdict(tmp_path: Path) -> None:
+    cands = _candidates(tmp_path, [4, 4, 4, 6])
+    result = rank_by_strategy(cands, blob_task(), small_config(max_steps=4, score_window=1), _tiny_rank())
+    c = result.cascade
+    assert c is not None and [s["stage"] for s in c["stages"]] == ["norm_only", "race"]
+    first, race = c["stages"]
+    # one control group per build (width 4 and width 6), each at two seeds: its spread is the noise floor
+    assert len(first["noise_floor"]) == 2
+    for f in first["noise_floor"]:
+        assert len(f["scores"]) == 2 and f["sd"] >= 0 and f["floor"] == pytest.approx(2 * f["sd"], abs=1e-4)
+    for row in first["rows"]:
+        assert row["gain"] is not None and isinstance(row["inside_noise_floor"], bool)
+    # the leaders of every architecture race: at most two of width 4, the only one of width 6
+    assert "w6_3" in race["leaders"] and len(race["leaders"]) == 3
+    ran = [r for r in race["rounds"] if "racers" in r]
+    assert ran and {x["name"] for x in ran[0]["racers"]} == set(race["leaders"])
+    assert all(len(x["seed_scores"]) == 2 for x in ran[0]["racers"])
+    cut = [x for r in ran for x in r["cut"]]
+    assert all("round" in x["why"] for x in cut)
+    # one verdict: the tie guidance and the stability line are read off the same race rounds
+    v = c["verdict"]
+    assert v["tied_group"] and v["leader"] == v["tied_group"][0] and set(v["tied_group"]) <= set(race["leaders"])
+    assert result.ties["top_group"] == v["tied_group"] and result.ties["p_top_is_best"] == v["p_best"]
+    assert result.stability["same_top1"] == v["same_top1"]
+    assert v["separated"] == (c["stop"] == SEPARATED and len(v["tied_group"]) == 1)
+    if v["separated"]:
+        assert v["p_best"] >= 0.9 and v["same_top1"] is not False
+    ranked = [e for e in result.entries if e.rank]
+    assert ranked[0].checkpoint == v["leader"] and len(ranked) == 4
+    assert c["cost"]["spent_steps"] <= c["cost"]["cap_steps"]
+
+
+def test_the_budget_cap_stops_the_race_and_the_answer_is_not_everyone(tmp_path: Path) -> None:
+    cands = _candidates(tmp_path, [4, 4, 4])
+    # the norm-only stage costs (3 candidates + 2 controls) x its steps; a cap of 1 % leaves nothing for the race
+    result = rank_by_strategy(
+        cands, blob_task(), small_config(max_steps=4, score_window=1), _tiny_rank(budget_cap=0.01)
+    )
+    c = result.cascade
+    assert c["stop"] == BUDGET_CAP
+    rounds = c["stages"][1]["rounds"]
+    assert len(rounds) == 1 and "skipped" in rounds[0]
+    assert c["verdict"]["tied_group"] and "norm-only gains" in c["verdict"]["evidence"]
+    assert c["cost"]["spent_steps"] == 5 * c["stages"][0]["config"]["max_steps"]
+
+
+def test_a_leader_that_changed_between_rounds_is_never_called_separated() -> None:
+    rows = [{"name": n, "gain": 0.1} for n in ("a", "b")]
+    rounds = [
+        {"round": 1, "steps": 2, "racers": [{"name": "b", "score": 0.6}, {"name": "a", "score": 0.5}], "cut": []},
+        {"round": 2, "steps": 4, "racers": [{"name": "a", "score": 0.9}, {"name": "b", "score": 0.1}], "cut": []},
+    ]
+    stats = np.tile([[0.9, 0.1]], (100, 1))  # a is ahead in every resample
+    race = Race(alive=[0, 1], rounds=rounds, last={"stats": stats, "p": p_best(stats)}, stop=SEPARATED)
+    v = verdict(StageOne(rows, {}, [0, 1]), race, RankConfig(), [], [], {}, 0)
+    assert v["p_best"] == 1.0 and v["same_top1"] is False
+    assert not v["separated"] and v["tied_group"] == ["a", "b"] and "Fine-tune these 2" in v["guidance"]
+
+
+def test_seed_noise_widens_the_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    a = np.full((1, 6), 0.60) + rng.normal(0, 0.01, (1, 6))
+    b = np.full((1, 6), 0.58) + rng.normal(0, 0.01, (1, 6))
+    cases_only = p_best(resampled_means([a, b], 500, np.random.default_rng(1)))
+    with_seeds = p_best(resampled_means([a, b], 500, np.random.default_rng(1), [0.05, 0.05]))
+    assert cases_only[0] > 0.95 and with_seeds[0] < 0.8
+    assert tied_with(resampled_means([a, b], 500, np.random.default_rng(1), [0.05, 0.05]), 0, 0.9) == [1]
+    # seeds measured as rows count too: two seeds far apart make the lead uncertain
+    a2 = np.vstack([a, a - 0.1])
+    assert p_best(resampled_means([a2, b], 500, np.random.default_rng(1)))[0] < 0.9
+
+
+def _speck_task() -> TaskData:
+    """A 2-voxel-wide speck (0.1 % of the volume) beside a large block: hard Dice of the speck starts at 0."""
+    rng = np.random.default_rng(3)
+    vols = []
+    for i in range(4):
+        label = np.zeros((20, 20, 20), np.uint8)
+        label[2:12, 2:18, 2:18] = 1
+        c = 14 + i % 3
+        label[c : c + 2, c : c + 2, c : c + 2] = 2
+        image = (label == 1) * 1.0 + (label == 2) * 1.5 + rng.normal(0, 0.3, label.shape)
+        vols.append(Volume(f"case_{i}", image[None].astype(np.float32), label))
+    return TaskData(vols[:-1], vols[-1:], ["background", "block", "speck"])
+
+
+def test_small_structures_get_soft_dice_a_longer_budget_and_never_all_zero(tmp_path: Path) -> None:
+    task = _speck_task()
+    share = smallest_foreground_share(task)
+    assert share is not None and share < SMALL_SHARE
+    config, evidence = small_structure_rule(small_config(max_steps=4), share)
+    assert evidence["small"] and config.score == "soft_dice" and config.max_steps == 16  # stretched 4x at most
+    big, unchanged = small_structure_rule(small_config(max_steps=4), 0.3)
+    assert not unchanged["small"] and big.score == "dice" and big.max_steps == 4
+    cands = _candidates(tmp_path, [4, 4])
+    scores = [evaluate_candidate(c, task, config).score for c in cands]
+    assert all(s is not None and s > 0 for s in scores)
+    result = rank_cascade(cands, task, small_config(max_steps=2, score_window=1), _tiny_rank(budget_cap=0.001))
+    assert result.cascade["small_structures"]["small"]
+    assert all((r["norm_only_score"] or 0) > 0 for r in result.cascade["stages"][0]["rows"])
