@@ -67,11 +67,13 @@ def deployment() -> Iterator[dict[str, Any]]:
 
 
 def test_gpu_and_cpu_workers_get_the_same_settings_but_the_device(deployment: dict[str, Any]) -> None:
-    """The test runs the CPU worker; the GPU worker differs only in device and parallelism."""
+    """The test runs the CPU worker; the GPU worker differs only in device, parallelism and queues (it also
+    takes the GPU queue)."""
     gpu = host_environment("worker", deployment["env_file"], deployment["mounts"])
     cpu = host_environment("worker-cpu", deployment["env_file"], deployment["mounts"])
     differ = {k for k in gpu.keys() | cpu.keys() if gpu.get(k) != cpu.get(k)}
-    assert differ <= {"BNRANK_DEVICE", "BNRANK_WORKER_CONCURRENCY", "BNRANK_TORCH_THREADS"}
+    assert differ <= {"BNRANK_DEVICE", "BNRANK_WORKER_CONCURRENCY", "BNRANK_TORCH_THREADS", "BNRANK_WORKER_QUEUES"}
+    assert gpu["BNRANK_WORKER_QUEUES"] == "all" and cpu["BNRANK_WORKER_QUEUES"] == "cpu"
     assert gpu["BNRANK_DEVICE"] == "cuda" and cpu["BNRANK_DEVICE"] == "cpu"
     api = host_environment("api", deployment["env_file"], deployment["mounts"])
     shared = ("BNRANK_DATABASE_URL", "BNRANK_BROKER_URL", "BNRANK_QUEUE", "BNRANK_BLOB_DIR", "BNRANK_DATA_ROOTS")

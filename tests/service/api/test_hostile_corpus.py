@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.core.blobs import BlobStore
+from service.core.objectstore import open_blob_store
 from service.core.orphans import find_orphans
-from tests.service.conftest import Stack, upload
+from tests.service.conftest import Stack, new_key, upload
 
 CORPUS = Path(__file__).parents[2] / "fixtures" / "hostile"
 MANIFEST: dict[str, Any] = json.loads((CORPUS / "manifest.json").read_text())
@@ -21,7 +21,7 @@ MARKER = Path(MANIFEST["marker"])
 
 def _orphans(stack: Stack) -> set[str]:
     with stack.db.session() as session:
-        return {o.relpath for o in find_orphans(session, BlobStore(stack.settings.blobs))[0]}
+        return {o.relpath for o in find_orphans(session, open_blob_store(stack.settings))[0]}
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +41,17 @@ def test_crafted_files_are_refused(alice: httpx.Client, name: str) -> None:
     assert isinstance(response.json()["detail"], str) and response.json()["detail"]
 
 
+@pytest.fixture(scope="module")
+def mallory(stack: Stack, api: str) -> Any:
+    """An owner of its own: the corpus's valid file is not already hers, so each definition itself is judged
+    (an owner who holds these bytes gets 409 for any other network_def before it is read)."""
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {new_key(stack, 'mallory')}"}, timeout=60) as c:
+        yield c
+
+
 @pytest.mark.parametrize("name", sorted(MANIFEST["network_defs"]))
-def test_hostile_network_defs_are_refused(alice: httpx.Client, name: str) -> None:
+def test_hostile_network_defs_are_refused(mallory: httpx.Client, name: str) -> None:
     text, status = MANIFEST["network_defs"][name]
-    response = upload(alice, CORPUS / "files" / "valid.safetensors", name=f"def-{name}", network_def=text)
+    response = upload(mallory, CORPUS / "files" / "valid.safetensors", name=f"def-{name}", network_def=text)
     assert response.status_code == status, (name, response.status_code, response.text)
     assert isinstance(response.json()["detail"], str) and response.json()["detail"]

@@ -18,6 +18,7 @@ import pytest
 
 from service.core.launcher import ServeProcess, free_port
 from tests.service.conftest import TINY_BUDGET, Stack, make_checkpoint, new_key, wait_job
+from tests.service.ui.conftest import sign_in
 
 
 @pytest.fixture
@@ -103,8 +104,10 @@ def test_two_api_processes_share_limits_caches_metrics_and_sessions(
         assert ckpt not in {e["checkpoint_id"] for e in entries}
 
     # The dashboard's session cookie signed by one process is accepted by the other.
-    signed_in = httpx.post(serve.url + "/ui/login", data={"api_key": alice}, timeout=30)
-    cookies = signed_in.cookies
+    with httpx.Client(base_url=serve.url, timeout=30) as browser:
+        signed_in = sign_in(browser, alice)
+        assert signed_in.status_code in (200, 303), signed_in.text
+        cookies = browser.cookies
     assert cookies, signed_in.text
     pages = [httpx.get(serve.url + "/ui/jobs", cookies=cookies, timeout=30) for _ in range(10)]
     assert all(p.status_code == 200 and "alice" in p.text for p in pages)
