@@ -16,9 +16,6 @@ Nothing here imports the service: the result is a plain, picklable `CheckpointSu
 from __future__ import annotations
 
 import math
-import multiprocessing
-import resource
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -27,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bnrank.engine import errors, sandbox
+from bnrank.engine import errors, isolation, sandbox
 from bnrank.engine.architectures import head_keys
 from bnrank.engine.architectures.sizing import DEFAULT_MAX_PARAMETERS
 from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
@@ -45,7 +42,6 @@ from bnrank.engine.recognition import resolve_architecture
 DEFAULT_MEMORY_LIMIT_MIB = 6144
 # A 100 M-parameter checkpoint is read, fitted and summarised in a few seconds on one core.
 DEFAULT_TIME_LIMIT_S = 60.0
-_GRACE_S = 5.0  # for the child to exit once its result is sent
 
 _OUT_OF_MEMORY_MARKERS = ("can't allocate memory", "not enough memory", "bad_alloc", "cannot allocate memory")
 
@@ -140,26 +136,6 @@ def summarise_checkpoint(
     )
 
 
-def _address_space_in_use() -> int:
-    """Bytes of address space this process maps now (VmSize), the base the memory limit is added to."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _limit_memory(limit_mib: int) -> None:
-    limit = _address_space_in_use() + limit_mib * 1024**2
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
 def _failure(exc: BaseException, name: str, memory_limit_mib: int) -> tuple[Any, ...]:
     """The child's answer for an exception: an exhausted limit, an engine refusal, or any other failure."""
     text = str(exc)
@@ -181,7 +157,7 @@ def _child(
     try:
         sandbox.configure(sandbox_mode)  # the child is a fresh process: the parent's mode does not carry over
         torch.set_num_threads(max(1, threads))
-        _limit_memory(memory_limit_mib)
+        isolation.limit_memory(memory_limit_mib)
         result: tuple[Any, ...] = ("ok", summarise_checkpoint(path, **options))
     except Exception as exc:  # MemoryError included: every failure becomes an answer, none a crash
         result = _failure(exc, Path(path).name, memory_limit_mib)
@@ -191,23 +167,13 @@ def _child(
         conn.close()
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """A forkserver that has torch loaded already, or spawn where forkserver does not exist."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["bnrank.engine.inspect_preload"])  # ignored once the server runs
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def prestart() -> None:
     """Start the forkserver now, so the first inspection does not wait seconds for torch to import there.
 
     Optional: a service calls it (from a thread) at startup. The server imports in the background; this
     returns once it is launched.
     """
-    context = _context()
-    if context.get_start_method() == "forkserver":
+    if isolation.context().get_start_method() == "forkserver":
         forkserver.ensure_running()
 
 
@@ -252,38 +218,17 @@ def inspect_checkpoint_isolated(
         "max_bytes": max_bytes,
         "max_parameters": max_parameters,
     }
-    context = _context()
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child,
-        args=(send, str(path), options, memory_limit_mib, threads, sandbox_mode or sandbox.mode()),
-        daemon=True,
+    reply = isolation.run_isolated(
+        _child,
+        (str(path), options, memory_limit_mib, threads, sandbox_mode or sandbox.mode()),
+        time_limit_s=time_limit_s,
+        memory_limit_mib=memory_limit_mib,
+        limit_error=InspectionLimitError,
+        failure_error=CheckpointError,
+        doing="inspection",
+        process="the inspecting process",
+        prefix=f"{path.name}: ",
     )
-    child.start()
-    send.close()  # the child holds the only writing end, so its death reads as EOF here
-    try:
-        if not receive.poll(time_limit_s):
-            child.kill()
-            raise InspectionLimitError(
-                f"{path.name}: inspection took longer than {time_limit_s:g} s and was stopped"
-            )
-        try:
-            reply = receive.recv()
-        except (EOFError, OSError):
-            child.join(_GRACE_S)
-            code = child.exitcode
-            if code is not None and code < 0:  # killed: the kernel's OOM killer, or an abort on bad_alloc
-                raise InspectionLimitError(
-                    f"{path.name}: the inspecting process was killed by signal {signal.Signals(-code).name}, "
-                    f"most likely out of its {memory_limit_mib} MiB memory limit"
-                ) from None
-            raise CheckpointError(f"{path.name}: inspection failed without an answer (exit code {code})") from None
-    finally:
-        receive.close()
-        child.join(_GRACE_S)
-        if child.is_alive():
-            child.kill()
-            child.join()
     if reply[0] == "ok":
         return reply[1]
     _raise_from_child(reply)

@@ -14,9 +14,6 @@ in tens of milliseconds; ``spawn`` where there is no forkserver.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import resource
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,9 @@ from bnrank.engine import errors
 from bnrank.engine.data.checks import DEFAULT_MAX_VOLUME_BYTES
 from bnrank.engine.data.layouts import Dataset
 from bnrank.engine.errors import BNRankError, DatasetError, LimitExceededError
+from bnrank.engine.isolation import limit_memory, run_isolated
 
 DEFAULT_TIME_LIMIT_S = 900.0
-_GRACE_S = 5.0
 
 
 def memory_limit_for(max_volume_bytes: int) -> int:
@@ -47,26 +44,11 @@ class CheckedDataset:
     fingerprint: str
 
 
-def _limit_memory(limit_mib: int) -> None:
-    """Address space: what the child maps now (torch's libraries, when forked from a warm server) + the limit."""
-    in_use = 0
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            in_use = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:")), 0)
-    except OSError:
-        pass
-    limit = in_use + limit_mib * 1024**2
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
 def _child(conn: Any, root: str, max_volume_bytes: int, memory_limit_mib: int) -> None:
     from bnrank.engine.data import PreprocessConfig, compute_fingerprint, open_dataset
 
     try:
-        _limit_memory(memory_limit_mib)
+        limit_memory(memory_limit_mib)
         dataset = open_dataset(root, check=True, max_volume_bytes=max_volume_bytes)
         result: tuple[Any, ...] = ("ok", CheckedDataset(dataset, compute_fingerprint(dataset, PreprocessConfig())))
     except MemoryError:
@@ -79,14 +61,6 @@ def _child(conn: Any, root: str, max_volume_bytes: int, memory_limit_mib: int) -
         conn.send(result)
     finally:
         conn.close()
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["bnrank.engine.inspect_preload"])  # ignored once the server runs
-        return context
-    return multiprocessing.get_context("spawn")
 
 
 def check_dataset_isolated(
@@ -102,34 +76,16 @@ def check_dataset_isolated(
     the child ran out of memory or time. Blocking: call it from a thread, not on an event loop.
     """
     memory_limit_mib = memory_limit_mib or memory_limit_for(max_volume_bytes)
-    context = _context()
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child, args=(send, str(root), max_volume_bytes, memory_limit_mib), daemon=True
+    reply = run_isolated(
+        _child,
+        (str(root), max_volume_bytes, memory_limit_mib),
+        time_limit_s=time_limit_s,
+        memory_limit_mib=memory_limit_mib,
+        limit_error=LimitExceededError,
+        failure_error=DatasetError,
+        doing="checking the dataset",
+        process="the process checking the dataset",
     )
-    child.start()
-    send.close()  # the child holds the only writing end, so its death reads as EOF here
-    try:
-        if not receive.poll(time_limit_s):
-            child.kill()
-            raise LimitExceededError(f"checking the dataset took longer than {time_limit_s:g} s and was stopped")
-        try:
-            reply = receive.recv()
-        except (EOFError, OSError):
-            child.join(_GRACE_S)
-            code = child.exitcode
-            if code is not None and code < 0:
-                raise LimitExceededError(
-                    f"the process checking the dataset was killed by signal {signal.Signals(-code).name}, "
-                    f"most likely out of its {memory_limit_mib} MiB memory limit"
-                ) from None
-            raise DatasetError(f"checking the dataset failed without an answer (exit code {code})") from None
-    finally:
-        receive.close()
-        child.join(_GRACE_S)
-        if child.is_alive():
-            child.kill()
-            child.join()
     if reply[0] == "ok":
         return reply[1]
     _, class_name, message = reply
