@@ -64,40 +64,15 @@ CORPUS = ROOT / "tests" / "fixtures" / "hostile"
 
 
 def make_settings(backend: str, home: Path, data: Path) -> tuple[Any, Any]:
-    """A throwaway deployment's settings (default rate limits), and its cleanup."""
+    """A throwaway deployment's settings, as bench/api.py makes them but with the default rate limits on
+    (what the review attacked), and its cleanup."""
+    from api import make_settings as deployment
+
     from service.core.config import Settings
-    from service.core.launcher import free_port
 
-    common = {"home": home, "data_roots": [data], "api_port": free_port(), "log_level": "INFO"}
-    if backend == "auto":
-        from tests.service.conftest import _postgres_and_redis
-
-        backend = "postgres" if _postgres_and_redis() else "embedded"
-    if backend == "embedded":
-        return Settings(**common, database_url="", broker_url=""), lambda: None
-    import psycopg
-    import redis
-
-    name = f"bnrank_hardening_{os.getpid()}"
-    admin = "host=127.0.0.1 user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    settings = Settings(
-        **common,
-        database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-        broker_url="redis://127.0.0.1:6379/0",
-        queue=name,
-        broker_key_prefix=f"{name}:",
-    )
-
-    def cleanup() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-        for key in [*client.scan_iter(match=f"{name}:*"), name]:
-            client.delete(key)
-
-    return settings, cleanup
+    names = ("submissions_per_minute", "auth_failures_per_minute")
+    limits = {name: Settings.model_fields[name].default for name in names}
+    return deployment(backend, home, data, log_level="INFO", **limits)
 
 
 def new_key(settings: Any, owner: str) -> str:
