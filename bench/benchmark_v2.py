@@ -130,6 +130,8 @@ def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "control
     rs = recipes()
     recipe = [r for f in families for r in rs[f]]
     zoo = Z.build_zoo(cache, recipe, log=rq.log)
+    for name, manifest in zoo.manifests.items():  # what was built, on which CPU, with its hash: committed
+        rq.dump(RESULTS / "zoo" / f"{name}.json", {**manifest, "cpu": platform.processor() or platform.machine()})
     folders = [(name, T.write_task(spec, cache)) for name, spec in T.TASKS.items()]
     Z.check_disjoint(zoo, folders)
     return zoo
@@ -284,6 +286,7 @@ def run_ground_truth(tasks: list[str], cache: Path, repo: Path) -> None:
                         "candidate": cand.name,
                         "family": family_of(cand.name),
                         "zoo_key": zoo.keys[cand.name],
+                        "weights_sha256": zoo.manifests[cand.name].get("weights_sha256"),
                         "seed": seed,
                         "config": asdict(cfg),
                         "threads": 1,
@@ -343,6 +346,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                         "method": "logme",
                         "seed": seed,
                         "zoo_keys": zoo.keys,
+                        "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
                         "load_cpu_seconds": load_cpu,
                         "entries": entries,
                     },
@@ -377,6 +381,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                             "seed": seed,
                             "max_steps": NORM_MAX,
                             "zoo_keys": zoo.keys,
+                            "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
                             "load_cpu_seconds": load_cpu,
                             "entries": entries,
                         },
@@ -396,6 +401,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                         "seed": seed,
                         "budgets": list(SHORT_FT),
                         "zoo_keys": zoo.keys,
+                        "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
                         "load_cpu_seconds": load_cpu,
                         "entries": entries,
                     },

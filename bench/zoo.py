@@ -523,6 +523,9 @@ def build_zoo(cache: str | Path, recipe: Sequence[Recipe] = ZOO_RECIPE, log: Cal
             t0 = time.perf_counter()
             manifest = _make(r, by_name, keys, cache, weights, log)
             manifest.update(recipe=asdict(r), key=keys[r.name], seconds=round(time.perf_counter() - t0, 1))
+            # the recipe key names what was asked for; the hash names what this CPU made of it (training on
+            # another CPU model gives other bits), so results from several machines can be told apart
+            manifest["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             log(f"zoo: built {r.name} in {manifest['seconds']:.0f}s")
         manifests[r.name] = json.loads((folder / "manifest.json").read_text())
