@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -129,7 +130,20 @@ def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "control
 
     rs = recipes()
     recipe = [r for f in families for r in rs[f]]
+    keys = Z.recipe_keys(recipe)
+    # Trained candidates are committed once built (RESULTS/zoo/<name>-<key>/, ~42 MB in all): training on
+    # another CPU model gives other bits, and a ground truth that takes several sessions on changing machines
+    # must compare the same weights throughout. Random initialisations are the same bits on any CPU.
+    for r in recipe:
+        committed, cached = RESULTS / "zoo" / f"{r.name}-{keys[r.name]}", cache / "zoo" / f"{r.name}-{keys[r.name]}"
+        if (committed / Z.weights_name(r)).is_file() and not (cached / "manifest.json").is_file():
+            shutil.copytree(committed, cached, dirs_exist_ok=True)
+            rq.log(f"zoo: {r.name} taken from the committed zoo")
     zoo = Z.build_zoo(cache, recipe, log=rq.log)
+    for r in recipe:
+        committed, cached = RESULTS / "zoo" / f"{r.name}-{keys[r.name]}", cache / "zoo" / f"{r.name}-{keys[r.name]}"
+        if r.make != "random" and not (committed / Z.weights_name(r)).is_file():
+            shutil.copytree(cached, committed, dirs_exist_ok=True)
     for name, manifest in zoo.manifests.items():  # what was built, on which CPU, with its hash: committed
         rq.dump(RESULTS / "zoo" / f"{name}.json", {**manifest, "cpu": platform.processor() or platform.machine()})
     folders = [(name, T.write_task(spec, cache)) for name, spec in T.TASKS.items()]
