@@ -70,6 +70,29 @@ def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path) -> None:
     assert b.norm_kinds == a.norm_kinds == ["batch"]
 
 
+def test_an_nnunet_export_starts_norm_only_training_from_its_model_folders_network(tmp_path: Path) -> None:
+    """The deep-supervision seg layers the forward never runs are not re-initialised: were they reset first, the
+    folder's output layer would start from another point of the seed's stream than the export's only one."""
+    from bnrank.engine.bn_only import norm_only_setup
+    from bnrank.engine.ranking import build_candidate
+
+    from . import makers as mk
+
+    task = blob_task()
+    folder, original = mk.write_nnunet_folder(tmp_path / "results", seed=1)
+    exported = om.export(original, tmp_path / "nnunet.onnx")
+    x = torch.randn(2, 1, 16, 16, 16)
+    outputs, trained = [], []
+    for label, path in (("folder", folder), ("onnx", exported)):
+        model, arch, _ = build_candidate(Candidate(label, path), task, seed=0)
+        params, _, _, info = norm_only_setup(model, arch, seed=0)
+        trained.append((sum(p.numel() for p in params), info.head_parameters))
+        with torch.no_grad():
+            outputs.append(model.train()(x))
+    assert trained[0] == trained[1], trained
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+
+
 def test_a_ranking_gives_an_onnx_graph_its_own_random_init_control(tmp_path: Path) -> None:
     exported = om.export(om.network("monai_unet", seed=2), tmp_path / "unet.onnx")
     entries = rank_candidates([Candidate("onnx", exported)], blob_task(), small_config(max_steps=2, val_every=2))
