@@ -57,7 +57,30 @@ def test_the_head_is_resized_for_the_task_and_reported(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 1, 16, 16, 16)).shape[1] == 3
 
 
-def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path) -> None:
+def test_a_head_named_by_the_user_is_that_convolution_and_what_is_computed_from_it(tmp_path: Path) -> None:
+    from bnrank.engine.errors import ArchitectureMismatchError
+    from bnrank.engine.formats.onnx_network import HeadNameError
+
+    original = om.network("unet3d")
+    path = om.export(original, tmp_path / "u.onnx")
+    _, default = load_checkpoint(path)
+    heads = set()
+    for name in ("up_tr64.ops.1.conv1", "up_tr64.ops.1.conv1.weight", "/up_tr64/ops/ops.1/conv1/Conv"):
+        _, report = load_checkpoint(path, head=name, out_channels=3)
+        conversion = report.source["conversion"]
+        assert conversion["head"] == ["out_tr_final_conv", "up_tr64_ops_1_bn1", "up_tr64_ops_1_conv1"], name
+        assert "named by the user" in conversion["head_rule"]
+        assert report.head_reinitialised == ["layers.out_tr_final_conv.weight", "layers.out_tr_final_conv.bias"]
+        heads.add(report.architecture)
+    assert len(heads) == 1 and default.architecture not in heads  # another head, another evaluation
+    with pytest.raises(HeadNameError, match=r"in graph order: .*up_tr64\.up_conv, .*out_tr\.final_conv \("):
+        load_checkpoint(path, head="decoder.seg")
+    weights = save_weights(original, tmp_path / "u.safetensors")
+    with pytest.raises(ArchitectureMismatchError, match="only a converted graph"):
+        load_checkpoint(weights, head="out_tr.final_conv")
+
+
+def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = blob_task()
     config = small_config(max_steps=4, val_every=2)
     original = om.network("unet3d", seed=1)
@@ -68,6 +91,12 @@ def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path) -> None:
     assert a.status == b.status == "ok", (a.error, b.error)
     assert b.score == pytest.approx(a.score, abs=0.02)
     assert b.norm_kinds == a.norm_kinds == ["batch"]
+    from bnrank.cli.table import print_sources
+
+    print_sources([a, b])  # what `bnrank rank` prints under its table: every format, the conversion report
+    printed = capsys.readouterr().out
+    assert "formats: safetensors ×1, onnx ×1" in printed
+    assert "conversion of onnx: ONNX graph, op set 17" in printed and "conversion of pt" not in printed
 
 
 def test_an_nnunet_export_starts_norm_only_training_from_its_model_folders_network(tmp_path: Path) -> None:
