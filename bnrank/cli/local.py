@@ -24,6 +24,7 @@ from bnrank.engine.configs.ranking import RANKING_DEFAULTS, VERIFY_LR, VERIFY_ST
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.formats.conversion import conversion_line
 from bnrank.engine.threads import configure_threads
 
 if TYPE_CHECKING:
@@ -201,7 +202,6 @@ def _no_gamma(model: nn.Module) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bnrank.engine.fitting import load_checkpoint
-    from bnrank.engine.formats.conversion import conversion_line
     from bnrank.engine.gamma import gamma_stats
 
     model, report = load_checkpoint(
