@@ -127,7 +127,10 @@ def test_an_onnx_candidate_ranks_through_the_worker_with_its_control(
     printed = capsys.readouterr().out
     assert "formats: onnx ×1" in printed and "conversion of onnx-ranked: ONNX graph, op set 17" in printed
     assert "norms: BatchNormalization 14" in printed and "up_tr64_ops_1_conv1" in printed
-    with signed_in_client(api, key_of(alice)) as ui:  # the dashboard's ranking page shows the same report
+    ui = signed_in_client(api, key_of(alice))  # the dashboard's ranking page shows the same report
+    try:
         page = ui.get(f"/ui/rankings/{job['id']}").text
+    finally:
+        ui.close()
     row = page.split('data-name="onnx-ranked"', 1)[1].split("</tr>", 1)[0]
     assert "· onnx" in row and "ONNX graph, op set 17" in row and "norms: BatchNormalization 14" in row
