@@ -138,6 +138,11 @@ def test_a_folded_inference_export_is_refused_with_the_reason(tmp_path: Path) ->
     entry = evaluate_candidate(Candidate("folded", folded), blob_task(), small_config(max_steps=2))
     assert entry.status == "failed"
     assert "no normalisation" in entry.error and "TrainingMode.TRAINING" in entry.error
+    from bnrank.engine.errors import CheckpointError
+    from bnrank.engine.inspect_isolated import summarise_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"folds every BatchNorm.*TrainingMode\.TRAINING"):
+        summarise_checkpoint(folded)  # what an upload's inspection answers (422), with the same reason
 
 
 @pytest.mark.parametrize(
