@@ -9,6 +9,10 @@ hostile graphs cost the process that refuses them.
    seeded, ranked on the demo task (MNI brain, 12 subjects, the ranking defaults) from its .safetensors weights
    and from its ONNX export; then a BatchNorm-folded inference export (eval mode, the exporter's default).
    Target: |ONNX − original| ≤ 0.02; the folded export ranks or is refused with the reason.
+4. **Folded exports**: networks whose BatchNorms carry trained-like γ/β and running statistics, scored from their
+   weights, their unfolded export, and their folded (eval-mode) export three ways: as BNRank takes it (refused),
+   with an identity per-channel affine after each convolution that feeds an activation, and with a BatchNorm
+   without affine there (batch statistics again); the last two are patched into the converter for the run.
 3. **Hostile graphs**: an unknown operator, external data pointing outside the file, a 10¹²-element initializer,
    a custom operator domain; each read in a fresh process: refused, and the peak memory it cost.
 
@@ -65,6 +69,7 @@ peak = {_STATUS}
 print(json.dumps({{"outcome": outcome, "seconds": round(took, 3), "added_mib": round(peak["VmHWM"] - base["VmRSS"])}}))
 """
 NETWORKS = ["unet3d", "medicalnet_resnet10", "medicalnet_resnet18", "monai_unet", "monai_basicunet", "nnunet"]
+FOLDED = ["unet3d", "monai_basicunet"]
 
 
 def _run(script: str, path: Path) -> dict[str, Any]:
@@ -140,6 +145,126 @@ def bench_scores(root: Path, networks: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+_ACTIVATIONS = {"Relu", "LeakyRelu", "Elu", "PRelu", "Sigmoid", "Tanh", "Clip"}
+
+
+def _carrying_network(name: str) -> Any:
+    """A seeded network whose BatchNorms carry something to fold: γ in [0.5, 1.5], β ~ N(0, 0.2²), running
+    statistics averaged over four train-mode passes (a fresh network's γ = 1, β = 0, mean 0, var 1 fold into
+    the identity, which would make a folded export look like its original for free)."""
+    import torch
+    from torch import nn
+
+    from tests.engine.formats import onnx_makers as om
+
+    model = om.network(name, seed=1)
+    g = torch.Generator().manual_seed(5)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(torch.empty_like(m.weight).uniform_(0.5, 1.5, generator=g))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            m.momentum = None
+        model.train()
+        for _ in range(4):
+            model(torch.randn(2, 1, 32, 32, 32, generator=g))
+        for m in bns:
+            m.momentum = 0.1
+    return model
+
+
+def _with_folded_norms(how: str) -> Any:
+    """Patch the converter for one evaluation: after every convolution that feeds an activation (where an
+    export folded a BatchNorm) and is not the head, insert ``affine`` (a per-channel scale and shift, identity-
+    initialised: γ/β on the folded features) or ``batchnorm`` (a BatchNorm without affine: batch statistics
+    again, and the identity affine norm-only evaluation inserts after any such norm). Returns the undo."""
+    from torch import nn
+
+    from bnrank.engine import bn_only
+    from bnrank.engine.formats import onnx_network as on
+
+    class ChannelAffine(nn.BatchNorm3d):  # a BatchNorm subclass so the engine finds and trains its γ/β
+        def __init__(self, channels: int) -> None:
+            super().__init__(channels, affine=True, track_running_stats=False)
+
+        def forward(self, x: Any) -> Any:
+            return x * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+
+    reinit, run = bn_only.reinit_head, on.OnnxNetwork._run
+
+    def reinit_and_insert(model: Any, arch: Any, seed: int) -> None:
+        reinit(model, arch, seed)
+        if not isinstance(model, on.OnnxNetwork):
+            return
+        consumers: dict[str, set[str]] = {}
+        for step in model.spec.steps:
+            for name in step.inputs[:1]:
+                consumers.setdefault(name, set()).add(step.op)
+        model.folded = nn.ModuleDict()
+        for step in model.spec.steps:
+            if (step.op in ("Conv", "ConvTranspose") and step.key not in model.spec.head
+                    and consumers.get(step.outputs[0], set()) & _ACTIVATIONS):
+                channels = model.layers[step.key].out_channels
+                model.folded[step.key] = ChannelAffine(channels) if how == "affine" else nn.BatchNorm3d(
+                    channels, affine=False)
+
+    def run_and_apply(self: Any, step: Any, args: Any) -> Any:
+        y = run(self, step, args)
+        folded = getattr(self, "folded", None)
+        return folded[step.key](y) if folded is not None and step.key in folded else y
+
+    bn_only.reinit_head, on.OnnxNetwork._run = reinit_and_insert, run_and_apply
+
+    def undo() -> None:
+        bn_only.reinit_head, on.OnnxNetwork._run = reinit, run
+
+    return undo
+
+
+def bench_folded(root: Path, networks: list[str]) -> list[dict[str, Any]]:
+    """A BatchNorm-folded inference export three ways against its original weights and its unfolded export."""
+    import torch
+
+    from bnrank.engine.checkpoints import save_weights
+    from bnrank.engine.configs.ranking import ranking_config
+    from bnrank.engine.data import PreprocessConfig, open_dataset, preprocess
+    from bnrank.engine.demo_volumes import write_demo_task
+    from bnrank.engine.ranking import Candidate, evaluate_candidate
+    from bnrank.engine.task import make_task
+    from tests.engine.formats import onnx_makers as om
+
+    torch.set_num_threads(2)
+    dataset = write_demo_task(root / "fdata", n_cases=12, seed=0)
+    task = make_task(preprocess(open_dataset(dataset), PreprocessConfig(), cache_root=root / "fcache"), seed=0)
+    config = ranking_config(precision="fp32")
+    rows = []
+    for name in networks:
+        model = _carrying_network(name)
+        files = {
+            "original": save_weights(model, root / f"{name}_carrying.safetensors"),
+            "onnx": om.export(model, root / f"{name}_carrying.onnx", size=32),
+            "folded": om.export(model, root / f"{name}_folded.onnx", keep_norms=False, size=32),
+        }
+        row: dict[str, Any] = {"network": name}
+        for label, path, how in (("original", files["original"], None), ("unfolded", files["onnx"], None),
+                                 ("folded_refused", files["folded"], None),
+                                 ("folded_affine", files["folded"], "affine"),
+                                 ("folded_batchnorm", files["folded"], "batchnorm")):
+            undo = _with_folded_norms(how) if how else None
+            try:
+                entry = evaluate_candidate(Candidate(label, path), task, config)
+            finally:
+                if undo:
+                    undo()
+            row[label] = entry.score if entry.status == "ok" else None
+            row[f"{label}_error"] = entry.error
+            row[f"{label}_kinds"] = entry.norm_kinds
+        rows.append(row)
+        print(f"  {name}: " + ", ".join(f"{k} {row[k]}" for k in ("original", "unfolded", "folded_affine",
+                                                                   "folded_batchnorm")), flush=True)
+    return rows
+
+
 def bench_hostile(root: Path) -> list[dict[str, Any]]:
     from tests.engine.formats import onnx_makers as om
 
@@ -160,6 +285,8 @@ def print_tables(result: dict[str, Any]) -> None:
         print_scores(result)
     if result["hostile"]:
         print_hostile(result)
+    if result.get("folded"):
+        print_folded(result)
 
 
 def print_cost(result: dict[str, Any]) -> None:
@@ -187,6 +314,21 @@ def print_scores(result: dict[str, Any]) -> None:
             print(f"    {r['onnx_error'][:300]}")
 
 
+def print_folded(result: dict[str, Any]) -> None:
+    print("\nBatchNorm-folded inference export (BatchNorms carrying γ/β and running statistics), demo task")
+    print(f"{'network':<18} {'original':>9} {'unfolded':>9} {'+affine':>9} {'Δ':>7} {'+BN':>9} {'Δ':>7}  folded as is")
+    def f(v: Any) -> str:
+        return f"{v:.4f}" if v is not None else "–"
+
+    for r in result["folded"]:
+        def d(v: Any, base: Any = r["original"]) -> str:
+            return f"{v - base:+.4f}" if v is not None and base is not None else "–"
+
+        refused = "refused" if r["folded_refused"] is None else f(r["folded_refused"])
+        print(f"{r['network']:<18} {f(r['original']):>9} {f(r['unfolded']):>9} {f(r['folded_affine']):>9} "
+              f"{d(r['folded_affine']):>7} {f(r['folded_batchnorm']):>9} {d(r['folded_batchnorm']):>7}  {refused}")
+
+
 def print_hostile(result: dict[str, Any]) -> None:
     print("\nHostile ONNX files, each read in a fresh process")
     print(f"{'file':<30} {'s':>6} {'added MiB':>10}  outcome")
@@ -201,6 +343,7 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, help="take the cost and hostile rows from this saved run, run scores")
     parser.add_argument("--only-scores", action="store_true", help="only the scores table")
     parser.add_argument("--networks", nargs="*", default=NETWORKS, help="networks of the scores table")
+    parser.add_argument("--folded", nargs="*", default=FOLDED, help="networks of the folded-export table")
     parser.add_argument("--from", dest="source", type=Path, help="print the tables of a saved run")
     args = parser.parse_args()
     if args.source:
@@ -220,6 +363,7 @@ def main() -> None:
         if earlier:
             result["cost_and_hostile_from"] = earlier["when"]
         result["scores"] = [] if args.skip_scores else bench_scores(root, args.networks)
+        result["folded"] = [] if args.skip_scores else bench_folded(root, args.folded)
     part = "-scores" if args.only_scores else "-cost" if args.skip_scores else ""  # parts run side by side
     out = ROOT / "bench" / "results" / "onnx_conversion" / f"{result['when'].replace(':', '')}{part}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,16 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /var/l
     && chown -R bnrank:bnrank /var/lib/bnrank \
     && python -m venv "$VIRTUAL_ENV"
 
+# bubblewrap: the box BNRANK_SANDBOX=bwrap converts TorchScript archives of unknown architectures in
+# (bnrank/engine/sandbox.py). Installed in every image, used only where the setting is on; the container then
+# also needs the namespaces bubblewrap makes (docker/compose.sandbox.yml, docs/deploy.md). Not pinned: the
+# version is the base image's Debian release's, which the base image tag already fixes.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/* \
+    && bwrap --version
+
 # 1. torch alone, the largest layer and the one that changes least.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL" \
     && python -c "import torch; assert torch.version.cuda is None, 'expected the CPU build of torch'"

@@ -122,6 +122,7 @@ def read_work(
             path=ctx.blobs.fetch(ckpt.blob_path, ckpt.sha256),
             architecture=None if ckpt.network_def else ckpt.architecture,
             network_def=ckpt.network_def,
+            head=ckpt.head,
         )
     return work
 

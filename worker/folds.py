@@ -83,6 +83,7 @@ class AlchemyUnit(FoldUnit):
                 out=out,
                 architecture=work.candidate.architecture,
                 network_def=work.candidate.network_def,
+                head=work.candidate.head,
                 dataset_name=work.dataset_uri,
                 on_progress=reporter.update,
             )
@@ -133,6 +134,7 @@ class ProbeUnit(FoldUnit):
                 draws=options.draws,
                 architecture=work.candidate.architecture,
                 network_def=work.candidate.network_def,
+                head=work.candidate.head,
                 dataset_name=work.dataset_uri,
                 on_progress=reporter.update,
             )

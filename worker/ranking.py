@@ -70,16 +70,17 @@ def run_cascade_row(
     return entry
 
 
-def graph_source(ctx: WorkerContext, s: Session, job_id: str, architecture: str) -> Path | None:
-    """The blob of a candidate of this job whose architecture is ``architecture`` (an ONNX graph's): a worker
-    process that has not read one cannot build the graph's random-init control by name."""
-    blob = s.scalars(
-        select(Checkpoint.blob_path)
+def graph_source(ctx: WorkerContext, s: Session, job_id: str, architecture: str) -> tuple[Path, str | None] | None:
+    """The blob of a candidate of this job whose architecture is ``architecture`` (an ONNX graph's), and the head
+    its uploader named: a worker process that has not read one cannot build the graph's random-init control by
+    name (the name covers the head, so the graph is read with the same one)."""
+    row = s.execute(
+        select(Checkpoint.blob_path, Checkpoint.head)
         .join(RankingEntry, RankingEntry.checkpoint_id == Checkpoint.id)
         .where(RankingEntry.job_id == job_id, Checkpoint.architecture == architecture)
         .limit(1)
     ).first()
-    return ctx.blobs.path(blob) if blob is not None else None
+    return (ctx.blobs.path(row.blob_path), row.head) if row is not None else None
 
 
 class RankingUnit(Unit):
@@ -117,7 +118,8 @@ class RankingUnit(Unit):
             raise BNRankError(work.problem)
         assert work.candidate is not None and work.dataset_uri is not None and work.params is not None
         if work.graph_source is not None:
-            remember_graph(work.graph_source)
+            path, head = work.graph_source
+            remember_graph(path, head=head)
         config = work.params.train_config(device=ctx.device)
         data = ctx.task_data(work.dataset_uri, work.skip_cases, config.seed)
         reporter.update(0, config.max_steps, f"{work.name}: starting")

@@ -38,5 +38,5 @@ class Work:
     """The seed a ranking entry runs at where it is not the ranking's own (cascade control and race seeds)."""
     fold: int | None = None
     """The fold of a job run once per fold (None for a ranking entry)."""
-    graph_source: Path | None = None
+    graph_source: tuple[Path, str | None] | None = None
     """For the control of an ONNX graph: a candidate's file, read first so the graph's architecture is known."""

@@ -70,6 +70,7 @@ def cmd_alchemy(args: argparse.Namespace) -> int:
     common = {
         "architecture": args.architecture,
         "network_def": network_def,
+        "head": args.head,
         "dataset_name": str(dataset.root),
         "on_progress": progress_printer(args.quiet),
     }
@@ -204,6 +205,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         draws=probe.draws,
         architecture=args.architecture,
         network_def=network_def,
+        head=args.head,
         dataset_name=str(dataset.root),
         on_progress=progress_printer(args.quiet),
     )

@@ -98,8 +98,10 @@ class Client:
         name: str | None = None,
         modality: str | None = None,
         architecture: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Upload a file (httpx streams it from disk); the service answers 201, or 200 for a re-upload.
+        ``options`` are the per-checkpoint ones (`CandidateOptions`: head), sent where given.
 
         Sent as the raw body with the fields in the query, the service's faster path (nothing to parse;
         docs/benchmarks.md, issue 14) rather than as a multipart form.
@@ -110,6 +112,7 @@ class Client:
             fields["modality"] = modality
         if architecture:
             fields["architecture"] = architecture
+        fields.update({k: str(v) for k, v in (options or {}).items() if v is not None})
         with _as_upload(path) as f:
             response = self.http.post(
                 "/v1/checkpoints", params=fields, content=f, headers={"Content-Type": "application/octet-stream"}

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from bnrank.cli.options import add_budget, add_flags, build, local_options, values
 from bnrank.cli.table import print_ranking
+from bnrank.engine.configs.candidate import CandidateOptions
 from bnrank.engine.configs.gamma import DEFAULT_THRESHOLD
 from bnrank.engine.configs.pretrain import PretrainConfig
 from bnrank.engine.configs.ranking import RANKING_DEFAULTS, VERIFY_LR, VERIFY_STEPS, RankConfig, ranking_config
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
+from bnrank.engine.formats.conversion import conversion_line
 from bnrank.engine.threads import configure_threads
 
 if TYPE_CHECKING:
@@ -83,10 +85,12 @@ def read_network_def(path: str | None) -> dict[str, Any] | None:
 
 
 def add_network_flags(p: argparse.ArgumentParser) -> None:
-    """--architecture or --network-def: how a checkpoint's network is built, when its keys do not say."""
+    """--architecture or --network-def: how a checkpoint's network is built, when its keys do not say; and the
+    per-checkpoint options (`CandidateOptions`: --head)."""
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--architecture", help="registered architecture (default: recognised from the keys)")
     arch.add_argument("--network-def", help="JSON file describing a MONAI network (allow-listed classes only)")
+    add_flags(p, local_options(CandidateOptions))
 
 
 # -------------------------------------------------------------------------------------------- rank
@@ -105,7 +109,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     dataset, task = load_task(args)
     network_def = read_network_def(args.network_def)
     candidates = [
-        Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def)
+        Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def, head=args.head)
         for p in args.checkpoints
     ]
     how = "LogME (forward passes only)" if args.method == "logme" else f"{config.max_steps} steps each"
@@ -198,11 +202,11 @@ def _no_gamma(model: nn.Module) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bnrank.engine.fitting import load_checkpoint
-    from bnrank.engine.formats.conversion import conversion_line
     from bnrank.engine.gamma import gamma_stats
 
     model, report = load_checkpoint(
-        args.checkpoint, architecture=args.architecture, network_def=read_network_def(args.network_def)
+        args.checkpoint, architecture=args.architecture, network_def=read_network_def(args.network_def),
+        head=args.head,
     )
     stats = gamma_stats(model, threshold=args.threshold)
     n_params = sum(p.numel() for p in model.parameters())
@@ -300,8 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("inspect", help="architecture, load report and raw γ statistics of a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--architecture")
-    p.add_argument("--network-def")
+    add_network_flags(p)
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="|γ| counted as near zero (%(default)s)")
     p.add_argument("--json", help="write the report and γ statistics here")
     p.set_defaults(func=cmd_inspect)

@@ -22,6 +22,7 @@ from bnrank.cli.client import TERMINAL, ApiError, Client
 from bnrank.cli.options import add_flags, add_remote_budget, remote_budget, remote_options, values
 from bnrank.cli.table import print_ranking as print_engine_ranking
 from bnrank.engine.configs.alchemy import AlchemyConfig
+from bnrank.engine.configs.candidate import CandidateOptions
 from bnrank.engine.configs.probe import ProbeConfig
 from bnrank.engine.configs.ranking import RankConfig
 from bnrank.engine.entries import RankingResult, entry_from_view
@@ -144,7 +145,8 @@ def _remote(args: argparse.Namespace, client: Client) -> int:
     if command == "upload":
         for path in args.files:
             ckpt = client.upload_checkpoint(
-                path, name=args.name, modality=args.modality, architecture=args.architecture
+                path, name=args.name, modality=args.modality, architecture=args.architecture,
+                options=values(args, remote_options(CandidateOptions), service_default=True),
             )
             print(f"{ckpt['id']}  {ckpt['name']}  {ckpt['architecture']}  sha256 {ckpt['sha256'][:12]}")
     elif command == "checkpoints":
@@ -213,6 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--name", help="default: the file name")
     r.add_argument("--modality", choices=["CT", "MR", "other"])
     r.add_argument("--architecture", help="default: recognised from the keys")
+    add_flags(r, remote_options(CandidateOptions), service_default=True)
 
     r = remote.add_parser("checkpoints", help="list uploaded checkpoints")
     r.add_argument("--modality")

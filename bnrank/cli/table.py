@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bnrank.engine.entries import RankEntry, RankingResult
+from bnrank.engine.formats.conversion import conversion_line
 
 
 def _fmt(x: float | None) -> str:
@@ -33,6 +34,23 @@ def _trained(entry: RankEntry) -> str:
 
 def _share(x: float | None) -> str:
     return f"{x:7.1%}" if x is not None else f"{'-':>7}"
+
+
+def print_sources(entries: list[RankEntry]) -> None:
+    """Each candidate's file format, and for a converted graph (ONNX, TorchScript through the sandbox) its
+    conversion report: operators, norms found, affines inserted, head chosen."""
+    loaded = [e for e in entries if not e.is_control and e.load_report]
+    if not loaded:
+        return
+    counts: dict[str, int] = {}
+    for e in loaded:
+        fmt = str(e.load_report.get("format") or "?")  # type: ignore[union-attr]
+        counts[fmt] = counts.get(fmt, 0) + 1
+    print("formats: " + ", ".join(f"{fmt} ×{n}" for fmt, n in counts.items()))
+    for e in loaded:
+        line = conversion_line((e.load_report or {}).get("source"))
+        if line:
+            print(f"conversion of {e.checkpoint}: {line}")
 
 
 def print_ranking(result: RankingResult, logme: dict[str, float | None] | None = None) -> None:
@@ -66,6 +84,7 @@ def print_ranking(result: RankingResult, logme: dict[str, float | None] | None =
         if e.status != "ok":
             line = f"{rank:>4}  {'FAILED':>6}  {e.checkpoint}: {e.error}"
         print(line)
+    print_sources(result.entries)
     if result.cascade is not None:
         print_cascade(result.cascade)
         return

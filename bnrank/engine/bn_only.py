@@ -55,9 +55,12 @@ class TrainedNorms:
 
 
 def head_modules(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.Module]]:
-    """Modules owning the head's parameters, in a fixed (sorted) order so re-initialisation is reproducible."""
+    """Modules owning the head's parameters, in a fixed (sorted) order so re-initialisation is reproducible;
+    those the forward never runs (`Architecture.idle_head`) left out, so the head that computes the output is
+    reset from the same point of the seed's stream as in an export of the network without them."""
     modules = dict(model.named_modules())
-    names = sorted({key.rsplit(".", 1)[0] for key in head_keys(model, arch)})
+    idle = arch.idle_head(model) if arch.idle_head is not None else set()
+    names = sorted({key.rsplit(".", 1)[0] for key in head_keys(model, arch)} - idle)
     return [(n, modules[n]) for n in names if n in modules]
 
 

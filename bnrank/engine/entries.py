@@ -126,4 +126,18 @@ def entry_from_view(view: Mapping[str, Any]) -> RankEntry:
         p_best=view.get("p_best"),
         tied_with=list(view.get("tied_with") or []),
         halving_round=view.get("halving_round"),
+        load_report=_served_source(view),
     )
+
+
+def _served_source(view: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The part of a load report a served entry carries (its format, a converted graph's report), in the
+    engine's shape (``load_report["source"]["conversion"]``), so one printer reads local and served rankings."""
+    if view.get("format") is None:
+        return None
+    conversion = view.get("conversion")
+    source: dict[str, Any] = {}
+    if isinstance(conversion, Mapping):
+        source = {k: conversion[k] for k in ("opset", "producer", "converted") if k in conversion}
+        source["conversion"] = dict(conversion)
+    return {"format": view["format"], "source": source}

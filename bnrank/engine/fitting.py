@@ -124,16 +124,18 @@ def load_checkpoint(
     min_match: float = MIN_MATCH,
     max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
+    head: str | None = None,
 ) -> tuple[nn.Module, LoadReport]:
     """Build the checkpoint's architecture for a task with ``out_channels`` classes and load the weights.
 
-    Without ``out_channels`` the head keeps the checkpoint's own class count (for inspection).
+    Without ``out_channels`` the head keeps the checkpoint's own class count (for inspection). ``head`` names
+    the convolution a converted graph's head starts at (default: the one feeding the output).
     ``max_bytes`` bounds reading the file, ``max_parameters`` the network built for it (checked before
     anything is allocated).
     """
     state, meta = read_state_dict(path, max_bytes=max_bytes)
     try:
-        arch, kwargs = architecture_for(Path(path), state, meta, architecture, network_def, max_parameters)
+        arch, kwargs = architecture_for(Path(path), state, meta, architecture, network_def, max_parameters, head)
     except UnknownArchitectureError:
         if meta["format"] != "torchscript" or not sandbox.enabled():
             raise
@@ -141,7 +143,7 @@ def load_checkpoint(
         converted = sandbox.converted_torchscript(Path(path), state)
         model, report = load_checkpoint(
             converted, out_channels=out_channels, in_channels=in_channels, min_match=min_match,
-            max_bytes=max_bytes, max_parameters=max_parameters,
+            max_bytes=max_bytes, max_parameters=max_parameters, head=head,
         )
         report.format = "torchscript"
         report.source["converted"] = "TorchScript archive exported to ONNX in the sandbox (BNRANK_SANDBOX)"
@@ -182,11 +184,11 @@ def check_parameter_count(arch: Architecture, kwargs: Mapping[str, Any], max_par
     return count
 
 
-def remember_graph(path: str | Path, *, max_bytes: int | None = None) -> str:
+def remember_graph(path: str | Path, *, max_bytes: int | None = None, head: str | None = None) -> str:
     """Read a file whose network is its own graph (ONNX, or TorchScript through the sandbox) and remember the
     architecture by name, so a random-init control named after it can be built in this process; returns the name.
 
     A worker evaluating a control row has not necessarily read the candidate it stands for."""
     kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
-    _, report = load_checkpoint(path, **kwargs)
+    _, report = load_checkpoint(path, head=head, **kwargs)
     return report.architecture

@@ -94,6 +94,7 @@ def summarise_checkpoint(
     threshold: float = DEFAULT_THRESHOLD,
     max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
+    head: str | None = None,
 ) -> CheckpointSummary:
     """Load the checkpoint as a worker will and summarise it, in this process (the child's work)."""
 
@@ -103,9 +104,11 @@ def summarise_checkpoint(
         network_def=network_def,
         max_bytes=max_bytes,
         max_parameters=max_parameters,
+        head=head,
     )
     if not has_norm(model):  # norm-only evaluation, alchemy and the probe would all refuse it: say so now
-        raise CheckpointError(no_norm_message(report.architecture))
+        hint = getattr(model, "no_norm_hint", "")  # a converted graph says why it has none (a folded export)
+        raise CheckpointError(no_norm_message(report.architecture) + (f". {hint}" if hint else ""))
     gamma = gamma_stats(model, threshold=threshold)
     kwargs = dict(report.build_kwargs)
     if network_def is None and isinstance(report.source.get("network_def"), dict):
@@ -202,6 +205,7 @@ def inspect_checkpoint_isolated(
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     threads: int = 1,
     sandbox_mode: str | None = None,
+    head: str | None = None,
 ) -> CheckpointSummary:
     """`summarise_checkpoint` in a child process limited to `memory_limit_mib` and `time_limit_s`.
 
@@ -217,6 +221,7 @@ def inspect_checkpoint_isolated(
         "threshold": threshold,
         "max_bytes": max_bytes,
         "max_parameters": max_parameters,
+        "head": head,
     }
     reply = isolation.run_isolated(
         _child,

@@ -220,11 +220,12 @@ def probe_checkpoint(
     draws: int = DEFAULT_DRAWS,
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
+    head: str | None = None,
     dataset_name: str = "",
     on_progress: ProgressFn | None = None,
 ) -> ProbeResult:
     model, arch, _ = prepare_model(
-        checkpoint, data, "finetune", config.seed, architecture=architecture, network_def=network_def
+        checkpoint, data, "finetune", config.seed, architecture=architecture, network_def=network_def, head=head
     )
     result = gamma_probe(model, arch, data, config, thresholds, draws=draws, on_progress=on_progress)
     result.architecture = arch.name

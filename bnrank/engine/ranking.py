@@ -48,6 +48,8 @@ class Candidate:
     architecture: str | Architecture | None = None
     network_def: Mapping[str, Any] | None = None
     build_kwargs: dict[str, Any] = field(default_factory=dict)
+    head: str | None = None
+    """The convolution a converted graph's head starts at, as named by the user (None: found in the graph)."""
 
     @property
     def is_control(self) -> bool:
@@ -69,6 +71,7 @@ def build_candidate(
         in_channels=data.in_channels,
         architecture=candidate.architecture,
         network_def=candidate.network_def,
+        head=candidate.head,
     )
     arch, _ = resolve_architecture(
         {}, report.architecture if candidate.network_def is None else None, candidate.network_def

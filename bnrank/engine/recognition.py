@@ -110,8 +110,48 @@ def architecture_for(
     architecture: str | Architecture | None,
     network_def: Mapping[str, Any] | None,
     max_parameters: int,
+    head: str | None = None,
 ) -> tuple[Architecture, dict[str, Any]]:
-    """The architecture and build options: from the file's own description where it has one, else resolved."""
+    """The architecture and build options: from the file's own description where it has one, else resolved.
+
+    ``head`` names the convolution a converted graph's head starts at (`onnx_network.with_named_head`); a
+    network BNRank rebuilds itself has its head declared by its architecture, so naming one there is refused."""
+    if meta.get("onnx") is not None:
+        return _graph_architecture(meta, head)
+    found = _rebuilt_architecture(path, state, meta, architecture, network_def, max_parameters)
+    if head is not None:  # after resolving: an archive BNRank cannot rebuild goes to the sandbox, head and all
+        raise ArchitectureMismatchError(
+            f"{path.name}: a head is named ({head!r}), but only a converted graph (ONNX, or TorchScript through the "
+            f"sandbox) takes one; this {meta['format']} file's network has its head declared by its architecture"
+        )
+    return found
+
+
+def _graph_architecture(meta: Mapping[str, Any], head: str | None) -> tuple[Architecture, dict[str, Any]]:
+    """A converted graph's architecture, with the head named by the user, a recognised family's, or the graph's."""
+    spec = meta["onnx"]
+    try:  # an export of a registered network keeps its state-dict names: take that family's head
+        family, _ = recognise(spec.weight_shapes)
+    except UnknownArchitectureError:
+        family = None
+    if head is not None:
+        spec = onnx_network.with_named_head(spec, head)
+    elif family is not None and family.head:
+        spec = onnx_network.with_head(spec, family.head, family.name)
+    if spec is not meta["onnx"] and isinstance(meta.get("source"), dict):  # the report shows the head used
+        meta["source"]["conversion"] = spec.report()
+    arch = onnx_network.onnx_architecture(spec)
+    return _DESCRIBED.setdefault(arch.name, arch), onnx_network.channels(meta["onnx"])
+
+
+def _rebuilt_architecture(
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    architecture: str | Architecture | None,
+    network_def: Mapping[str, Any] | None,
+    max_parameters: int,
+) -> tuple[Architecture, dict[str, Any]]:
     described = meta.get("architecture")
     if described is not None:
         declared = architecture.name if isinstance(architecture, Architecture) else architecture
@@ -123,18 +163,6 @@ def architecture_for(
             )
         kwargs = {**meta["build_kwargs"], **_described_channels(state)}
         return get_architecture(described), kwargs
-    if meta.get("onnx") is not None:
-        spec = meta["onnx"]
-        try:  # an export of a registered network keeps its state-dict names: take that family's head
-            family, _ = recognise(spec.weight_shapes)
-        except UnknownArchitectureError:
-            family = None
-        if family is not None and family.head:
-            spec = onnx_network.with_head(spec, family.head, family.name)
-            if isinstance(meta.get("source"), dict):  # the load report shows the head actually used
-                meta["source"]["conversion"] = spec.report()
-        arch = onnx_network.onnx_architecture(spec)
-        return _DESCRIBED.setdefault(arch.name, arch), onnx_network.channels(meta["onnx"])
     if network_def is None and architecture is None and meta.get("network_def") is not None:
         bundle_def = meta["network_def"]
         kwargs = {k: bundle_def[k] for k in ("in_channels", "out_channels") if isinstance(bundle_def.get(k), int)}

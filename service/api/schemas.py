@@ -74,6 +74,7 @@ class CheckpointOut(BaseModel):
     n_parameters: int
     n_bn_channels: int
     modality: str | None
+    head: str | None = Field(default=None, description="a converted graph's head as the uploader named it")
     load_report: dict[str, Any]
     gamma_summary: dict[str, Any] | None = Field(default=None, description="raw γ statistics (as uploaded)")
     created_at: datetime
@@ -233,6 +234,17 @@ class EntryOut(BaseModel):
     inserted_affines: list[str] = Field(
         default_factory=list,
         description="layers without affine after which an identity affine was inserted (not in the checkpoint)",
+    )
+    format: str | None = Field(
+        default=None, description="the candidate's file format (safetensors, pytorch, torchscript, onnx, nnunet, ...); "
+        "None for a control and until the entry has run",
+    )
+    conversion: dict[str, Any] | None = Field(
+        default=None,
+        description="a converted graph's report (ONNX, or TorchScript exported in the sandbox): operators, norms "
+        "found, norms without affine (identity affines inserted), the head chosen and by which rule, spatial dims, "
+        "the op set and producer, and (converted) how a TorchScript archive became the graph; None for a network "
+        "BNRank rebuilds itself",
     )
     tie_group: int | None = Field(
         default=None, description="entries with the same group cannot be told apart at this budget (1 = the top)"

@@ -32,11 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from bnrank.engine.architectures import ARCHITECTURES
+from bnrank.engine.configs.candidate import MAX_HEAD_NAME, CandidateOptions
+from bnrank.engine.options import offered
 from service.core.blobs import BlobStore, BlobTooLarge, BlobWriter
 from service.core.checkpoints import Declared
 
 FIELD_LIMIT = 64 * 1024  # a text field larger than this is not a name or a JSON network definition
-FORM_FIELDS = ("name", "modality", "architecture", "network_def")  # the only text fields, each at most once
+CANDIDATE_FIELDS = tuple(o.name for o in offered(CandidateOptions, "api"))  # declared per checkpoint (head)
+# the only text fields, each at most once
+FORM_FIELDS = ("name", "modality", "architecture", "network_def", *CANDIDATE_FIELDS)
 PIECE_BYTES = 4 * 1024 * 1024  # the writer thread hashes and writes the file in pieces of this size
 # Multipart headers and the text fields, allowed on top of the file size limit: every field at its limit,
 # plus room for part headers. The whole body is held to this, before the file part and after it.
@@ -350,7 +354,7 @@ def checkpoint_form(upload: ParsedUpload) -> Declared:
     fields = upload.fields
     unknown = sorted(set(fields) - set(FORM_FIELDS))
     if unknown:
-        raise UploadError(422, f"unknown form field(s) {', '.join(unknown)}; allowed: name, modality, architecture")
+        raise UploadError(422, f"unknown form field(s) {', '.join(unknown)}; allowed: {', '.join(FORM_FIELDS)}")
     name = (fields.get("name") or upload.filename or "").strip()
     if not name:
         raise UploadError(422, "form field 'name' is required (or send a file name)")
@@ -370,4 +374,7 @@ def checkpoint_form(upload: ParsedUpload) -> Declared:
     elif architecture is not None and architecture not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
         raise UploadError(422, f"form field 'architecture': unknown architecture {architecture!r}; known: {known}")
-    return Declared(name, modality, architecture, network_def)
+    head = fields.get("head") or None
+    if head is not None and (len(head) > MAX_HEAD_NAME or "\x00" in head):
+        raise UploadError(422, f"field 'head' must be a layer name of at most {MAX_HEAD_NAME} characters, no NUL")
+    return Declared(name, modality, architecture, network_def, head)

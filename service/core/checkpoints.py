@@ -69,6 +69,8 @@ class Declared:
     modality: str | None = None
     architecture: str | None = None
     network_def: dict[str, Any] | None = None
+    head: str | None = None
+    """A converted graph's head, named by the uploader (`CandidateOptions.head`)."""
 
 
 @dataclass
@@ -93,6 +95,7 @@ def inspect_checkpoint(
     threshold: float,
     label: str,
     limits: InspectLimits,
+    head: str | None = None,
 ) -> CheckpointInfo:
     """Load the checkpoint as the worker will, in a limited child process; CheckpointRejected (422) or
     CheckpointTooLarge (413) with the reason when it cannot be used. Blocks: call it off the event loop."""
@@ -106,6 +109,7 @@ def inspect_checkpoint(
             memory_limit_mib=limits.memory_limit_mib,
             time_limit_s=limits.time_limit_s,
             sandbox_mode=limits.sandbox,
+            head=head,
         )
     except (CheckpointTooLargeError, NetworkTooLargeError) as exc:  # too large, whatever the format: 413
         raise CheckpointTooLarge(f"{label}: {str(exc).replace(path.name + ': ', '')}") from exc
@@ -150,6 +154,7 @@ def _new_record(
         architecture=info.architecture,
         build_kwargs=kwargs,
         network_def=declared.network_def if declared.network_def is not None else info.network_def,
+        head=declared.head,
         in_channels=kwargs.get("in_channels"),
         out_channels=kwargs.get("out_channels"),
         n_parameters=info.n_parameters,
@@ -191,6 +196,7 @@ def record_checkpoint(
             threshold=threshold,
             label=f"checkpoint {declared.name!r}",
             limits=limits,
+            head=declared.head,
         )
     blob_path = store.commit(writer)
     try:
@@ -222,6 +228,12 @@ def _check_same_declaration(existing: Checkpoint, declared: Declared) -> None:
             f"these bytes are already checkpoint {existing.id!r} ({existing.name!r}), stored with "
             f"{'another' if existing.network_def is not None else 'no'} network_def; delete it first to upload "
             "them with this one"
+        )
+    if declared.head is not None and declared.head != existing.head:
+        raise Conflict(
+            f"these bytes are already checkpoint {existing.id!r} ({existing.name!r}), stored with "
+            f"{'head ' + repr(existing.head) if existing.head is not None else 'the head the graph gives'}; delete "
+            "it first to upload them with this one"
         )
 
 

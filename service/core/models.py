@@ -120,6 +120,8 @@ class Checkpoint(Base):
     architecture: Mapped[str] = mapped_column(String(100))
     build_kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     network_def: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    head: Mapped[str | None] = mapped_column(String(300), default=None)
+    """A converted graph's head as its uploader named it (`CandidateOptions.head`); None: the graph's own."""
     in_channels: Mapped[int | None] = mapped_column(Integer)
     out_channels: Mapped[int | None] = mapped_column(Integer)
     n_parameters: Mapped[int] = mapped_column(BigInteger)

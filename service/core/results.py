@@ -98,6 +98,18 @@ def norm_view(row: RankingEntry) -> dict[str, Any]:
     }
 
 
+def source_view(row: RankingEntry) -> dict[str, Any]:
+    """The EntryOut fields of where the candidate came from: its file format and, for a converted graph, the
+    conversion report (operators, norms found, norms without affine, head chosen); empty until it has run."""
+    report = row.load_report or {}
+    source = report.get("source") or {}
+    conversion = source.get("conversion")
+    if not isinstance(conversion, dict):
+        return {"format": report.get("format"), "conversion": None}
+    extra = {k: source[k] for k in ("opset", "producer", "converted") if source.get(k) is not None}
+    return {"format": report.get("format"), "conversion": {**conversion, **extra}}
+
+
 def rank_entry(row: RankingEntry) -> RankEntry:
     """A stored entry as the engine's ``RankEntry``, keyed by row id, for the engine's ordering and stability."""
     return RankEntry(
@@ -133,6 +145,7 @@ def entry_view(row: RankingEntry, gamma: GammaByPhase, ties: Mapping[str, Any] |
         "curve": list(row.curve or []),
         "error": row.error,
         **norm_view(row),
+        **source_view(row),
         "tie_group": ties.get("tie_group"),
         "p_best": ties.get("p_best"),
         "tied_with": list(ties.get("tied_with") or []),

@@ -155,6 +155,8 @@ def ranking_page(session: Session, owner: str, job_id: str) -> dict[str, Any]:
         v["share_below"] = after.get("share_below")
         v["share_below_relative"] = after.get("share_below_relative")
         v["histogram"] = _histogram(hists.get(v["id"]), f"γ of {v['name']}")
+        conversion = v.get("conversion")
+        v["conversion_line"] = conversion_line({**conversion, "conversion": conversion}) if conversion else None
     curve_chart = charts.curves(
         [
             (v["name"], [(p["step"], s) for p in v["curve"] if (s := point_value(p)) is not None])

@@ -21,6 +21,7 @@ TORCH_FREE = (
     "bnrank.engine.errors",
     "bnrank.engine.entries",
     "bnrank.engine.threads",
+    "bnrank.engine.formats.conversion",  # the conversion report as text: reads a dict (the package is a docstring)
 )
 ENGINE_RUNTIME = ("bnrank.engine.", "torch", "scipy")
 # The modules allowed function-level imports of the service stack (their docstrings say why).

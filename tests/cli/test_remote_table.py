@@ -16,7 +16,16 @@ SERVED = {
             "name": "good.safetensors", "status": "ok", "rank": 1, "score": 0.8123, "dice_per_class": {"brain": 0.8123},
             "gamma": {"after_bn": {"share_below": 0.25, "change": {"mean_abs_delta": 0.0321}}}, "curve": [],
             "steps": 20, "seconds": 3.5, "error": None, "is_control": False, "architecture": "unet3d",
-            "norm_kinds": ["batch"], "trained_parameters": 1234, "tie_group": 1,
+            "norm_kinds": ["batch"], "trained_parameters": 1234, "tie_group": 1, "format": "safetensors",
+        },
+        {
+            "name": "graph.onnx", "status": "ok", "rank": 2, "score": 0.7, "dice_per_class": {"brain": 0.7},
+            "gamma": {}, "curve": [], "steps": 20, "seconds": 3.0, "error": None, "is_control": False,
+            "architecture": "onnx:0123abcd", "norm_kinds": ["batch"], "format": "onnx",
+            "conversion": {
+                "operators": {"Conv": 18, "BatchNormalization": 14, "Relu": 14}, "norms": {"BatchNormalization": 14},
+                "norms_without_affine": 0, "head": ["out_tr_final_conv"], "head_rule": "unet3d's head", "opset": 17,
+            },
         },
         {
             "name": "broken.pt", "status": "failed", "rank": None, "score": None, "dice_per_class": {}, "gamma": {},
@@ -45,5 +54,10 @@ def test_a_served_ranking_prints_as_the_local_table_without_torch_or_the_service
     assert top.split()[:3] == ["1", "0.812", "0.812"]  # rank, score, the class's Dice
     assert " 25.0%" in top and "0.0321" in top and "1,234" in top and "batch" in top
     assert "   -  FAILED  broken.pt: unsafe pickle" in done.stdout
+    assert "formats: safetensors ×1, onnx ×1" in done.stdout  # each candidate's source, and a graph's conversion
+    assert "conversion of graph.onnx: ONNX graph, op set 17: 46 nodes (Conv 18, BatchNormalization 14, Relu 14)" in (
+        done.stdout
+    )
+    assert "norms: BatchNormalization 14; head: out_tr_final_conv" in done.stdout
     assert "ties: the top 2 are tied at this budget (good, other); P(rank 1 is best) = 0.61" in done.stdout
     assert "Kendall τ = 1.00, same top-1: yes" in done.stdout

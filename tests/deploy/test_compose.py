@@ -32,6 +32,7 @@ ROOT = REPO
 DOCKERIGNORE = ROOT / ".dockerignore"
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"api": DOCKER / "api.Dockerfile", "worker": DOCKER / "worker.Dockerfile"}
+SANDBOX_OVERRIDE = "docker/compose.sandbox.yml"
 ENTRYPOINTS = {name: DOCKER / f"entrypoint-{name}.sh" for name in ("api", "worker", "migrate")}
 VENV_BIN = Path(sys.executable).parent
 INSTALL_HINT = "it is a dev dependency: .venv/bin/pip install -e '.[dev]'"
@@ -609,6 +610,42 @@ def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
         ".pytest_cache/x",
     ):
         assert _dockerignored(path), f".dockerignore should drop {path}"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_hold_bubblewrap_for_the_sandbox(image: str) -> None:
+    runs = [args for kw, args in _instructions(DOCKERFILES[image]) if kw == "RUN"]
+    install = next((r for r in runs if "apt-get install" in r and re.search(r"\bbubblewrap\b", r)), None)
+    assert install is not None, f"{DOCKERFILES[image].name} does not install bubblewrap (BNRANK_SANDBOX=bwrap)"
+    assert "bwrap --version" in install and "rm -rf /var/lib/apt/lists" in install
+
+
+def test_the_sandbox_override_lets_the_services_that_load_uploads_make_their_box(tmp_path: Path) -> None:
+    """docker/compose.sandbox.yml merged over the stack: the API and every worker get BNRANK_SANDBOX=bwrap and
+    the namespaces and mounts bubblewrap needs; nothing else of theirs changes, no other service is touched."""
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    shutil.copytree(DOCKER, tmp_path / "docker")
+    models = {}
+    for name, files in (("base", ["docker-compose.yml"]), ("sandbox", ["docker-compose.yml", SANDBOX_OVERRIDE])):
+        flags = [arg for f in files for arg in ("-f", f)] + ["--profile", "cpu", "--profile", "remote"]
+        result = _run(
+            [_compose_binary(), "--project-directory", str(tmp_path), *flags, "config", "--format", "json"],
+            env=_clean_env(HOME=str(tmp_path)),
+        )
+        assert result.returncode == 0, result.stderr
+        models[name] = json.loads(result.stdout)["services"]
+    sandboxed = {"api", "worker", "worker-cpu", "worker-remote"}
+    assert set(models["sandbox"]) == set(models["base"])
+    for service, base in models["base"].items():
+        merged = models["sandbox"][service]
+        if service not in sandboxed:
+            assert merged == base, service
+            continue
+        assert Settings(sandbox=merged["environment"]["BNRANK_SANDBOX"]).sandbox == "bwrap"
+        assert {**base["environment"], "BNRANK_SANDBOX": "bwrap"} == merged["environment"], service
+        assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= set(merged["security_opt"])
+        rest = {k: v for k, v in merged.items() if k not in ("environment", "security_opt")}
+        assert rest == {k: v for k, v in base.items() if k != "environment"}, service
 
 
 def test_api_image() -> None:

@@ -36,6 +36,7 @@ def prepare_model(
     *,
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
+    head: str | None = None,
 ) -> tuple[nn.Module, Architecture, dict[str, Any]]:
     """The starting network: the checkpoint loaded for ``data``, or (scratch) its architecture freshly
     built from ``seed``; the checkpoint then only fixes the architecture and its build options."""
@@ -47,6 +48,7 @@ def prepare_model(
             in_channels=data.in_channels,
             architecture=architecture,
             network_def=network_def,
+            head=head,
         )
     arch, _ = resolve_architecture({}, report.architecture if network_def is None else None, network_def)
     if mode == "scratch":
@@ -79,6 +81,7 @@ def alchemy_checkpoint(
     out: str | Path | None = None,
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
+    head: str | None = None,
     dataset_name: str = "",
     on_progress: ProgressFn | None = None,
     _phases: Phases | None = None,
@@ -89,7 +92,7 @@ def alchemy_checkpoint(
     """
     options = options or AlchemyConfig()
     model, arch, report = prepare_model(
-        checkpoint, data, options.mode, config.seed, architecture=architecture, network_def=network_def
+        checkpoint, data, options.mode, config.seed, architecture=architecture, network_def=network_def, head=head
     )
     result = run_alchemy(model, arch, data, config, options, on_progress=on_progress, _phases=_phases)
     result.architecture = arch.name

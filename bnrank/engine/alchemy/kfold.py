@@ -61,6 +61,7 @@ def alchemy_kfold(
     out: str | Path | None = None,
     architecture: str | Architecture | None = None,
     network_def: Mapping[str, Any] | None = None,
+    head: str | None = None,
     dataset_name: str = "",
     on_progress: ProgressFn | None = None,
 ) -> FoldsResult:
@@ -91,6 +92,7 @@ def alchemy_kfold(
                 options,
                 architecture=architecture,
                 network_def=network_def,
+                head=head,
                 dataset_name=dataset_name,
                 _phases=phases,
             )

@@ -10,7 +10,9 @@ JSON literals within sane bounds, checked before anything is built.
 The registered architecture `nnunet` takes the (checked) architecture entry as build options, so a
 candidate and its random-init control are rebuilt from the same description in any process (a worker
 reading a stored row, a CLI ranking). The head is `decoder.seg_layers` — one 1×1×1 conv per decoder stage
-(deep supervision), every one of which depends on the label count.
+(deep supervision), every one of which depends on the label count. Networks are built with deep supervision
+off, so only the last one runs: the others are loaded as head keys but neither re-initialised nor trained
+(`Architecture.idle_head`), which keeps the head's seeded start the same as in an ONNX export of the network.
 """
 
 from __future__ import annotations
@@ -245,6 +247,16 @@ def _input_check(multiple: tuple[int, int, int]) -> Any:
     return check
 
 
+def _deep_supervision_layers(model: nn.Module) -> set[str]:
+    """The seg layers of the decoder's upper stages: with deep supervision off (how `build_nnunet` builds)
+    the decoder runs only the last one."""
+    decoder = getattr(model, "decoder", None)
+    layers = getattr(decoder, "seg_layers", None)
+    if layers is None or getattr(decoder, "deep_supervision", False):
+        return set()
+    return {f"decoder.seg_layers.{i}" for i in range(len(layers) - 1)}
+
+
 def _never_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> None:
     """A bare state dict does not say kernel sizes, strides and ops together; nnU-Net weights need the plans."""
     return None
@@ -258,5 +270,6 @@ NNUNET = register(
         build=build_nnunet,
         head=HEAD,
         infer=_never_from_shapes,
+        idle_head=_deep_supervision_layers,
     )
 )

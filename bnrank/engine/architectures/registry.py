@@ -32,6 +32,12 @@ class Architecture:
     build: Callable[..., nn.Module]
     head: tuple[str, ...]
     infer: InferFn
+    idle_head: Callable[[nn.Module], set[str]] | None = None
+    """Names of head modules the built network's forward never runs (nnU-Net's deep-supervision seg layers
+    with deep supervision off). They stay head keys, so loading lets their shapes follow the task's classes,
+    but they are neither re-initialised nor trained: resetting them first would move the point of the seed's
+    stream the head that computes the output starts from, and an export of the same weights (ONNX) does not
+    contain them, so the two would start from different heads."""
 
 
 ARCHITECTURES: dict[str, Architecture] = {}

@@ -91,6 +91,8 @@ class GraphSpec:
     head: list[str] = field(default_factory=list)
     """Keys re-initialised for a task: `resized`, or a recognised family's head (`with_head`)."""
     head_rule: str = "the convolutions feeding the first output (through activations, resizing, norms, sums)"
+    node_names: dict[str, str] = field(default_factory=dict)
+    """Module key → the file's name of its node (``/out_tr/final_conv/Conv`` in a PyTorch export)."""
 
     def __post_init__(self) -> None:
         self.head = self.head or list(self.resized)
@@ -225,9 +227,11 @@ def structure(graph: OnnxGraph) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
     fed = _fed_by_head(steps, head)
     head = sorted(set(head) | fed)
     names = {key: graph.nodes[index].inputs[1] for index, key in keys.items()}
+    node_names = {key: graph.nodes[index].name for index, key in keys.items() if graph.nodes[index].name}
     weight_shapes = {name: tuple(inits[name].shape) for name in consumed if name in graph.initializers}
     spec = GraphSpec(
-        steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine, sorted(fed), names, weight_shapes
+        steps, shapes, constants, graph.inputs, graph.outputs, rank, head, affine, sorted(fed), names, weight_shapes,
+        node_names=node_names,
     )
     return spec, state
 
@@ -642,6 +646,66 @@ def with_head(spec: GraphSpec, prefixes: tuple[str, ...], family: str) -> GraphS
     prefixes (MedicalNet's whole ``conv_seg`` decoder, not only its last convolution), plus the resized ones."""
     head = sorted({key for key, name in spec.names.items() if name.startswith(prefixes)} | set(spec.resized))
     rule = f"{family}'s head ({', '.join(prefixes)}), found by the weight names the export kept"
+    return dataclasses.replace(spec, head=head, head_rule=rule)
+
+
+class HeadNameError(ConversionError):
+    """The head a user named is no convolution of the graph, or one whose output never reaches the network's."""
+
+
+MAX_NAMES_SHOWN = 40
+
+
+def _convolution_names(spec: GraphSpec) -> dict[str, str]:
+    """Every name a user may give a convolution by → its module key: the node's name, its weight's name with and
+    without ``.weight`` (a PyTorch export keeps the state-dict names), the converted module's key."""
+    found: dict[str, str] = {}
+    for step in spec.steps:
+        if step.op not in ("Conv", "ConvTranspose") or step.key is None:
+            continue
+        weight = spec.names.get(step.key, "")
+        for name in (spec.node_names.get(step.key), weight, weight.removesuffix(".weight"), step.key):
+            if name:
+                found.setdefault(name, step.key)
+    return found
+
+
+def _after(spec: GraphSpec, key: str) -> tuple[set[str], bool]:
+    """Keys of the layers computed from the output of layer ``key`` (itself included), and whether the network's
+    output is among what it reaches."""
+    reached: set[str] = set()
+    carries: set[str] = set()
+    for step in spec.steps:
+        if step.key == key or any(name in carries for name in step.inputs):
+            carries.update(step.outputs)
+            if step.key is not None:
+                reached.add(step.key)
+    return reached, spec.outputs[0] in carries
+
+
+def with_named_head(spec: GraphSpec, name: str) -> GraphSpec:
+    """The spec with the head a user names: that convolution and every layer computed from its output (they are
+    re-initialised and trained with it), plus the layers resized to the task's classes. Refused with the names
+    the graph offers when ``name`` is none of its convolutions or does not lead to the output."""
+    names = _convolution_names(spec)
+    key = names.get(name)
+    if key is None:
+        offered = list(dict.fromkeys(spec.names.get(k, k).removesuffix(".weight") for k in names.values()))
+        shown = ", ".join(offered[-MAX_NAMES_SHOWN:])
+        more = f" (the last {MAX_NAMES_SHOWN} of {len(offered)})" if len(offered) > MAX_NAMES_SHOWN else ""
+        raise HeadNameError(
+            f"head {name!r} names no convolution of the graph; its convolutions by weight name, in graph order"
+            f"{more}: {shown} "
+            "(a node name, the weight's full name or the converted module's key are taken too)"
+        )
+    after, reaches = _after(spec, key)
+    if not reaches:
+        raise HeadNameError(f"head {name!r}: nothing computed from its output reaches the network's output")
+    head = sorted(after | set(spec.resized))
+    node = spec.node_names.get(key)
+    rule = f"named by the user: {name!r}" + (f" (node {node})" if node and node != name else "") + (
+        ", and the layers computed from its output"
+    )
     return dataclasses.replace(spec, head=head, head_rule=rule)
 
 

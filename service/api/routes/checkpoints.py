@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from bnrank.engine.configs.candidate import MAX_HEAD_NAME, CandidateOptions
+from bnrank.engine.options import offered
 from service.api.auth import Owner
 from service.api.deps import BlobsDep, DatabaseDep, FinishedDep, Limit, Offset, SessionDep, SettingsDep, SlotsDep
 from service.api.schemas import CheckpointOut, ErrorOut, GammaOut, Page
@@ -42,6 +44,10 @@ UPLOAD_BODY = {
                     "modality": {"type": "string", "enum": list(MODALITIES)},
                     "architecture": {"type": "string", "description": "default: recognised from keys"},
                     "network_def": {"type": "string", "description": "JSON MONAI network definition"},
+                    **{
+                        o.name: {"type": "string", "maxLength": MAX_HEAD_NAME, "description": o.spec.help}
+                        for o in offered(CandidateOptions, "api")
+                    },
                 },
             }
         },
@@ -56,6 +62,9 @@ UPLOAD_BODY = {
     },
 }
 RAW = "application/octet-stream"
+
+
+_HEAD_HELP = next(o.spec.help for o in offered(CandidateOptions, "api") if o.name == "head")
 
 
 def _query_field(description: str, **kwargs: Any) -> Any:
@@ -85,6 +94,7 @@ async def upload_checkpoint(
     name: Annotated[str | None, _query_field("the checkpoint's name, required", max_length=300)] = None,
     modality: Annotated[str | None, _query_field("CT, MR or other")] = None,
     architecture: Annotated[str | None, _query_field("default: recognised from keys")] = None,
+    head: Annotated[str | None, _query_field(_HEAD_HELP, max_length=MAX_HEAD_NAME)] = None,
 ) -> CheckpointOut:
     """Stream the file to the blob store while hashing, validate it (off the event loop), then record it.
 
@@ -92,7 +102,7 @@ async def upload_checkpoint(
     the file itself with the fields as query parameters (all but ``network_def``, a JSON document too long
     for a URL: a checkpoint that needs one is sent as a form).
     """
-    query = {"name": name, "modality": modality, "architecture": architecture}
+    query = {"name": name, "modality": modality, "architecture": architecture, "head": head}
     fields = {k: v for k, v in query.items() if v is not None}
     headers = dict(request.headers)
     try:

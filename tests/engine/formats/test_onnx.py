@@ -57,7 +57,30 @@ def test_the_head_is_resized_for_the_task_and_reported(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 1, 16, 16, 16)).shape[1] == 3
 
 
-def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path) -> None:
+def test_a_head_named_by_the_user_is_that_convolution_and_what_is_computed_from_it(tmp_path: Path) -> None:
+    from bnrank.engine.errors import ArchitectureMismatchError
+    from bnrank.engine.formats.onnx_network import HeadNameError
+
+    original = om.network("unet3d")
+    path = om.export(original, tmp_path / "u.onnx")
+    _, default = load_checkpoint(path)
+    heads = set()
+    for name in ("up_tr64.ops.1.conv1", "up_tr64.ops.1.conv1.weight", "/up_tr64/ops/ops.1/conv1/Conv"):
+        _, report = load_checkpoint(path, head=name, out_channels=3)
+        conversion = report.source["conversion"]
+        assert conversion["head"] == ["out_tr_final_conv", "up_tr64_ops_1_bn1", "up_tr64_ops_1_conv1"], name
+        assert "named by the user" in conversion["head_rule"]
+        assert report.head_reinitialised == ["layers.out_tr_final_conv.weight", "layers.out_tr_final_conv.bias"]
+        heads.add(report.architecture)
+    assert len(heads) == 1 and default.architecture not in heads  # another head, another evaluation
+    with pytest.raises(HeadNameError, match=r"in graph order: .*up_tr64\.up_conv, .*out_tr\.final_conv \("):
+        load_checkpoint(path, head="decoder.seg")
+    weights = save_weights(original, tmp_path / "u.safetensors")
+    with pytest.raises(ArchitectureMismatchError, match="only a converted graph"):
+        load_checkpoint(weights, head="out_tr.final_conv")
+
+
+def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = blob_task()
     config = small_config(max_steps=4, val_every=2)
     original = om.network("unet3d", seed=1)
@@ -68,6 +91,35 @@ def test_onnx_export_ranks_like_its_original_weights(tmp_path: Path) -> None:
     assert a.status == b.status == "ok", (a.error, b.error)
     assert b.score == pytest.approx(a.score, abs=0.02)
     assert b.norm_kinds == a.norm_kinds == ["batch"]
+    from bnrank.cli.table import print_sources
+
+    print_sources([a, b])  # what `bnrank rank` prints under its table: every format, the conversion report
+    printed = capsys.readouterr().out
+    assert "formats: safetensors ×1, onnx ×1" in printed
+    assert "conversion of onnx: ONNX graph, op set 17" in printed and "conversion of pt" not in printed
+
+
+def test_an_nnunet_export_starts_norm_only_training_from_its_model_folders_network(tmp_path: Path) -> None:
+    """The deep-supervision seg layers the forward never runs are not re-initialised: were they reset first, the
+    folder's output layer would start from another point of the seed's stream than the export's only one."""
+    from bnrank.engine.bn_only import norm_only_setup
+    from bnrank.engine.ranking import build_candidate
+
+    from . import makers as mk
+
+    task = blob_task()
+    folder, original = mk.write_nnunet_folder(tmp_path / "results", seed=1)
+    exported = om.export(original, tmp_path / "nnunet.onnx")
+    x = torch.randn(2, 1, 16, 16, 16)
+    outputs, trained = [], []
+    for label, path in (("folder", folder), ("onnx", exported)):
+        model, arch, _ = build_candidate(Candidate(label, path), task, seed=0)
+        params, _, _, info = norm_only_setup(model, arch, seed=0)
+        trained.append((sum(p.numel() for p in params), info.head_parameters))
+        with torch.no_grad():
+            outputs.append(model.train()(x))
+    assert trained[0] == trained[1], trained
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
 
 
 def test_a_ranking_gives_an_onnx_graph_its_own_random_init_control(tmp_path: Path) -> None:
@@ -86,6 +138,11 @@ def test_a_folded_inference_export_is_refused_with_the_reason(tmp_path: Path) ->
     entry = evaluate_candidate(Candidate("folded", folded), blob_task(), small_config(max_steps=2))
     assert entry.status == "failed"
     assert "no normalisation" in entry.error and "TrainingMode.TRAINING" in entry.error
+    from bnrank.engine.errors import CheckpointError
+    from bnrank.engine.inspect_isolated import summarise_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"folds every BatchNorm.*TrainingMode\.TRAINING"):
+        summarise_checkpoint(folded)  # what an upload's inspection answers (422), with the same reason
 
 
 @pytest.mark.parametrize(

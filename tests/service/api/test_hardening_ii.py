@@ -141,7 +141,7 @@ def test_a_field_sent_twice_or_unknown_is_refused(alice: httpx.Client, tmp_path:
     with path.open("rb") as f:
         unknown = alice.post("/v1/checkpoints", files={"file": (path.name, f)}, data={"f0": "x"})
     assert unknown.status_code == 422 and "unknown form field" in unknown.json()["detail"]
-    assert set(FORM_FIELDS) == {"name", "modality", "architecture", "network_def"}
+    assert set(FORM_FIELDS) == {"name", "modality", "architecture", "network_def", "head"}
     many = "".join(f"X-Filler-{i}: {'y' * 2000}\r\n" for i in range(5))  # 10 KB of headers in one part
     body = f'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n{many}\r\nxx\r\n--b--\r\n'
     headers = {"Content-Type": "multipart/form-data; boundary=b"}

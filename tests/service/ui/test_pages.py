@@ -78,6 +78,7 @@ def test_ranking_page_shows_the_table_curves_and_histograms(alice_ui: httpx.Clie
         scored = [v for v in scored if v is not None][-window:]
         row = html.split(f'data-name="{entry["name"]}"', 1)[1].split("</tr>", 1)[0]
         assert f"{entry['gamma_change']:.4f}" in row, entry["name"]  # the |Δγ| column beside the γ shares
+        assert (f"· {entry['format']}" in row) != entry["is_control"], entry["name"]  # each candidate's format
         if len(scored) > 1:
             assert f"± {statistics.pstdev(scored):.4f}" in row, entry["name"]
         else:
