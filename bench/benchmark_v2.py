@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -60,6 +61,9 @@ NORM_STEPS = (20, 50, 100)
 NORM_SCORES = ("dice", "soft_dice")  # both read off one run configured with soft_dice (its curve holds both)
 SHORT_FT = (25, 50, 100)  # short full fine-tuning: cosine over 100 steps, validation Dice at each point
 LOGME_BATCHES = 8
+# The commit whose snapshot computes the results (run_v2.sh sets it): engine changes between sessions, such as
+# how a head is re-initialised, must not mix within a task unnoticed.
+CODE = os.environ.get("BNRANK_BENCH_COMMIT")
 COST_CAP = 0.10  # the default strategy may cost at most this share of fine-tuning every candidate
 
 
@@ -304,6 +308,7 @@ def run_ground_truth(tasks: list[str], cache: Path, repo: Path) -> None:
                         "seed": seed,
                         "config": asdict(cfg),
                         "threads": 1,
+                        "code": CODE,
                         "host": platform.node(),
                         "seconds": round(time.perf_counter() - t0, 3),
                         "load_cpu_seconds": round(load_cpu, 3),
@@ -358,6 +363,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                     {
                         "task": name,
                         "method": "logme",
+                        "code": CODE,
                         "seed": seed,
                         "zoo_keys": zoo.keys,
                         "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
@@ -390,6 +396,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                         {
                             "task": name,
                             "method": "normonly",
+                            "code": CODE,
                             "lr": lr,
                             "configured_score": "soft_dice",
                             "seed": seed,
@@ -412,6 +419,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                     {
                         "task": name,
                         "method": "shortft",
+                        "code": CODE,
                         "seed": seed,
                         "budgets": list(SHORT_FT),
                         "zoo_keys": zoo.keys,

@@ -20,7 +20,7 @@ if [ ! -f "$SNAP/.complete" ]; then
     git -C "$REPO" archive "$COMMIT" | tar -x -C "$SNAP"
     touch "$SNAP/.complete"
 fi
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BNRANK_BENCH_CACHE="$CACHE"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BNRANK_BENCH_CACHE="$CACHE" BNRANK_BENCH_COMMIT="$COMMIT"
 PY=(nice -n 15 "$REPO/.venv/bin/python" "$SNAP/bench/benchmark_v2.py" --threads 1 --cache "$CACHE"
     --results "$REPO/bench/results/v2" --repo "$REPO")
 echo "$(date -u +%FT%TZ) start $COMMIT (pid $$)" >> "$LOGS/run.log"
