@@ -186,3 +186,18 @@ def test_the_rule_ties_within_a_quarter_sd_and_breaks_by_tau_then_cost():
     got = S.decide(m)
     assert got["chosen"] == "c" and got["tied"] == ["a", "b", "c"] and got["eligible"] == 4
     assert S.decide({"d": m["d"]}) is None
+
+
+def test_proxy_variants_order_halving_survivors_first_and_failures_last():
+    P = _module("proxy_variants")
+    entries = {
+        "a": {"status": "ok", "hard_dice": 0.9, "halving_round": 1},  # best Dice, but cut in round 1
+        "b": {"status": "ok", "hard_dice": 0.5, "halving_round": 3},
+        "c": {"status": "ok", "hard_dice": 0.6, "halving_round": 3},
+        "d": {"status": "failed", "hard_dice": None, "halving_round": 1},
+    }
+    s = P.scores({"entries": entries}, list("abcd"))
+    assert sorted("abcd", key=lambda k: -s["abcd".index(k)]) == ["c", "b", "a", "d"]
+    plain = {k: {**v, "halving_round": None} for k, v in entries.items()}
+    s = P.scores({"entries": plain}, list("abcd"))
+    assert sorted("abcd", key=lambda k: -s["abcd".index(k)]) == ["a", "c", "b", "d"]
