@@ -132,6 +132,8 @@ def print_cascade(cascade: dict[str, Any]) -> None:
 
 def cost_line(cost: dict) -> str:
     """The cascade's cost in measured seconds against fine-tuning every candidate, as its step cost was calibrated."""
+    if cost.get("spent_seconds") is None:  # a cascade stored before costs were measured in seconds
+        return f"cost {cost.get('spent_steps')} training steps (cap {cost.get('budget_cap', 0):.0%}, counted in steps)"
     line = f"cost {cost['spent_seconds']:.1f} s measured ({cost['spent_steps']} training steps)"
     if cost.get("reference_seconds"):
         line += (
