@@ -420,6 +420,11 @@ def decision_lines(dec: dict[str, Any]) -> list[str]:
     ]
 
 
+def verdict(met: bool, by: float, spec: str = ".2f") -> str:
+    """"met", or "MISSED by" how much (NaN compares as missed: no order is no evidence)."""
+    return "met" if met else f"MISSED by {by:{spec}}" if math.isfinite(by) else "MISSED (no value)"
+
+
 def target_lines(tables: Sequence[TaskTables], dec: dict[str, Any]) -> list[str]:
     """Issue 18's targets for the chosen setting on every complete evaluation task."""
     out = ["TARGETS (issue 18) for the chosen setting, per evaluation task"]
@@ -448,13 +453,16 @@ def target_lines(tables: Sequence[TaskTables], dec: dict[str, Any]) -> list[str]
             sub = t.conv[:, [i for i, x in enumerate(t.cands) if family_of(x) == f], :]
             if sub.shape[1] >= 2 and qs.ceiling(sub) >= 0.6:
                 w = t.within(c, f)["wtau"]
-                within.append(f"{f} {f2(w)}{' MISSED' if not w >= 0.6 else ''}")
+                within.append(f"{f} {f2(w)} ({verdict(w >= 0.6, 0.6 - w)})")
         out.append(
             f"  {t.task}{mark}: regret {m['regret']:.3f} ≤ every baseline: "
-            + ("yes" if not worse else f"NO (above {', '.join(worse)})")
-            + f"; pick in tied group {m['in_group']:.2f}; τw {f2(m['wtau'])} vs max(prior, LogME) + 0.05 = "
-            f"{f2(best_free + 0.05)}; vs ceiling − 0.1 = {f2(ceil - 0.1)}; within-family (ceiling ≥ 0.6): "
-            f"{'; '.join(within) or 'none'}; cost {m['cost']:.3f} (≤ {st.COST_CAP})"
+            + ("met" if not worse else f"MISSED (above {', '.join(worse)})")
+            + f"; pick in tied group {m['in_group']:.2f} ({verdict(m['in_group'] >= 1, 1 - m['in_group'])}); "
+            f"τw {f2(m['wtau'])} ≥ max(prior, LogME) + 0.05 = {f2(best_free + 0.05)} "
+            f"({verdict(m['wtau'] >= best_free + 0.05, best_free + 0.05 - m['wtau'])}); ≥ ceiling − 0.1 = "
+            f"{f2(ceil - 0.1)} ({verdict(m['wtau'] >= ceil - 0.1, ceil - 0.1 - m['wtau'])}); within-family "
+            f"(ceiling ≥ 0.6): {'; '.join(within) or 'none'}; cost {m['cost']:.3f} ≤ {st.COST_CAP} "
+            f"({verdict(m['cost'] <= st.COST_CAP, m['cost'] - st.COST_CAP, '.3f')})"
         )
     out.append("  'no fine-tune them all below the cap' is the engine's output, not in these JSON (tests/engine)")
     return out

@@ -35,7 +35,7 @@ def _gt(root, task: str, seeds=(1, 2, 3, 4, 5), skip: tuple[str, int] | None = N
             R.rq.dump(root / "ground_truth" / task / c / f"seed{s}.json", record)
 
 
-def _proxies(root, task: str, seeds=SEEDS) -> None:
+def _proxies(root, task: str, seeds=SEEDS, swap: bool = False) -> None:
     hashes = {c: _sha(c) for c in (*CANDS, *CONTROLS)}
     best_first = sorted(CANDS, key=lambda c: -TRUTH[c])
     for k, seed in enumerate(seeds):
@@ -45,7 +45,7 @@ def _proxies(root, task: str, seeds=SEEDS) -> None:
             for c in (*CANDS, *CONTROLS):
                 if c in CONTROLS:
                     dice = soft = 0.5 + 0.01 * (int(c[-1]) - 1)  # controls 0.50, 0.51, 0.52 in each family
-                elif lr == 0.1:  # lr 0.1: hard Dice in the truth's order; soft Dice with the top two swapped
+                elif (lr == 0.1) != swap:  # lr 0.1: hard Dice in the truth's order; soft Dice, the top two swapped
                     dice = TRUTH[c]
                     top2 = sorted(CANDS, key=lambda x: -TRUTH[x])[:2]
                     soft = TRUTH[top2[1 - top2.index(c)]] if c in top2 else TRUTH[c]
@@ -110,6 +110,19 @@ def test_complete_tuning_task_applies_the_registered_rule(results):
     # the short FT point closest in cost to the chosen setting is marked as the equal-cost baseline
     assert rows["short_finetune 25 st"].endswith("← short FT at equal cost")
     assert "DECISION RULE (tuning task): chosen norm_only lr 0.1 20 st dice" in text
+    assert "TARGETS" in text and "ct_fewshot: no result yet" in text
+
+
+def test_targets_are_checked_on_an_evaluation_task_with_the_setting_chosen_on_tuning(results):
+    _gt(results, "tuning")
+    _proxies(results, "tuning")
+    _gt(results, "ct_fewshot")
+    _proxies(results, "ct_fewshot", swap=True)  # out of sample the chosen setting orders exactly backwards
+    text, _ = R.report(boot=10)
+    line = next(x for x in text.splitlines() if x.startswith("  ct_fewshot: regret"))
+    assert "≤ every baseline: MISSED (above architecture prior, LogME b8, short FT at equal cost)" in line
+    assert "pick in tied group 0.00 (MISSED by 1.00)" in line and "τw -1.00 ≥ max(prior, LogME) + 0.05" in line
+    assert "cost 0.026 ≤ 0.1 (met)" in line
 
 
 def test_partial_results_are_tabled_and_marked_and_the_rule_waits(results):
