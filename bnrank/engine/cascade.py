@@ -163,9 +163,13 @@ class Costs:
     cap: float | None
 
 
-def costs(stage: StageOne, controls: Mapping[str, Sequence[RankEntry]], rank: RankConfig) -> Costs:
+def costs(
+    stage: StageOne, controls: Mapping[str, Sequence[RankEntry]], rank: RankConfig, prepare: float = 0.0
+) -> Costs:
     """The cap in seconds from the controls' calibrations; a group whose calibration is missing is costed at the
-    dearest measured one (never cheaper than what was seen), and with none at all there is no cap to hold."""
+    dearest measured one (never cheaper than what was seen), and with none at all there is no cap to hold.
+    ``prepare`` (loading and preprocessing the dataset, measured) counts once in the reference too: fine-tuning
+    every candidate would have had to read the data as well."""
     step: dict[str, float] = {}
     validation: dict[str, float] = {}
     for name, runs in controls.items():
@@ -179,7 +183,7 @@ def costs(stage: StageOne, controls: Mapping[str, Sequence[RankEntry]], rank: Ra
         group = row.get("control") or ""
         step.setdefault(group, dearest)
         validation.setdefault(group, dearest_val)
-    reference = sum(rank.reference_steps * step[row.get("control") or ""] for row in stage.rows)
+    reference = prepare + sum(rank.reference_steps * step[row.get("control") or ""] for row in stage.rows)
     return Costs(step, validation, reference, rank.budget_cap * reference)
 
 
@@ -575,9 +579,11 @@ def rank_cascade(
     *,
     dataset_name: str = "",
     on_progress: ProgressFn | None = None,
+    prepare_seconds: float = 0.0,
 ) -> RankingResult:
     """Rank ``candidates`` by the cascade (module docstring) in this process; ``config`` is the norm-only budget.
-    The racers' runs continue in memory from round to round (the same runs as re-trained ones, see finetune_run)."""
+    The racers' runs continue in memory from round to round (the same runs as re-trained ones, see finetune_run).
+    ``prepare_seconds``: the measured loading and preprocessing of ``data``, counted in the cost once."""
     started = time.perf_counter()
     budget, small = stage_config(config, data)
     entries = []
@@ -592,7 +598,8 @@ def rank_cascade(
             controls.setdefault(control.name, []).append(evaluate_control(control, data, budget, rank, seed))
     stage = stage_one(entries, member, controls, rank)
     done = [*entries, *(e for r in controls.values() for e in r)]
-    race = start_race(stage, sum(e.seconds for e in done), sum(e.steps for e in done), costs(stage, controls, rank))
+    spent = prepare_seconds + sum(e.seconds for e in done)
+    race = start_race(stage, spent, sum(e.steps for e in done), costs(stage, controls, rank, prepare_seconds))
     runs: dict[int, list[FineTuneRun]] = {}
     ends = race_ends(rank)
     k = 0
@@ -621,6 +628,7 @@ def rank_cascade(
     ordered = apply_answer(entries, stage, answer)
     cascade, stability, ties = summary(stage, race, answer, rank, len(candidates), small, budget)
     cascade["cost"]["seconds"] = round(time.perf_counter() - started, 3)
+    cascade["cost"]["prepare_seconds"] = round(prepare_seconds, 3)
     return RankingResult(
         dataset=dataset_name,
         entries=[*ordered, *(e for r in controls.values() for e in r)],

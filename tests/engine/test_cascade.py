@@ -129,16 +129,17 @@ def test_the_budget_cap_stops_the_race_and_the_answer_is_not_everyone(tmp_path: 
     cands = _candidates(tmp_path, [4, 4, 4])
     # the cap: 0.01 % of fine-tuning 3 candidates for 1000 calibrated steps is 0.3 of one step's seconds, while the
     # norm-only stage alone measured more than the calibration's own timed steps: nothing is left for the race
-    result = rank_by_strategy(
-        cands, blob_task(), small_config(max_steps=4, score_window=1), _tiny_rank(budget_cap=0.0001)
-    )
+    config = small_config(max_steps=4, score_window=1)
+    # the data's loading and preprocessing (measured by `bnrank rank`) counts once: spent, and in the reference
+    result = rank_by_strategy(cands, blob_task(), config, _tiny_rank(budget_cap=0.0001), prepare_seconds=2.0)
     c = result.cascade
     assert c["stop"] == BUDGET_CAP
     rounds = c["stages"][1]["rounds"]
     assert len(rounds) == 1 and "skipped" in rounds[0] and "would pass the cap" in rounds[0]["skipped"]
     assert c["verdict"]["tied_group"] and "norm-only gains" in c["verdict"]["evidence"]
     assert c["cost"]["spent_steps"] == 5 * c["stages"][0]["config"]["max_steps"]
-    assert c["cost"]["spent_seconds"] == pytest.approx(sum(e.seconds for e in result.entries), abs=1e-2)
+    assert c["cost"]["spent_seconds"] == pytest.approx(2.0 + sum(e.seconds for e in result.entries), abs=1e-2)
+    assert c["cost"]["prepare_seconds"] == 2.0 and c["cost"]["reference_seconds"] > 2.0
     assert c["cost"]["spent_seconds"] > c["cost"]["cap_seconds"]
 
 
