@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bnrank.engine.cascade import race_config, race_ends, stage_config
+from bnrank.engine.cascade import evaluate_control, race_config, race_ends, stage_config
 from bnrank.engine.configs.ranking import RankConfig
 from bnrank.engine.configs.training import TrainConfig
 from bnrank.engine.entries import RankEntry
@@ -52,21 +53,26 @@ def run_cascade_row(
     assert work.candidate is not None
     budget, _ = stage_config(config, data)
     if work.stage != "race":
-        seeded = replace(budget, seed=work.seed) if work.seed is not None else budget
-        entry = evaluate_candidate(work.candidate, data, seeded, on_progress=reporter.update)
+        if work.candidate.is_control and work.seed is not None:  # the first control seed also calibrates the cap
+            entry = evaluate_control(work.candidate, data, budget, rank, work.seed)
+        else:
+            seeded = replace(budget, seed=work.seed) if work.seed is not None else budget
+            entry = evaluate_candidate(work.candidate, data, seeded, on_progress=reporter.update)
         entry.checkpoint = work.name
         return entry
     ends, round_ = race_ends(rank), work.halving_round or 1
     entry = RankEntry(checkpoint=work.name, halving_round=round_)
+    started = time.perf_counter()
     try:
         race = race_config(budget, rank, work.seed if work.seed is not None else config.seed)
         run = FineTuneRun(work.candidate, data, race, score_at=ends, on_progress=reporter.update).run(ends[round_ - 1])
     except BNRankError as exc:
         entry.status, entry.error = "failed", str(exc)
+        entry.seconds = round(time.perf_counter() - started, 3)
         return entry
     entry.architecture = run.architecture
     fill_entry(entry, run.result())
-    entry.seconds = run.result().seconds
+    entry.seconds = round(time.perf_counter() - started, 3)  # the whole row (building included): what the cap counts
     return entry
 
 

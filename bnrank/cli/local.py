@@ -106,7 +106,9 @@ def cmd_rank(args: argparse.Namespace) -> int:
     # The ranking budget: RANKING_DEFAULTS under the flags (options without a flag keep the ranking's value too).
     config = ranking_config(**values(args, local_options(TrainConfig)))
     rank = build(RankConfig, args)  # a strategy that cannot run is refused before the dataset is read
+    started = time.perf_counter()
     dataset, task = load_task(args)
+    prepare_seconds = time.perf_counter() - started  # part of the ranking's cost (the cascade's budget cap)
     network_def = read_network_def(args.network_def)
     candidates = [
         Candidate(name=str(p), path=Path(p), architecture=args.architecture, network_def=network_def, head=args.head)
@@ -133,6 +135,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
             dataset_name=str(dataset.root),
             control=not args.no_control,
             on_progress=progress,
+            prepare_seconds=prepare_seconds,
         )
     payload = result.to_dict()
     payload["method"] = args.method

@@ -109,9 +109,11 @@ def print_ties(ties: dict[str, Any]) -> None:
     else:
         names = ", ".join(Path(n).stem if n.endswith(".safetensors") else n for n in top)
         print(
-            f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune them all, or rank again "
-            "with more steps"
+            f"ties: the top {len(top)} are tied at this budget ({names}){odds}; fine-tune these {len(top)}, not every "
+            "candidate, or rank again with more steps"
         )
+    if ties.get("reconciled"):
+        print(f"  ({ties['reconciled']})")
 
 
 def print_cascade(cascade: dict[str, Any]) -> None:
@@ -143,9 +145,22 @@ def print_cascade(cascade: dict[str, Any]) -> None:
         print(f"  round {r['round']} ({r['steps']} steps): {standings}")
         for cut in r["cut"]:
             print(f"    cut: {cut['name']}: {cut['why']}")
-    cost = cascade["cost"]
-    print(
-        f"stop: {cascade['stop']}; cost {cost['spent_steps']} steps = {cost['share_of_finetuning_all']:.1%} of "
-        f"fine-tuning every candidate for {cost['reference_steps']} steps (cap {cost['budget_cap']:.0%})"
-    )
+    print(f"stop: {cascade['stop']}; {cost_line(cascade['cost'])}")
     print(f"verdict: {cascade['verdict']['guidance']} [{cascade['verdict']['evidence']}]")
+
+
+def cost_line(cost: dict) -> str:
+    """The cascade's cost in measured seconds against fine-tuning every candidate, as its step cost was calibrated."""
+    if cost.get("spent_seconds") is None:  # a cascade stored before costs were measured in seconds
+        return f"cost {cost.get('spent_steps')} training steps (cap {cost.get('budget_cap', 0):.0%}, counted in steps)"
+    line = f"cost {cost['spent_seconds']:.1f} s measured ({cost['spent_steps']} training steps)"
+    if cost.get("reference_seconds"):
+        line += (
+            f" = {cost['share_of_finetuning_all']:.1%} of fine-tuning every candidate for {cost['reference_steps']} "
+            f"steps ({cost['reference_seconds']:.0f} s at the calibrated step cost; cap {cost['budget_cap']:.0%})"
+        )
+    else:
+        line += "; no calibrated step cost, so no share of fine-tuning all and no race"
+    if cost.get("retraining_seconds"):
+        line += f"; {cost['retraining_seconds']:.1f} s more re-training earlier rounds (the service's tasks)"
+    return line

@@ -16,8 +16,16 @@ the seed. So the cascade:
 
 The pieces below are pure functions of finished entries, so `bnrank rank` (:func:`rank_cascade`, runs continued in
 memory) and the service (service/core/kinds/ranking.py, one task per entry and round, re-trained from step 0) reach
-the same answer from the same scores. Costs are counted in training steps, norm-only steps as full ones (an
-over-count); the cap is a share of fine-tuning every candidate for ``reference_steps``.
+the same answer from the same scores.
+
+**Cost is measured in seconds, not steps.** A norm-only step, a full fine-tuning step and a whole-volume validation
+cost very different amounts, and differently per architecture and volume size, so a cap counted in steps misjudges
+the share of fine-tuning actually spent. What the ranking spent is the measured seconds of every unit of work (each
+entry's own clock: building and loading the candidate, training, validation). What fine-tuning every candidate would
+cost is calibrated in the run: the first control of every architecture also times a few full fine-tuning steps and
+one validation on the task (:func:`calibrate`), and the reference is ``reference_steps`` of those steps per
+candidate. Before each race round the cap is held against the round's predicted seconds (the calibration, then each
+racer's own measured seconds per step of the round before).
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ SEPARATED = "leader separated"
 BUDGET_CAP = "budget cap reached"
 RACE_DONE = "race finished without separating the leader"
 NO_RACE = "fewer than two candidates to race"
+NO_COST = "no measured step cost to hold the budget cap against"
+CALIBRATION_STEPS = 3
+"""Full fine-tuning steps timed per architecture, after one untimed step (which pays one-off allocations)."""
 
 
 def control_key(candidate: Candidate) -> str:
@@ -104,8 +115,76 @@ def race_ends(rank: RankConfig) -> list[int]:
     return halving_steps(rank.race_steps, rank.race_rounds, 2)
 
 
-def cap_steps(rank: RankConfig, n_candidates: int) -> float:
-    return rank.budget_cap * n_candidates * rank.reference_steps
+def calibrate(candidate: Candidate, data: TaskData, config: TrainConfig, rank: RankConfig) -> dict[str, float] | None:
+    """Seconds of one full fine-tuning step and of one validation of ``candidate`` on this task, measured here: the
+    race's own run (all parameters, its budget and patches), one untimed step, then :data:`CALIBRATION_STEPS` timed
+    ones and one validation. ``seconds`` is the whole calibration's cost (building included); None if it failed."""
+    started = time.perf_counter()
+    try:
+        run = FineTuneRun(candidate, data, race_config(config, rank, config.seed), score_at=race_ends(rank))
+        run.run(1)
+        t0 = time.perf_counter()
+        run.run(1 + CALIBRATION_STEPS)
+        timed = run.trainer.step - 1
+        step = (time.perf_counter() - t0) / timed if timed > 0 else time.perf_counter() - started
+        t1 = time.perf_counter()
+        run.trainer.validate()
+        validation = time.perf_counter() - t1
+    except BNRankError:
+        return None
+    return {
+        "step_seconds": round(step, 5),
+        "validation_seconds": round(validation, 5),
+        "steps": run.trainer.step,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def evaluate_control(control: Candidate, data: TaskData, budget: TrainConfig, rank: RankConfig, seed: int) -> RankEntry:
+    """A control's norm-only evaluation at ``seed``; the first control seed also calibrates its architecture's step
+    cost (:func:`calibrate`), whose seconds count in the row's own."""
+    entry = evaluate_candidate(control, data, replace(budget, seed=seed))
+    entry.checkpoint = f"{control.name} seed {seed}"
+    if seed == control_seeds(budget, rank)[0] and entry.status == "ok":
+        entry.calibration = calibrate(control, data, budget, rank)
+        if entry.calibration is not None:
+            entry.seconds = round(entry.seconds + entry.calibration["seconds"], 3)
+    return entry
+
+
+@dataclass
+class Costs:
+    """What holds the budget cap: each control group's measured seconds per full fine-tuning step and validation,
+    and the reference (fine-tuning every candidate for ``reference_steps``) they give, in seconds."""
+
+    step: dict[str, float]
+    validation: dict[str, float]
+    reference: float | None
+    cap: float | None
+
+
+def costs(
+    stage: StageOne, controls: Mapping[str, Sequence[RankEntry]], rank: RankConfig, prepare: float = 0.0
+) -> Costs:
+    """The cap in seconds from the controls' calibrations; a group whose calibration is missing is costed at the
+    dearest measured one (never cheaper than what was seen), and with none at all there is no cap to hold.
+    ``prepare`` (loading and preprocessing the dataset, measured) counts once in the reference too: fine-tuning
+    every candidate would have had to read the data as well."""
+    step: dict[str, float] = {}
+    validation: dict[str, float] = {}
+    for name, runs in controls.items():
+        found = next((e.calibration for e in runs if e.calibration), None)
+        if found:
+            step[name], validation[name] = found["step_seconds"], found["validation_seconds"]
+    if not step:
+        return Costs({}, {}, None, None)
+    dearest, dearest_val = max(step.values()), max(validation.values())
+    for row in stage.rows:
+        group = row.get("control") or ""
+        step.setdefault(group, dearest)
+        validation.setdefault(group, dearest_val)
+    reference = prepare + sum(rank.reference_steps * step[row.get("control") or ""] for row in stage.rows)
+    return Costs(step, validation, reference, rank.budget_cap * reference)
 
 
 def _cases(entry: RankEntry) -> list[float]:
@@ -172,39 +251,69 @@ class Race:
     """The race so far: each round's record, who is still in, the last round's bootstrap, and the stop reason."""
 
     alive: list[int]
+    costs: Costs
     rounds: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] | None = None
     stop: str | None = None
     spent: float = 0.0
+    """Measured seconds of every unit of work so far, the race's counted as continued runs."""
+    steps: int = 0
+    """Training steps so far (norm-only and fine-tuning alike), reported beside the seconds."""
     retraining: float = 0.0
-    """Steps spent re-training earlier rounds' steps (the service's tasks start from step 0), beyond ``spent``."""
+    """Seconds spent re-training earlier rounds' steps (the service's tasks start from step 0), beyond ``spent``."""
+    per_step: dict[int, float] = field(default_factory=dict)
+    """Each racer's measured seconds per fine-tuning step (validation included) in its last round, per seed."""
 
 
-def start_race(stage: StageOne, spent: float) -> Race:
-    race = Race(alive=list(stage.leaders), spent=spent)
+def start_race(stage: StageOne, spent: float, steps: int, costs: Costs) -> Race:
+    race = Race(alive=list(stage.leaders), costs=costs, spent=spent, steps=steps)
     if len(race.alive) < 2:
         race.stop = NO_RACE
     return race
 
 
-def round_cost(race: Race, rank: RankConfig, k: int, *, retrained: bool = False) -> int:
+def round_steps(race: Race, rank: RankConfig, k: int, *, retrained: bool = False) -> int:
     """Training steps round ``k`` (0-based) costs: from step 0 when every round re-trains, else from the last end."""
     ends = race_ends(rank)
     start = 0 if retrained or k == 0 else ends[k - 1]
     return len(race.alive) * rank.race_seeds * (ends[k] - start)
 
 
-def may_run(race: Race, rank: RankConfig, k: int, n_candidates: int) -> bool:
+def predicted_seconds(race: Race, stage: StageOne, rank: RankConfig, k: int) -> float:
+    """Seconds round ``k`` will cost as a continued run: each racer's measured seconds per step of the round
+    before (validation included), else its architecture's calibrated step plus one validation, per seed."""
+    ends = race_ends(rank)
+    new = ends[k] - (ends[k - 1] if k else 0)
+    total = 0.0
+    for i in race.alive:
+        group = stage.rows[i].get("control") or ""
+        if i in race.per_step:
+            total += rank.race_seeds * new * race.per_step[i]
+        else:
+            total += rank.race_seeds * (new * race.costs.step[group] + race.costs.validation[group])
+    return total
+
+
+def may_run(race: Race, stage: StageOne, rank: RankConfig, k: int) -> bool:
     """Whether round ``k`` runs; if the cap forbids it, the race stops here and says so. The cap is held against the
-    strategy's own cost (continued runs), so `bnrank rank` and the service, which re-trains each round, decide
-    alike; the service's extra re-training is reported beside it (``Race.retraining``)."""
+    strategy's own cost (continued runs, in measured seconds), so `bnrank rank` and the service, which re-trains each
+    round, judge alike; the service's extra re-training is reported beside it (``Race.retraining``)."""
     if race.stop is not None or k >= len(race_ends(rank)):
         return False
-    cost = round_cost(race, rank, k)
-    if race.spent + cost > cap_steps(rank, n_candidates):
+    if race.costs.cap is None:
+        race.stop = NO_COST
+        race.rounds.append({"round": k + 1, "steps": race_ends(rank)[k], "skipped": NO_COST})
+        return False
+    cost = predicted_seconds(race, stage, rank, k)
+    if race.spent + cost > race.costs.cap:
         race.stop = BUDGET_CAP
         race.rounds.append(
-            {"round": k + 1, "steps": race_ends(rank)[k], "skipped": f"{cost} more steps would pass the cap"}
+            {
+                "round": k + 1,
+                "steps": race_ends(rank)[k],
+                "skipped": f"about {cost:.1f} s more (spent {race.spent:.1f} s) would pass the cap of "
+                f"{race.costs.cap:.1f} s",
+            }
         )
         return False
     return True
@@ -225,10 +334,15 @@ def close_round(
     The bootstrap draws the validation cases (paired) and each racer's seeds, seeded by the ranking's seed and the
     round, so the engine and the service draw alike.
     """
-    end = race_ends(rank)[k]
-    race.spent += round_cost(race, rank, k)
-    if retrained:
-        race.retraining += round_cost(race, rank, k, retrained=True) - round_cost(race, rank, k)
+    ends = race_ends(rank)
+    end, start = ends[k], (ends[k - 1] if k else 0)
+    race.steps += round_steps(race, rank, k)
+    for i in race.alive:  # measured seconds; a re-trained row's share beyond this round's own steps is re-training
+        measured = sum(e.seconds for e in runs[i])
+        own = measured * (end - start) / end if retrained else measured
+        race.spent += own
+        race.retraining += measured - own
+        race.per_step[i] = own / max(1, len(runs[i]) * (end - start))
     for i in list(race.alive):
         failed = [e for e in runs[i] if e.status != "ok"]
         if failed:
@@ -257,7 +371,8 @@ def close_round(
             for j in order
         ],
         "cut": [],
-        "spent_steps": race.spent,
+        "spent_seconds": round(race.spent, 3),
+        "spent_steps": race.steps,
     }
     race.rounds.append(record)
     race.alive = [race.alive[j] for j in order]
@@ -422,14 +537,19 @@ def summary(
         "stop": answer["stop"],
         "verdict": answer,
         "cost": {
-            "spent_steps": race.spent,
-            "cap_steps": cap_steps(rank, n_candidates),
-            "share_of_finetuning_all": round(race.spent / (n_candidates * rank.reference_steps), 4)
-            if n_candidates
-            else None,
+            "spent_seconds": round(race.spent, 3),
+            "reference_seconds": None if race.costs.reference is None else round(race.costs.reference, 3),
+            "cap_seconds": None if race.costs.cap is None else round(race.costs.cap, 3),
+            "share_of_finetuning_all": round(race.spent / race.costs.reference, 4) if race.costs.reference else None,
             "budget_cap": rank.budget_cap,
             "reference_steps": rank.reference_steps,
-            "retraining_steps": race.retraining,
+            "step_seconds": {
+                g: {"fine_tuning_step": round(race.costs.step[g], 5), "validation": round(race.costs.validation[g], 5)}
+                for g in sorted(race.costs.step)
+            },
+            "retraining_seconds": round(race.retraining, 3),
+            "spent_steps": race.steps,
+            "n_candidates": n_candidates,
         },
     }
     return cascade, stability, ties
@@ -459,9 +579,11 @@ def rank_cascade(
     *,
     dataset_name: str = "",
     on_progress: ProgressFn | None = None,
+    prepare_seconds: float = 0.0,
 ) -> RankingResult:
     """Rank ``candidates`` by the cascade (module docstring) in this process; ``config`` is the norm-only budget.
-    The racers' runs continue in memory from round to round (the same runs as re-trained ones, see finetune_run)."""
+    The racers' runs continue in memory from round to round (the same runs as re-trained ones, see finetune_run).
+    ``prepare_seconds``: the measured loading and preprocessing of ``data``, counted in the cost once."""
     started = time.perf_counter()
     budget, small = stage_config(config, data)
     entries = []
@@ -473,15 +595,15 @@ def rank_cascade(
     controls: dict[str, list[RankEntry]] = {}
     for control in found:
         for seed in control_seeds(budget, rank):
-            e = evaluate_candidate(control, data, replace(budget, seed=seed))
-            e.checkpoint = f"{control.name} seed {seed}"
-            controls.setdefault(control.name, []).append(e)
+            controls.setdefault(control.name, []).append(evaluate_control(control, data, budget, rank, seed))
     stage = stage_one(entries, member, controls, rank)
-    race = start_race(stage, sum(e.steps for e in entries) + sum(e.steps for r in controls.values() for e in r))
+    done = [*entries, *(e for r in controls.values() for e in r)]
+    spent = prepare_seconds + sum(e.seconds for e in done)
+    race = start_race(stage, spent, sum(e.steps for e in done), costs(stage, controls, rank, prepare_seconds))
     runs: dict[int, list[FineTuneRun]] = {}
     ends = race_ends(rank)
     k = 0
-    while may_run(race, rank, k, len(candidates)):
+    while may_run(race, stage, rank, k):
         finished: dict[int, list[RankEntry]] = {}
         for i in race.alive:
             if on_progress:
@@ -489,6 +611,7 @@ def rank_cascade(
             finished[i] = []
             for seed in race_seeds(config, rank):
                 entry = RankEntry(checkpoint=candidates[i].name)
+                t0 = time.perf_counter()
                 try:
                     if len(runs.setdefault(i, [])) < rank.race_seeds:
                         runs[i].append(FineTuneRun(candidates[i], data, race_config(budget, rank, seed), score_at=ends))
@@ -497,6 +620,7 @@ def rank_cascade(
                     entry.score, entry.case_scores = result.score, result.case_scores
                 except BNRankError as exc:
                     entry.status, entry.error = "failed", str(exc)
+                entry.seconds = round(time.perf_counter() - t0, 3)  # this round's share of the continued run
                 finished[i].append(entry)
         close_round(race, stage, rank, k, finished, config.seed, retrained=False)
         k += 1
@@ -504,6 +628,7 @@ def rank_cascade(
     ordered = apply_answer(entries, stage, answer)
     cascade, stability, ties = summary(stage, race, answer, rank, len(candidates), small, budget)
     cascade["cost"]["seconds"] = round(time.perf_counter() - started, 3)
+    cascade["cost"]["prepare_seconds"] = round(prepare_seconds, 3)
     return RankingResult(
         dataset=dataset_name,
         entries=[*ordered, *(e for r in controls.values() for e in r)],

@@ -51,6 +51,9 @@ class RankEntry:
     """Every parameter norm-only evaluation trained: γ/β plus the re-initialised head."""
     inserted_affines: list[str] = field(default_factory=list)
     """Normalisations without affine that got an identity affine for the evaluation (not in the checkpoint)."""
+    calibration: dict[str, float] | None = None
+    """A cascade control's measured cost of its architecture here: seconds per full fine-tuning step and per
+    validation (engine/cascade.py ``calibrate``), what the budget cap is held against."""
 
     def set_trained(self, info: TrainedNorms) -> None:
         """Record what norm-only evaluation trained."""

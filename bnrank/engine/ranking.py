@@ -140,8 +140,40 @@ def stability(entries: Sequence[RankEntry], window: int, fraction: float = 0.5) 
     final = [e.score or 0.0 for e in ok]
     tau = kendalltau(partial, final).statistic
     result["kendall_tau"] = None if tau is None or math.isnan(tau) else round(float(tau), 4)
-    result["same_top1"] = max(range(len(ok)), key=partial.__getitem__) == max(range(len(ok)), key=final.__getitem__)
+    early = max(range(len(ok)), key=partial.__getitem__)
+    result["same_top1"] = early == max(range(len(ok)), key=final.__getitem__)
+    result["top1_at_fraction"] = ok[early].checkpoint
     return result
+
+
+def reconcile(ties: dict[str, Any], stability: Mapping[str, Any], entries: Sequence[RankEntry]) -> dict[str, Any]:
+    """One answer from the tie guidance and the stability line: a rank 1 that the bootstrap over validation cases
+    calls apart, but that did not lead at part of the budget, is not apart. The leader at that point joins the top
+    group (``tie_group`` 1, each in the other's ``tied_with``), so no output says "stands apart" beside "same top-1:
+    no". The bootstrap's P(rank 1 is best) stays as measured; ``reconciled`` says why the group grew."""
+    earlier = stability.get("top1_at_fraction")
+    top = list(ties.get("top_group") or [])
+    if stability.get("same_top1") is not False or not top or earlier is None or earlier in top:
+        return ties
+    by_name = {e.checkpoint: e for e in entries}
+    if earlier not in by_name:
+        return ties
+    for name in top:
+        by_name[name].tied_with = [*by_name[name].tied_with, earlier]
+    late = by_name[earlier]
+    late.tied_with = [*top, *(n for n in late.tied_with if n not in top)]
+    groups = [list(g) for g in ties.get("groups") or []]
+    groups = [[n for n in g if n != earlier] for g in groups]
+    groups = [g for g in groups if g]
+    groups[0] = [*top, earlier]
+    late.tie_group = 1
+    return {
+        **ties,
+        "top_group": [*top, earlier],
+        "groups": groups,
+        "reconciled": f"{earlier} led at {stability.get('at_fraction', 0.5):.0%} of the budget (stability: same "
+        "top-1 no), so rank 1 is not called apart",
+    }
 
 
 def control_candidates(entries: Sequence[RankEntry], candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -394,7 +426,6 @@ def close_ranking(
     """
     ordered = order_entries(entries)
     window = config.score_window
-    return ordered, {
-        "stability": stability(ordered, window),
-        "ties": tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, window, config.seed),
-    }
+    stable = stability(ordered, window)
+    ties = tie_guidance(ordered, rank.tie_resamples, rank.tie_confidence, window, config.seed)
+    return ordered, {"stability": stable, "ties": reconcile(ties, stable, ordered)}

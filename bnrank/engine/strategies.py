@@ -27,12 +27,22 @@ def rank_by_strategy(
     dataset_name: str = "",
     control: bool = True,
     on_progress: ProgressFn | None = None,
+    prepare_seconds: float = 0.0,
 ) -> RankingResult:
-    """Rank ``candidates`` by ``rank.strategy``."""
+    """Rank ``candidates`` by ``rank.strategy``; ``prepare_seconds`` (the data's measured loading and preprocessing)
+    counts in the cascade's cost."""
     if rank.strategy == "cascade":
         if not control:
             raise BNRankError("the cascade scores candidates against their random-init controls: keep the controls")
-        return rank_cascade(candidates, data, config, rank, dataset_name=dataset_name, on_progress=on_progress)
+        return rank_cascade(
+            candidates,
+            data,
+            config,
+            rank,
+            dataset_name=dataset_name,
+            on_progress=on_progress,
+            prepare_seconds=prepare_seconds,
+        )
     return rank_candidates(
         candidates, data, config, dataset_name=dataset_name, control=control, on_progress=on_progress, rank=rank
     )

@@ -72,19 +72,24 @@ def entry_values(outcome: RankEntry) -> dict[str, Any]:
 
 NORM_ONLY_KEY = "norm_only"
 """Where a row keeps what norm-only evaluation trained: inside its ``load_report`` JSON (no column of its own)."""
+CALIBRATION_KEY = "calibration"
+"""Where a cascade control's row keeps its architecture's measured step cost (``RankEntry.calibration``)."""
 
 
 def stored_load_report(outcome: RankEntry) -> dict[str, Any] | None:
-    """The row's ``load_report``: the engine's, plus (under NORM_ONLY_KEY) the norm kinds and parameters trained."""
-    if outcome.trained_parameters is None:
-        return outcome.load_report
-    trained = {
-        "kinds": list(outcome.norm_kinds),
-        "norm_parameters": outcome.norm_parameters,
-        "trained_parameters": outcome.trained_parameters,
-        "inserted_affines": list(outcome.inserted_affines),
-    }
-    return {**(outcome.load_report or {}), NORM_ONLY_KEY: trained}
+    """The row's ``load_report``: the engine's, plus (under NORM_ONLY_KEY) the norm kinds and parameters trained and
+    (under CALIBRATION_KEY) a cascade control's measured step cost."""
+    report = dict(outcome.load_report or {})
+    if outcome.trained_parameters is not None:
+        report[NORM_ONLY_KEY] = {
+            "kinds": list(outcome.norm_kinds),
+            "norm_parameters": outcome.norm_parameters,
+            "trained_parameters": outcome.trained_parameters,
+            "inserted_affines": list(outcome.inserted_affines),
+        }
+    if outcome.calibration is not None:
+        report[CALIBRATION_KEY] = dict(outcome.calibration)
+    return report if report or outcome.load_report is not None else None
 
 
 def norm_view(row: RankingEntry) -> dict[str, Any]:
@@ -121,6 +126,8 @@ def rank_entry(row: RankingEntry) -> RankEntry:
         is_control=row.is_control,
         halving_round=row.halving_round,
         case_scores=list(row.case_scores or []),
+        seconds=row.seconds or 0.0,
+        calibration=(row.load_report or {}).get(CALIBRATION_KEY),
     )
 
 

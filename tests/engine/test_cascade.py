@@ -9,11 +9,23 @@ import pytest
 import torch
 
 from bnrank.engine.architectures import build_model
-from bnrank.engine.cascade import BUDGET_CAP, SEPARATED, Race, StageOne, rank_cascade, verdict
+from bnrank.engine.cascade import (
+    BUDGET_CAP,
+    NO_COST,
+    SEPARATED,
+    Costs,
+    Race,
+    StageOne,
+    may_run,
+    predicted_seconds,
+    rank_cascade,
+    verdict,
+)
 from bnrank.engine.checkpoints import save_weights
 from bnrank.engine.configs.ranking import DEFAULT_STRATEGY, STRATEGIES, RankConfig
+from bnrank.engine.entries import RankEntry
 from bnrank.engine.errors import BNRankError
-from bnrank.engine.ranking import Candidate, evaluate_candidate
+from bnrank.engine.ranking import Candidate, close_ranking, evaluate_candidate
 from bnrank.engine.separation import p_best, resampled_means, tied_with
 from bnrank.engine.small_structures import SMALL_SHARE, small_structure_rule, smallest_foreground_share
 from bnrank.engine.strategies import rank_by_strategy
@@ -97,21 +109,82 @@ def test_cascade_stages_noise_floor_race_and_one_verdict(tmp_path: Path) -> None
         assert v["p_best"] >= 0.9 and v["same_top1"] is not False
     ranked = [e for e in result.entries if e.rank]
     assert ranked[0].checkpoint == v["leader"] and len(ranked) == 4
-    assert c["cost"]["spent_steps"] <= c["cost"]["cap_steps"]
+    # never "fine-tune them all": the tied group is at most the racers, short of every candidate
+    assert (len(v["tied_group"]) < len(cands) and "every candidate" in v["guidance"]) or v["separated"]
+    # the cost is measured seconds: the norm-only stage's rows (controls' calibration included), then each round's
+    # runs; the reference is reference_steps of each architecture's calibrated fine-tuning step per candidate
+    cost = c["cost"]
+    first_stage = sum(e.seconds for e in result.entries)
+    calibrated = [e.calibration for e in result.entries if e.is_control and e.calibration]
+    assert len(calibrated) == 2 and all(x["step_seconds"] > 0 and x["validation_seconds"] > 0 for x in calibrated)
+    assert set(cost["step_seconds"]) == {f["control"] for f in first["noise_floor"]}
+    steps = {g: x["fine_tuning_step"] for g, x in cost["step_seconds"].items()}
+    assert cost["reference_seconds"] == pytest.approx(sum(1000 * steps[r["control"]] for r in first["rows"]), rel=1e-3)
+    assert cost["spent_seconds"] == pytest.approx(ran[-1]["spent_seconds"], abs=1e-3)
+    assert ran[0]["spent_seconds"] > first_stage - 1e-3  # the first round's runs add to the measured norm-only stage
+    assert cost["share_of_finetuning_all"] == pytest.approx(cost["spent_seconds"] / cost["reference_seconds"], abs=1e-4)
 
 
 def test_the_budget_cap_stops_the_race_and_the_answer_is_not_everyone(tmp_path: Path) -> None:
     cands = _candidates(tmp_path, [4, 4, 4])
-    # the norm-only stage costs (3 candidates + 2 controls) x its steps; a cap of 1 % leaves nothing for the race
-    result = rank_by_strategy(
-        cands, blob_task(), small_config(max_steps=4, score_window=1), _tiny_rank(budget_cap=0.01)
-    )
+    # the cap: 0.01 % of fine-tuning 3 candidates for 1000 calibrated steps is 0.3 of one step's seconds, while the
+    # norm-only stage alone measured more than the calibration's own timed steps: nothing is left for the race
+    config = small_config(max_steps=4, score_window=1)
+    # the data's loading and preprocessing (measured by `bnrank rank`) counts once: spent, and in the reference
+    result = rank_by_strategy(cands, blob_task(), config, _tiny_rank(budget_cap=0.0001), prepare_seconds=2.0)
     c = result.cascade
     assert c["stop"] == BUDGET_CAP
     rounds = c["stages"][1]["rounds"]
-    assert len(rounds) == 1 and "skipped" in rounds[0]
+    assert len(rounds) == 1 and "skipped" in rounds[0] and "would pass the cap" in rounds[0]["skipped"]
     assert c["verdict"]["tied_group"] and "norm-only gains" in c["verdict"]["evidence"]
     assert c["cost"]["spent_steps"] == 5 * c["stages"][0]["config"]["max_steps"]
+    assert c["cost"]["spent_seconds"] == pytest.approx(2.0 + sum(e.seconds for e in result.entries), abs=1e-2)
+    assert c["cost"]["prepare_seconds"] == 2.0 and c["cost"]["reference_seconds"] > 2.0
+    assert c["cost"]["spent_seconds"] > c["cost"]["cap_seconds"]
+
+
+def _race_at(steps: dict[str, float], spent: float, cap: float) -> tuple[Race, StageOne]:
+    rows = [{"name": "dear", "control": "big", "gain": 0.2}, {"name": "cheap", "control": "small", "gain": 0.1}]
+    costs = Costs(step=steps, validation={"big": 0.0, "small": 0.0}, reference=None, cap=cap)
+    return Race(alive=[0, 1], costs=costs, spent=spent), StageOne(rows, {}, [0, 1])
+
+
+def test_the_cap_is_held_in_measured_seconds_not_steps() -> None:
+    rank = RankConfig(strategy="cascade", race_steps=4, race_rounds=2, race_seeds=1)  # rounds end at 2 and 4 steps
+    # one round of two racers is 4 steps either way; in seconds it is 2 x 1.0 + 2 x 0.01 when one architecture's
+    # fine-tuning step costs 100 times the other's
+    race, stage = _race_at({"big": 1.0, "small": 0.01}, spent=0.5, cap=2.5)
+    assert predicted_seconds(race, stage, rank, 0) == pytest.approx(2.02)
+    assert not may_run(race, stage, rank, 0) and race.stop == BUDGET_CAP
+    race, stage = _race_at({"big": 0.01, "small": 0.01}, spent=0.5, cap=2.5)
+    assert may_run(race, stage, rank, 0)
+    # after a round, each racer's own measured seconds per step (validation included) predict the next one
+    race.per_step = {0: 0.5, 1: 0.1}
+    assert predicted_seconds(race, stage, rank, 1) == pytest.approx(2 * 0.5 + 2 * 0.1)
+    # without any calibration there is no cap to hold: the race does not run and says why
+    race, stage = _race_at({}, spent=0.0, cap=2.5)
+    race.costs.cap = None
+    assert not may_run(race, stage, rank, 0) and race.stop == NO_COST
+
+
+def test_a_rank_1_that_did_not_lead_at_half_the_budget_is_never_called_apart() -> None:
+    # 'a' wins every validation case at the end, so the case bootstrap alone calls it apart; but 'b' led at half the
+    # budget (stability: same top-1 no): the one answer puts both in the top group
+    def entry(name: str, half: float, end: float) -> RankEntry:
+        curve = [{"step": 2, "dice": half, "score": half}, {"step": 4, "dice": end, "score": end}]
+        return RankEntry(name, score=end, curve=curve, steps=4, case_scores=[[end, end + 0.01, end - 0.01]])
+
+    entries = [entry("a", 0.2, 0.9), entry("b", 0.5, 0.3), entry("c", 0.1, 0.2)]
+    ordered, closed = close_ranking(entries, small_config(max_steps=4, score_window=1), RankConfig(tie_resamples=200))
+    ties, stable = closed["ties"], closed["stability"]
+    assert stable["same_top1"] is False and stable["top1_at_fraction"] == "b"
+    assert ties["top_group"] == ["a", "b"] and "b led at 50%" in ties["reconciled"]
+    by_name = {e.checkpoint: e for e in ordered}
+    assert by_name["b"].tie_group == 1 and "b" in by_name["a"].tied_with and "a" in by_name["b"].tied_with
+    # a stable leader is left as the bootstrap says
+    steady = [entry("a", 0.8, 0.9), entry("b", 0.5, 0.3), entry("c", 0.1, 0.2)]
+    _, closed = close_ranking(steady, small_config(max_steps=4, score_window=1), RankConfig(tie_resamples=200))
+    assert closed["ties"]["top_group"] == ["a"] and "reconciled" not in closed["ties"]
 
 
 def test_a_leader_that_changed_between_rounds_is_never_called_separated() -> None:
@@ -121,7 +194,8 @@ def test_a_leader_that_changed_between_rounds_is_never_called_separated() -> Non
         {"round": 2, "steps": 4, "racers": [{"name": "a", "score": 0.9}, {"name": "b", "score": 0.1}], "cut": []},
     ]
     stats = np.tile([[0.9, 0.1]], (100, 1))  # a is ahead in every resample
-    race = Race(alive=[0, 1], rounds=rounds, last={"stats": stats, "p": p_best(stats)}, stop=SEPARATED)
+    costs = Costs({}, {}, None, None)
+    race = Race(alive=[0, 1], costs=costs, rounds=rounds, last={"stats": stats, "p": p_best(stats)}, stop=SEPARATED)
     v = verdict(StageOne(rows, {}, [0, 1]), race, RankConfig(), [], [], {}, 0)
     assert v["p_best"] == 1.0 and v["same_top1"] is False
     assert not v["separated"] and v["tied_group"] == ["a", "b"] and "Fine-tune these 2" in v["guidance"]

@@ -86,9 +86,15 @@ def test_a_cascade_ranking_runs_its_stages_as_tasks_and_answers_as_the_engine(
         for a, b in zip(served.get("racers", []), own.get("racers", []), strict=True):
             assert a["seed_scores"] == pytest.approx(b["seed_scores"], abs=1e-3)
         assert [c["name"] for c in served.get("cut", [])] == [c["name"] for c in own.get("cut", [])]
-    assert cascade["cost"]["spent_steps"] == local["cost"]["spent_steps"]  # the cap decides alike
+    # the same rounds ran; the cap is held in each one's own measured seconds against its controls' calibration
+    assert cascade["cost"]["spent_steps"] == local["cost"]["spent_steps"]
+    for cost in (cascade["cost"], local["cost"]):
+        assert cost["spent_seconds"] > 0 and cost["reference_seconds"] > 0 and len(cost["step_seconds"]) == 1
+    served_controls = [e for e in rows if e["is_control"]]
+    assert sum(e["seconds"] for e in rows if e["stage"] is None) <= cascade["cost"]["spent_seconds"] + 1e-3
+    assert len(served_controls) == 2
     if len([r for r in race["rounds"] if "racers" in r]) > 1:
-        assert cascade["cost"]["retraining_steps"] > 0 == local["cost"]["retraining_steps"]
+        assert cascade["cost"]["retraining_seconds"] > 0 == local["cost"]["retraining_seconds"]
     v, w = cascade["verdict"], local["verdict"]
     assert (v["leader"], v["tied_group"], v["separated"], v["stop"]) == (
         w["leader"],

@@ -117,7 +117,8 @@ class RankConfig:
     budget_cap: float = option(
         0.1,
         help="cascade: most the ranking may spend, as a share of fine-tuning every candidate for reference_steps "
-        "(counted in training steps); the race stops before a round that would pass it",
+        "(in measured seconds, each architecture's fine-tuning step calibrated in the run); the race stops before a "
+        "round that would pass it",
         gt=0,
         le=1,
     )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from bnrank.engine.cascade import (
     apply_answer,
     close_round,
+    costs,
     may_run,
     race_ends,
     race_seeds,
@@ -170,7 +171,8 @@ def finalise_cascade(
     """A cascade's close-out from its rows, with the engine's pieces (bnrank/engine/cascade.py): replay the
     norm-only stage and every finished race round; dispatch the next round if the stop rule and the budget cap
     let it run, else close with the verdict. Each race round is one task per racer and seed, re-trained from step
-    0 (reported as ``retraining_steps``), sent as :data:`RACE_TASK` (GPU workers first, service/core/queues.py)."""
+    0 (reported as ``retraining_seconds``), sent as :data:`RACE_TASK` (GPU workers first, service/core/queues.py).
+    The cap is held in the rows' measured seconds against the controls' calibrated step cost, as the engine holds it."""
     candidates = [e for e in entries if e.stage is None and not e.is_control]
     controls: dict[str, list[RankEntry]] = {}
     bases: dict[str, str] = {}
@@ -182,12 +184,13 @@ def finalise_cascade(
     member = [bases.get(e.group_key or "") for e in candidates]
     named = [_named(e) for e in candidates]
     stage = stage_one(named, member, controls, rank)
-    spent = sum(e.steps for e in entries if e.stage is None)
-    race = start_race(stage, spent)
+    first = [e for e in entries if e.stage is None]
+    spent = sum(e.seconds or 0.0 for e in first)
+    race = start_race(stage, spent, sum(e.steps for e in first), costs(stage, controls, rank))
     racing = [e for e in entries if e.stage == "race"]
     index = {e.checkpoint_id: i for i, e in enumerate(candidates)}
     k = 0
-    while may_run(race, rank, k, len(candidates)):
+    while may_run(race, stage, rank, k):
         rows = [e for e in racing if e.halving_round == k + 1]
         if not rows:
             if job.cancel_requested:
