@@ -123,6 +123,17 @@ def check_weights() -> str:
     )
 
 
+def code_line() -> str:
+    """Which commits computed the results, by count: the run spans sessions, and an engine change between them
+    (how a head starts, say) is read here rather than found in a table. Records before the field name none."""
+    counts: dict[str, int] = {}
+    for path in sorted(RESULTS.glob("ground_truth/*/*/seed*.json")) + sorted(RESULTS.glob("proxies/*/*.json")):
+        code = rq.load(path).get("code") or "unrecorded"
+        counts[code] = counts.get(code, 0) + 1
+    shown = ", ".join(f"{c[:10]} × {n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"CODE: results by the commit that computed them: {shown or 'none yet'}"
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 
@@ -471,7 +482,8 @@ def target_lines(tables: Sequence[TaskTables], dec: dict[str, Any]) -> list[str]
 def report(boot: int = 1000) -> tuple[str, dict[str, Any]]:
     doc = prereg()
     tuning = doc["tuning_task"]
-    out = [f"BENCHMARK v2 (pre-registration {doc['created']}); raw results under {RESULTS}", check_weights()]
+    out = [f"BENCHMARK v2 (pre-registration {doc['created']}); raw results under {RESULTS}"]
+    out += [check_weights(), code_line()]
     t_tuning = TaskTables(tuning, None, boot)
     tuning_mean = None
     if t_tuning.ok:
