@@ -142,7 +142,9 @@ async def _client(host: str, port: int, request: bytes, count: int, latencies: l
         writer.close()
 
 
-def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, float]:
+def load(url: str, request: bytes, clients: int, per_client: int, pid: int | None = None) -> dict[str, float]:
+    """Latencies of ``clients`` keep-alive clients sending ``request`` ``per_client`` times each; with ``pid``
+    (the server), also the server's CPU time per request over the run."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors: list[int] = []
@@ -154,9 +156,12 @@ def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, f
         )
         return time.perf_counter() - started
 
+    cpu_before = server_cpu_s(pid) if pid else 0.0
     wall = asyncio.run(run())
+    cpu = server_cpu_s(pid) - cpu_before if pid else float("nan")
     ordered = sorted(latencies)
     return {
+        "server_cpu_ms_per_request": 1000 * cpu / max(len(ordered), 1),
         "requests": len(ordered),
         "errors": len(errors),
         "rps": len(ordered) / wall,
@@ -164,6 +169,27 @@ def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, f
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "max_ms": 1000 * ordered[-1],
     }
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by ``pid`` and every process below it (the API processes of
+    `bnrank serve --processes N` are its children); the worker is stopped before the timed steps."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [c for c, p in parents.items() if p in frontier and c not in tree]
+        tree.update(frontier)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def http_request(method: str, path: str, key: str, body: dict[str, Any] | None = None) -> bytes:
@@ -365,11 +391,11 @@ def measure(
 ) -> dict[str, Any]:
     """The three latency measurements at one client count, each sampled by ``spy`` when it samples."""
     with spy.sampling("get_finished"):
-        gets = load(url, http_request("GET", f"/v1/rankings/{job_id}", key), clients, args.gets)
+        gets = load(url, http_request("GET", f"/v1/rankings/{job_id}", key), clients, args.gets, spy.pid)
     with spy.sampling("post"):
-        posts = load(url, http_request("POST", "/v1/rankings", key, body), clients, args.posts)
+        posts = load(url, http_request("POST", "/v1/rankings", key, body), clients, args.posts, spy.pid)
     with spy.sampling("get_queued"):
-        live = load(url, http_request("GET", f"/v1/rankings/{queued}", key), clients, args.gets)
+        live = load(url, http_request("GET", f"/v1/rankings/{queued}", key), clients, args.gets, spy.pid)
     return {"clients": clients, "get_finished": gets, "post": posts, "get_queued": live}
 
 
@@ -394,6 +420,13 @@ def _rows(run: dict[str, Any], processes: int = 1) -> list[tuple[str, str, str, 
             posts["p99_ms"] <= post_target if n <= 16 else None,
         ),
         (f"POST throughput, {p}", f"{posts['rps']:.0f} req/s", "", None),
+        (
+            f"API CPU per GET (fin.; queued); POST, {p}",
+            f"{gets['server_cpu_ms_per_request']:.2f}; {live['server_cpu_ms_per_request']:.2f}; "
+            f"{posts['server_cpu_ms_per_request']:.1f} ms",
+            "",
+            None,
+        ),
     ]
 
 
