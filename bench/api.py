@@ -14,15 +14,18 @@ they answer on localhost (else the embedded SQLite + filesystem broker; ``--back
    ``--posts`` requests each;
 4. ``GET /v1/rankings/{id}`` of a queued ranking, as in 2 (``--py-spy DIR`` samples the server with py-spy
    during each of steps 2-5, at the last client count, and prints the functions it spent its time in);
+   Beside the latencies of steps 2-4, the API's CPU time per request: user + system time of the server
+   process and its children (`server_cpu_s`, from /proc) over the step, divided by its requests.
    Steps 1-4 run once per API process count (``--processes``, default 1 and 2: `bnrank serve --processes
    N`, one deployment each, measured one after the other in the same run);
 5. a 2 GiB upload (``--upload-mib``) whose bytes are not a checkpoint: it is streamed to the blob store
    and hashed in full, then refused by the format check (422) without loading anything, so the figure is
    the transport + hashing + disk path alone. Once per blob backend (``--blobs``): the folder, and an S3
    object store (moto's server on 127.0.0.1, tests/s3server.py), where the upload also goes up as a
-   multipart upload; beside the S3 figure, the same server's own single-stream rate (one boto3 PUT of
-   the same file). The filesystem upload runs once per ``--receive-buffers`` size (uvicorn's own 64 KiB
-   and the default 4 MiB of ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
+   multipart upload (each upload starts once the API is idle: `wait_idle`); beside the S3 figure, the
+   same server's own single-stream rate (one boto3 PUT of the same file). The filesystem upload runs once
+   per ``--receive-buffers`` size (uvicorn's own 64 KiB and the default 4 MiB of
+   ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
    (``application/octet-stream``, the fast path; the target applies to it) and as a multipart form (beside
    it, for comparison). Peak RSS
    growth of the API process is read from /proc/<pid>/status (VmHWM after resetting it through
@@ -358,6 +361,8 @@ def prepare(settings: Any, work: Path) -> tuple[str, str, str, list[str]]:
 class Spy:
     """py-spy sampling the server over one step, written as collapsed stacks (``--py-spy DIR``)."""
 
+    gil = False  # ``--py-spy-gil``: sample only the thread holding the GIL (where the CPU goes, not the waits)
+
     def __init__(self, folder: Path | None, pid: int) -> None:
         self.folder = folder
         self.pid = pid
@@ -382,6 +387,7 @@ class Spy:
                 "--nonblocking",
                 "--rate",
                 "200",
+                *(["--gil"] if self.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -551,11 +557,18 @@ def main() -> int:
         dest="py_spy",
         help="folder: sample the server with py-spy during each step at the last client count and the upload",
     )
+    parser.add_argument(
+        "--py-spy-gil",
+        dest="py_spy_gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread holding the GIL (CPU time, not waits)",
+    )
     parser.add_argument("--json", help="write the numbers here (default: bench/results/api/<UTC time>.json)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",") if c]
     process_counts = [int(p) for p in args.processes.split(",") if p]
     spy_folder = Path(args.py_spy) if args.py_spy else None
+    Spy.gil = args.py_spy_gil
 
     work = Path(tempfile.mkdtemp(prefix="bnrank-bench-"))
     try:
