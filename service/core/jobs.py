@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+from celery.utils.saferepr import saferepr
 from pydantic import ValidationError
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session
@@ -38,6 +39,7 @@ from service.core.params import AlchemyParams, FoldParams, JobParams, RankingPar
 
 log = logging.getLogger(__name__)
 
+REPR_MAX = 1024  # Celery's argsrepr_maxsize
 WorkRow = Any  # a row of a kind's table of units of work (service/core/kinds/)
 
 
@@ -46,12 +48,36 @@ def send_tasks(celery: Celery, queue: str, messages: Sequence[Message]) -> None:
 
     Where kombu can batch (5.7+: ``Producer.batch``, a Redis pipeline), the job's messages go to the
     broker in one round trip, and either all are flushed or, on an error, none; elsewhere one by one.
+
+    Each message is built and sent by Celery's own protocol functions (``app.amqp``), the two halves of
+    ``send_task`` without its per-call routing, task-registry and option merging (the queue is given, the
+    tasks are not registered here): the same message on the wire at half the CPU (docs/benchmarks.md,
+    issue 19). The queue is not re-declared per message: the default exchange delivers by queue name, and
+    a queue's declaration is the consumer's (kombu's per-message check cost more than the rest of the send).
     """
+    amqp = celery.amqp
+    reply_to = celery.thread_oid
     with celery.producer_or_acquire() as producer:
         batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
         with batch:
             for task_id, name, args in messages:
-                celery.send_task(name, args=args, task_id=task_id, queue=queue, producer=producer)
+                message = amqp.create_task_message(
+                    task_id,
+                    name,
+                    args,
+                    {},
+                    reply_to=reply_to,
+                    argsrepr=_argsrepr(args),
+                    kwargsrepr="{}",
+                    ignore_result=None,
+                )
+                amqp.send_task_message(producer, name, message, queue=queue, declare=[])
+
+
+def _argsrepr(args: Sequence[Any]) -> str:
+    """What Celery's ``saferepr`` writes for a task's arguments (ids: a plain ``repr``), at a tenth of the cost."""
+    text = repr(args)
+    return text if len(text) <= REPR_MAX else saferepr(args, REPR_MAX)
 
 
 def task_message(job: Job, row: WorkRow) -> tuple[str, list[Any]]:
