@@ -24,7 +24,7 @@ they answer on localhost (else the embedded SQLite + filesystem broker; ``--back
    object store (moto's server on 127.0.0.1, tests/s3server.py), where the upload also goes up as a
    multipart upload (each upload starts once the API is idle: `wait_idle`); beside the S3 figure, the
    same server's own single-stream rate (one boto3 PUT of the same file). The filesystem upload runs once
-   per ``--receive-buffers`` size (uvicorn's own 64 KiB and the default 4 MiB of
+   per ``--receive-buffers`` size (uvicorn's own 64 KiB and the default 1 MiB of
    ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
    (``application/octet-stream``, the fast path; the target applies to it) and as a multipart form (beside
    it, for comparison). Peak RSS
@@ -546,7 +546,7 @@ def main() -> int:
     parser.add_argument("--blobs", default="filesystem,s3", help="blob backends of the upload step (%(default)s)")
     parser.add_argument(
         "--receive-buffers",
-        default="65536,4194304",
+        default="65536,1048576",
         help="BNRANK_RECEIVE_BUFFER_BYTES of the filesystem uploads, one deployment each (%(default)s)",
     )
     parser.add_argument("--gets", type=int, default=40, help="GET requests per client")

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="preprocessing cache; default: home/cache")
     max_upload_bytes: int = Field(default=2 * GiB, ge=1, description="largest accepted checkpoint upload")
     receive_buffer_bytes: int = Field(
-        default=4 * 1024**2,
+        default=1024**2,
         ge=64 * 1024,
         le=64 * 1024**2,
         description="request body bytes uvicorn reads ahead of the app before it stops reading the socket "
