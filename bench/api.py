@@ -14,15 +14,18 @@ they answer on localhost (else the embedded SQLite + filesystem broker; ``--back
    ``--posts`` requests each;
 4. ``GET /v1/rankings/{id}`` of a queued ranking, as in 2 (``--py-spy DIR`` samples the server with py-spy
    during each of steps 2-5, at the last client count, and prints the functions it spent its time in);
+   Beside the latencies of steps 2-4, the API's CPU time per request: user + system time of the server
+   process and its children (`server_cpu_s`, from /proc) over the step, divided by its requests.
    Steps 1-4 run once per API process count (``--processes``, default 1 and 2: `bnrank serve --processes
    N`, one deployment each, measured one after the other in the same run);
 5. a 2 GiB upload (``--upload-mib``) whose bytes are not a checkpoint: it is streamed to the blob store
    and hashed in full, then refused by the format check (422) without loading anything, so the figure is
    the transport + hashing + disk path alone. Once per blob backend (``--blobs``): the folder, and an S3
    object store (moto's server on 127.0.0.1, tests/s3server.py), where the upload also goes up as a
-   multipart upload; beside the S3 figure, the same server's own single-stream rate (one boto3 PUT of
-   the same file). The filesystem upload runs once per ``--receive-buffers`` size (uvicorn's own 64 KiB
-   and the default 4 MiB of ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
+   multipart upload (each upload starts once the API is idle: `wait_idle`); beside the S3 figure, the
+   same server's own single-stream rate (one boto3 PUT of the same file). The filesystem upload runs once
+   per ``--receive-buffers`` size (uvicorn's own 64 KiB and the default 1 MiB of
+   ``BNRANK_RECEIVE_BUFFER_BYTES``), side by side. Sent twice: as the raw body
    (``application/octet-stream``, the fast path; the target applies to it) and as a multipart form (beside
    it, for comparison). Peak RSS
    growth of the API process is read from /proc/<pid>/status (VmHWM after resetting it through
@@ -142,7 +145,9 @@ async def _client(host: str, port: int, request: bytes, count: int, latencies: l
         writer.close()
 
 
-def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, float]:
+def load(url: str, request: bytes, clients: int, per_client: int, pid: int | None = None) -> dict[str, float]:
+    """Latencies of ``clients`` keep-alive clients sending ``request`` ``per_client`` times each; with ``pid``
+    (the server), also the server's CPU time per request over the run."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors: list[int] = []
@@ -154,9 +159,12 @@ def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, f
         )
         return time.perf_counter() - started
 
+    cpu_before = server_cpu_s(pid) if pid else 0.0
     wall = asyncio.run(run())
+    cpu = server_cpu_s(pid) - cpu_before if pid else float("nan")
     ordered = sorted(latencies)
     return {
+        "server_cpu_ms_per_request": 1000 * cpu / max(len(ordered), 1),
         "requests": len(ordered),
         "errors": len(errors),
         "rps": len(ordered) / wall,
@@ -164,6 +172,40 @@ def load(url: str, request: bytes, clients: int, per_client: int) -> dict[str, f
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "max_ms": 1000 * ordered[-1],
     }
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by ``pid`` and every process below it (the API processes of
+    `bnrank serve --processes N` are its children); the worker is stopped before the timed steps."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [c for c, p in parents.items() if p in frontier and c not in tree]
+        tree.update(frontier)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def wait_idle(pid: int, *, busy_share: float = 0.05, timeout_s: float = 60.0) -> float:
+    """Wait until the server (and its children) use under ``busy_share`` of a core over half a second: at
+    start-up the API imports torch again in its inspection forkserver, in the background, for seconds, which
+    the first upload measured otherwise shared the cores with. Returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        before = server_cpu_s(pid)
+        time.sleep(0.5)
+        if server_cpu_s(pid) - before < busy_share * 0.5:
+            break
+    return time.perf_counter() - started
 
 
 def http_request(method: str, path: str, key: str, body: dict[str, Any] | None = None) -> bytes:
@@ -319,6 +361,8 @@ def prepare(settings: Any, work: Path) -> tuple[str, str, str, list[str]]:
 class Spy:
     """py-spy sampling the server over one step, written as collapsed stacks (``--py-spy DIR``)."""
 
+    gil = False  # ``--py-spy-gil``: sample only the thread holding the GIL (where the CPU goes, not the waits)
+
     def __init__(self, folder: Path | None, pid: int) -> None:
         self.folder = folder
         self.pid = pid
@@ -343,6 +387,7 @@ class Spy:
                 "--nonblocking",
                 "--rate",
                 "200",
+                *(["--gil"] if self.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -365,11 +410,11 @@ def measure(
 ) -> dict[str, Any]:
     """The three latency measurements at one client count, each sampled by ``spy`` when it samples."""
     with spy.sampling("get_finished"):
-        gets = load(url, http_request("GET", f"/v1/rankings/{job_id}", key), clients, args.gets)
+        gets = load(url, http_request("GET", f"/v1/rankings/{job_id}", key), clients, args.gets, spy.pid)
     with spy.sampling("post"):
-        posts = load(url, http_request("POST", "/v1/rankings", key, body), clients, args.posts)
+        posts = load(url, http_request("POST", "/v1/rankings", key, body), clients, args.posts, spy.pid)
     with spy.sampling("get_queued"):
-        live = load(url, http_request("GET", f"/v1/rankings/{queued}", key), clients, args.gets)
+        live = load(url, http_request("GET", f"/v1/rankings/{queued}", key), clients, args.gets, spy.pid)
     return {"clients": clients, "get_finished": gets, "post": posts, "get_queued": live}
 
 
@@ -394,6 +439,13 @@ def _rows(run: dict[str, Any], processes: int = 1) -> list[tuple[str, str, str, 
             posts["p99_ms"] <= post_target if n <= 16 else None,
         ),
         (f"POST throughput, {p}", f"{posts['rps']:.0f} req/s", "", None),
+        (
+            f"API CPU per GET (fin.; queued); POST, {p}",
+            f"{gets['server_cpu_ms_per_request']:.2f}; {live['server_cpu_ms_per_request']:.2f}; "
+            f"{posts['server_cpu_ms_per_request']:.1f} ms",
+            "",
+            None,
+        ),
     ]
 
 
@@ -464,7 +516,8 @@ def upload_runs(
             _, key = create_key(session, "bench")
         db.dispose()
         url, pid = serve.url, serve.process.pid
-        spy = Spy(spy_folder if blobs == "filesystem" and receive_buffer is None else None, pid)
+        spy = Spy(spy_folder if blobs == "filesystem" else None, pid)
+        wait_idle(pid)
         with spy.sampling("upload"):
             raw = upload(url, key, path, pid, raw=True)
         form = upload(url, key, path, pid, raw=False)
@@ -493,7 +546,7 @@ def main() -> int:
     parser.add_argument("--blobs", default="filesystem,s3", help="blob backends of the upload step (%(default)s)")
     parser.add_argument(
         "--receive-buffers",
-        default="65536,4194304",
+        default="65536,1048576",
         help="BNRANK_RECEIVE_BUFFER_BYTES of the filesystem uploads, one deployment each (%(default)s)",
     )
     parser.add_argument("--gets", type=int, default=40, help="GET requests per client")
@@ -504,11 +557,18 @@ def main() -> int:
         dest="py_spy",
         help="folder: sample the server with py-spy during each step at the last client count and the upload",
     )
+    parser.add_argument(
+        "--py-spy-gil",
+        dest="py_spy_gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread holding the GIL (CPU time, not waits)",
+    )
     parser.add_argument("--json", help="write the numbers here (default: bench/results/api/<UTC time>.json)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",") if c]
     process_counts = [int(p) for p in args.processes.split(",") if p]
     spy_folder = Path(args.py_spy) if args.py_spy else None
+    Spy.gil = args.py_spy_gil
 
     work = Path(tempfile.mkdtemp(prefix="bnrank-bench-"))
     try:

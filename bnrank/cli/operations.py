@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Forwarded headers are read by the app, from BNRANK_TRUSTED_PROXIES only (service/api/app.py):
             # uvicorn's own default would believe any X-Forwarded-For that comes from 127.0.0.1.
             proxy_headers=False,
+            # Named rather than left to "auto", which falls back silently to asyncio's loop and the pure-Python
+            # h11 parser when these are missing: both are dependencies (pyproject.toml), and uvloop + httptools
+            # is what docs/benchmarks.md measures and what service/api/receive.py tunes.
+            loop="uvloop" if sys.platform != "win32" else "auto",
+            http="httptools",
         )
     except KeyboardInterrupt:
         pass

@@ -32,6 +32,7 @@ from service.api.authgate import AuthFirstMiddleware
 from service.api.background import housekeeping
 from service.api.bodylimit import BodyLimitMiddleware
 from service.api.contract import contract
+from service.api.heap import freeze_startup_objects
 from service.api.metrics import Metrics, MetricsMiddleware, StateCollector
 from service.api.ratelimit import make_limiter, retry_header
 from service.api.receive import set_receive_buffer
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()  # the app and every module are built: keep them out of full GC passes
         async with housekeeping(app.state):
             yield
         await app.state.auth_limiter.close()

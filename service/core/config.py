@@ -71,10 +71,11 @@ class Settings(BaseSettings):
     s3_access_key_id: str = Field(default="", description="object store key id; empty: boto3's own credential chain")
     s3_secret_access_key: str = Field(default="", description="object store secret key")
     s3_part_bytes: int = Field(
-        default=16 * 1024**2,
+        default=8 * 1024**2,
         ge=5 * 1024**2,
         le=5 * GiB,
-        description="part size of multipart uploads (the memory one upload holds); S3 needs at least 5 MiB",
+        description="part size of multipart uploads (the memory one upload holds; boto3's own default); "
+        "S3 needs at least 5 MiB",
     )
     dataset_buckets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -84,7 +85,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="preprocessing cache; default: home/cache")
     max_upload_bytes: int = Field(default=2 * GiB, ge=1, description="largest accepted checkpoint upload")
     receive_buffer_bytes: int = Field(
-        default=4 * 1024**2,
+        default=1024**2,
         ge=64 * 1024,
         le=64 * 1024**2,
         description="request body bytes uvicorn reads ahead of the app before it stops reading the socket "

@@ -209,7 +209,7 @@ class S3BlobStore(BlobStore):
 
     remote = True
 
-    def __init__(self, url: str, root: Path, client: Any, part_bytes: int = 16 * MiB) -> None:
+    def __init__(self, url: str, root: Path, client: Any, part_bytes: int = 8 * MiB) -> None:
         super().__init__(root)
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)

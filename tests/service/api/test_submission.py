@@ -1,5 +1,5 @@
-"""POST /v1/rankings writes the job and its entries in one INSERT (PostgreSQL), and a submission the broker
-refuses leaves a failed job saying why."""
+"""POST /v1/rankings writes the job and its entries in one INSERT (PostgreSQL) and sends their tasks in one
+broker round trip (Redis), and a submission the broker refuses leaves a failed job saying why."""
 
 from __future__ import annotations
 
@@ -54,6 +54,43 @@ def test_a_ranking_and_its_entries_are_one_insert(
     # No worker reads that queue: cancelled, so the job does not hold its checkpoints for the other tests.
     assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
     assert alice.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_a_rankings_tasks_are_one_broker_round_trip(
+    stack: Stack,
+    statements: tuple[str, list[str]],
+    alice: httpx.Client,
+    candidates: dict[str, str],
+    dataset_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every command the API sends Redis over kombu's (sync) connections is counted: the job's three task
+    messages (two candidates and their control) must go in one write, a pipeline of three LPUSHes."""
+    if stack.kind != "postgres+redis":
+        pytest.skip("the filesystem broker writes a file per message: there is no round trip to count")
+    import redis.connection
+
+    writes: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        parts = command if isinstance(command, list | tuple) else [command]
+        writes.append(b"".join(bytes(p) for p in parts))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    url, _ = statements
+    queue = f"{stack.settings.queue}_unread".encode()  # the statements fixture's queue: no worker takes from it
+    body = {"dataset_id": dataset_id, "checkpoint_ids": [candidates["good_a"], candidates["good_b"]]}
+    with httpx.Client(base_url=url, headers=alice.headers, timeout=60) as client:
+        client.get("/v1/checkpoints")
+        writes.clear()
+        response = client.post("/v1/rankings", json={**body, "budget": TINY_BUDGET})
+    assert response.status_code == 202, response.text
+    publishes = [w for w in writes if b"LPUSH" in w and queue in w]
+    assert len(publishes) == 1, publishes
+    assert publishes[0].count(b"LPUSH") == 3
+    assert alice.post(f"/v1/jobs/{response.json()['id']}/cancel").status_code in (200, 202)
 
 
 def test_a_submission_the_broker_refuses_fails_its_job_with_503(
