@@ -22,6 +22,7 @@ declarations below and committed first):
     python bench/benchmark_v2.py --ground-truth          # every task, resumable, one JSON per run
     python bench/benchmark_v2.py --proxies               # every proxy × proxy seed × task, resumable
     python bench/benchmark_v2.py --status                # what has landed
+    python bench/benchmark_v2.py --rebase-controls       # controls rebuilt as other bits: rerun their entries
 
 ``bench/run_v2.sh`` runs it all detached, from a snapshot of the commit, writing under bench/results/v2/.
 """
@@ -135,9 +136,9 @@ def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "control
     rs = recipes()
     recipe = [r for f in families for r in rs[f]]
     keys = Z.recipe_keys(recipe)
-    # Trained candidates are committed once built (RESULTS/zoo/<name>-<key>/, ~42 MB in all): training on
-    # another CPU model gives other bits, and a ground truth that takes several sessions on changing machines
-    # must compare the same weights throughout. Random initialisations are the same bits on any CPU.
+    # Every candidate and control is committed once built (RESULTS/zoo/<name>-<key>/, ~65 MB in all): training
+    # on another CPU model gives other bits, and so, for some seeds, does a random initialisation (u8_control_81
+    # did); a ground truth that takes several sessions on changing machines must compare the same weights.
     for r in recipe:
         committed, cached = RESULTS / "zoo" / f"{r.name}-{keys[r.name]}", cache / "zoo" / f"{r.name}-{keys[r.name]}"
         if (committed / Z.weights_name(r)).is_file() and not (cached / "manifest.json").is_file():
@@ -146,7 +147,7 @@ def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "control
     zoo = Z.build_zoo(cache, recipe, log=rq.log)
     for r in recipe:
         committed, cached = RESULTS / "zoo" / f"{r.name}-{keys[r.name]}", cache / "zoo" / f"{r.name}-{keys[r.name]}"
-        if r.make != "random" and not (committed / Z.weights_name(r)).is_file():
+        if not (committed / Z.weights_name(r)).is_file():
             shutil.copytree(cached, committed, dirs_exist_ok=True)
     for name, manifest in zoo.manifests.items():  # what was built, on which CPU, with its hash: committed
         rq.dump(RESULTS / "zoo" / f"{name}.json", {**manifest, "cpu": platform.processor() or platform.machine()})
@@ -336,28 +337,86 @@ def _norm_config(spec: T.TaskSpec, lr: float, seed: int, score: str):
     )
 
 
-def run_proxies(tasks: list[str], cache: Path) -> None:
-    """Every proxy at every proxy seed on every task (train and validation splits only), one JSON per run."""
+def _logme_entry(c, data, spec: T.TaskSpec, seed: int) -> dict[str, Any]:
     from bnrank.engine.logme import LogMEConfig, logme_entry
+
+    config = _norm_config(spec, 0.01, seed, "dice")
+    lm = LogMEConfig.from_train_config(config, n_batches=LOGME_BATCHES, per_class=1000)
+    c0 = time.process_time()
+    e = logme_entry(c, data, config, lm)
+    return {
+        "score": e.score if e.status == "ok" else None,
+        "error": e.error,
+        "cpu_seconds": round(time.process_time() - c0, 3),
+    }
+
+
+def _normonly_entry(c, data, spec: T.TaskSpec, lr: float, seed: int) -> dict[str, Any]:
     from bnrank.engine.ranking import rank_candidates
 
+    config = _norm_config(spec, lr, seed, "soft_dice")
+    w0, c0 = time.perf_counter(), time.process_time()
+    e = rank_candidates([c], data, config, control=False).entries[0]
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return {
+        "status": e.status,
+        "error": e.error,
+        "score": e.score,
+        "curve": e.curve,
+        "cpu_seconds": round(cpu, 3),
+        "wall_seconds": round(wall, 3),
+        "cpu_per_wall": round(cpu / wall, 4) if wall > 0 else 1.0,
+        "norm_kinds": e.norm_kinds,
+        "trained_parameters": e.trained_parameters,
+    }
+
+
+def rebase_controls(cache: Path) -> None:
+    """Recompute the control entries of proxy files written from other bits of the same random-init recipe.
+
+    A control is a random initialisation; on some CPU models one seed's draw gives other bits, so a control
+    rebuilt on a new machine would leave the committed proxy files scored from weights nobody can load again.
+    Each candidate's proxy run is independent of the others (same data order, its own seed), so rerunning one
+    control's entry with the committed bits is the run that file would hold had it been made from them; the
+    file records what was rerun, from which hash and by which commit.
+    """
+    for folder in sorted((RESULTS / "proxies").iterdir()):
+        name = folder.name
+        spec, zoo, data, _, _ = _task(name, cache)
+        current = {k: m.get("weights_sha256") for k, m in zoo.manifests.items()}
+        by_name = {c.name: c for c in zoo.candidates}
+        for path in sorted(folder.glob("*.json")):
+            doc = rq.load(path)
+            stale = [k for k, h in doc.get("weights_sha256", {}).items() if h != current.get(k)]
+            if not stale:
+                continue
+            if any("_control_" not in k for k in stale):
+                raise SystemExit(f"{path}: trained candidates {stale} were scored from other weights: rerun the file")
+            for k in stale:
+                if k in doc["entries"]:
+                    if doc["method"] == "logme":
+                        doc["entries"][k] = _logme_entry(by_name[k], data, spec, doc["seed"])
+                    elif doc["method"] == "normonly":
+                        doc["entries"][k] = _normonly_entry(by_name[k], data, spec, doc["lr"], doc["seed"])
+                    else:
+                        raise SystemExit(f"{path}: cannot rerun one entry of a {doc['method']!r} file")
+                doc.setdefault("rebased", []).append(
+                    {"candidate": k, "was_sha256": doc["weights_sha256"][k], "code": CODE, "rerun": k in doc["entries"]}
+                )
+                doc["weights_sha256"][k] = current[k]
+            rq.dump(path, doc)
+            rq.log(f"  {path.relative_to(RESULTS)}: {', '.join(stale)} rebased")
+
+
+def run_proxies(tasks: list[str], cache: Path) -> None:
+    """Every proxy at every proxy seed on every task (train and validation splits only), one JSON per run."""
     for name in tasks:
         spec, zoo, data, _, load_cpu = _task(name, cache)
         folder = RESULTS / "proxies" / name
         for seed in PROXY_SEEDS:
             path = folder / f"logme_b{LOGME_BATCHES}_seed{seed}.json"
             if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
-                config = _norm_config(spec, 0.01, seed, "dice")
-                lm = LogMEConfig.from_train_config(config, n_batches=LOGME_BATCHES, per_class=1000)
-                entries = {}
-                for c in zoo.candidates:
-                    c0 = time.process_time()
-                    e = logme_entry(c, data, config, lm)
-                    entries[c.name] = {
-                        "score": e.score if e.status == "ok" else None,
-                        "error": e.error,
-                        "cpu_seconds": round(time.process_time() - c0, 3),
-                    }
+                entries = {c.name: _logme_entry(c, data, spec, seed) for c in zoo.candidates}
                 rq.dump(
                     path,
                     {
@@ -374,23 +433,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
             for lr in NORM_LRS:
                 path = folder / f"normonly_lr{lr:g}_seed{seed}.json"
                 if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
-                    config = _norm_config(spec, lr, seed, "soft_dice")
-                    entries = {}
-                    for c in zoo.candidates:
-                        w0, c0 = time.perf_counter(), time.process_time()
-                        e = rank_candidates([c], data, config, control=False).entries[0]
-                        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-                        entries[c.name] = {
-                            "status": e.status,
-                            "error": e.error,
-                            "score": e.score,
-                            "curve": e.curve,
-                            "cpu_seconds": round(cpu, 3),
-                            "wall_seconds": round(wall, 3),
-                            "cpu_per_wall": round(cpu / wall, 4) if wall > 0 else 1.0,
-                            "norm_kinds": e.norm_kinds,
-                            "trained_parameters": e.trained_parameters,
-                        }
+                    entries = {c.name: _normonly_entry(c, data, spec, lr, seed) for c in zoo.candidates}
                     rq.dump(
                         path,
                         {
@@ -479,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--ground-truth", nargs="*", metavar="TASK", help="fine-tune every candidate × GT seed")
     g.add_argument("--proxies", nargs="*", metavar="TASK", help="every proxy × proxy seed")
     g.add_argument("--status", action="store_true", help="what has landed")
+    g.add_argument(
+        "--rebase-controls", action="store_true", help="rerun the proxy entries of controls now made of other bits"
+    )
     p.add_argument("--family", choices=("unet3d", "nnunet", "controls"), action="append")
     p.add_argument("--cache", type=Path, default=rq.DEFAULT_CACHE)
     p.add_argument("--results", type=Path, default=RESULTS, help="where raw JSON goes (bench/results/v2)")
@@ -510,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         run_ground_truth(args.ground_truth or list(T.TASKS), args.cache, args.repo)
     elif args.proxies is not None:
         run_proxies(args.proxies or list(T.TASKS), args.cache)
+    elif args.rebase_controls:
+        rebase_controls(args.cache)
     return 0
 
 

@@ -206,3 +206,24 @@ def decide(
         "eligible": len(eligible),
         "considered": len(measured),
     }
+
+
+def engine_setting(label: str) -> tuple[str, dict[str, object]]:
+    """What a registered setting's label means in the engine: (strategy, its norm-only stage's TrainConfig fields).
+
+    The norm-only runs behind every setting train at ``lr`` for ``steps`` steps and score the last whole-volume
+    validation (score window 1) by ``score``; short fine-tuning has no norm-only stage (empty fields).
+    """
+    words = label.split()
+    kind = words[0]
+    if kind == "short_finetune":
+        return kind, {}
+    if len(words) != 6 or words[1] != "lr" or words[4] != "st":
+        raise ValueError(f"not a registered setting label: {label!r}")
+    return kind, {
+        "lr": float(words[2]),
+        "max_steps": int(words[3]),
+        "score": words[5],
+        "score_window": 1,
+        "validation": "whole",
+    }

@@ -87,3 +87,48 @@ def test_an_evaluation_tasks_ground_truth_needs_the_committed_preregistration(tm
     mine.write_text('{"a": 2}\n')  # the run's copy differs from the committed one
     with pytest.raises(SystemExit):
         B.require_prereg("ct_fewshot", repo)
+
+
+def test_a_control_rebuilt_as_other_bits_has_its_proxy_entries_rerun_and_recorded(tmp_path, monkeypatch):
+    """Only a control may be rebased, only its entries are rerun, and the file says from which hash."""
+    from types import SimpleNamespace
+
+    folder = tmp_path / "proxies" / "tuning"
+    folder.mkdir(parents=True)
+    old = {"u8_random": "r", "u8_control_81": "old"}
+    B.rq.dump(
+        folder / "normonly_lr0.1_seed101.json",
+        {
+            "method": "normonly",
+            "lr": 0.1,
+            "seed": 101,
+            "weights_sha256": old,
+            "entries": {"u8_random": {"score": 0.5}, "u8_control_81": {"score": 0.4}},
+        },
+    )
+    B.rq.dump(
+        folder / "shortft_seed101.json",
+        {"method": "shortft", "seed": 101, "weights_sha256": old, "entries": {"u8_random": {}}},
+    )
+    zoo = SimpleNamespace(
+        manifests={"u8_random": {"weights_sha256": "r"}, "u8_control_81": {"weights_sha256": "new"}},
+        candidates=[SimpleNamespace(name="u8_random"), SimpleNamespace(name="u8_control_81")],
+    )
+    calls = []
+    monkeypatch.setattr(B, "RESULTS", tmp_path)
+    monkeypatch.setattr(B, "_task", lambda name, cache: ("spec", zoo, "data", None, 0.0))
+    monkeypatch.setattr(
+        B, "_normonly_entry", lambda c, d, s, lr, seed: calls.append((c.name, lr, seed)) or {"score": 0.3}
+    )
+    B.rebase_controls(tmp_path)
+    assert calls == [("u8_control_81", 0.1, 101)]
+    doc = B.rq.load(folder / "normonly_lr0.1_seed101.json")
+    assert doc["entries"] == {"u8_random": {"score": 0.5}, "u8_control_81": {"score": 0.3}}
+    assert doc["weights_sha256"]["u8_control_81"] == "new"
+    assert doc["rebased"][0]["was_sha256"] == "old" and doc["rebased"][0]["rerun"]
+    short = B.rq.load(folder / "shortft_seed101.json")  # controls are not in short fine-tuning: hash only
+    assert short["weights_sha256"]["u8_control_81"] == "new" and not short["rebased"][0]["rerun"]
+
+    zoo.manifests["u8_random"]["weights_sha256"] = "retrained"  # a trained candidate's bits are not a draw
+    with pytest.raises(SystemExit, match="u8_random"):
+        B.rebase_controls(tmp_path)

@@ -214,3 +214,14 @@ def test_proxy_variants_order_halving_survivors_first_and_failures_last():
     plain = {k: {**v, "halving_round": None} for k, v in entries.items()}
     s = P.scores({"entries": plain}, list("abcd"))
     assert sorted("abcd", key=lambda k: -s["abcd".index(k)]) == ["a", "c", "b", "d"]
+
+
+def test_a_setting_label_reads_as_the_engines_strategy_and_budget():
+    assert S.engine_setting("norm_only lr 0.1 50 st soft_dice") == (
+        "norm_only",
+        {"lr": 0.1, "max_steps": 50, "score": "soft_dice", "score_window": 1, "validation": "whole"},
+    )
+    assert S.engine_setting("cascade lr 0.03 20 st dice")[0] == "cascade"
+    assert S.engine_setting("short_finetune 25 st") == ("short_finetune", {})
+    with pytest.raises(ValueError, match="LogME"):
+        S.engine_setting("LogME b8")
