@@ -30,6 +30,7 @@ declarations below and committed first):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -65,7 +66,24 @@ LOGME_BATCHES = 8
 # The commit whose snapshot computes the results (run_v2.sh sets it): engine changes between sessions, such as
 # how a head is re-initialised, must not mix within a task unnoticed.
 CODE = os.environ.get("BNRANK_BENCH_COMMIT")
+MACHINE: dict[str, Any] | None = None  # set in main(): machine()
 COST_CAP = 0.10  # the default strategy may cost at most this share of fine-tuning every candidate
+
+
+def machine() -> dict[str, Any]:
+    """The CPU and the precision "auto" resolves to on it, recorded in every result: CPU seconds compare only
+    within one class (bench/report_v2.py), and bf16 and fp32 runs are told apart."""
+    import torch
+
+    from bnrank.engine.configs.training import TrainConfig
+    from bnrank.engine.training.precision import use_bf16
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    bf16 = use_bf16(TrainConfig(precision=GT.precision))
+    return {"cpu": cpu, "precision": "bf16" if bf16 else "fp32", "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 # ------------------------------------------------------------------------------------------------ zoo
@@ -284,40 +302,43 @@ def _task(name: str, cache: Path, families=("unet3d", "nnunet", "controls")):
     return spec, zoo, TaskData(split["train"], split["val"], T.class_names(spec)), split["test"], load_cpu
 
 
-def run_ground_truth(tasks: list[str], cache: Path, repo: Path) -> None:
+def run_ground_truth(tasks: list[str], cache: Path, repo: Path, reverse: bool = False) -> None:
+    """Every candidate × GT seed on every task, one JSON per run; ``reverse`` walks the runs from the other end, so
+    a second process shares a task's runs with the first (each skips what has landed)."""
     for name in tasks:
         require_prereg(name, repo)
         spec, zoo, data, test, load_cpu = _task(name, cache)
         cfg = replace(GT, patch=spec.patch)
         cands = [c for c in zoo.candidates if "_control_" not in c.name]
         rq.log(f"v2 ground truth {name}: {len(cands)} candidates × seeds {cfg.seeds}, budgets {cfg.budgets}")
-        for seed in cfg.seeds:
-            for cand in cands:
-                path = RESULTS / "ground_truth" / name / cand.name / f"seed{seed}.json"
-                if path.is_file() and rq.load(path).get("zoo_key") == zoo.keys[cand.name]:
-                    continue
-                t0 = time.perf_counter()
-                result = rq.finetune(cand, data, test, seed, cfg.budgets, cfg)
-                rq.dump(
-                    path,
-                    {
-                        "task": name,
-                        "candidate": cand.name,
-                        "family": family_of(cand.name),
-                        "zoo_key": zoo.keys[cand.name],
-                        "weights_sha256": zoo.manifests[cand.name].get("weights_sha256"),
-                        "seed": seed,
-                        "config": asdict(cfg),
-                        "threads": 1,
-                        "code": CODE,
-                        "host": platform.node(),
-                        "seconds": round(time.perf_counter() - t0, 3),
-                        "load_cpu_seconds": round(load_cpu, 3),
-                        **result,
-                    },
-                )
-                shown = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in result["budgets"])
-                rq.log(f"  {name} seed {seed} {cand.name}: {shown}")
+        order = [(seed, cand) for seed in cfg.seeds for cand in cands]
+        for seed, cand in reversed(order) if reverse else order:
+            path = RESULTS / "ground_truth" / name / cand.name / f"seed{seed}.json"
+            if path.is_file() and rq.load(path).get("zoo_key") == zoo.keys[cand.name]:
+                continue
+            t0 = time.perf_counter()
+            result = rq.finetune(cand, data, test, seed, cfg.budgets, cfg)
+            rq.dump(
+                path,
+                {
+                    "task": name,
+                    "candidate": cand.name,
+                    "family": family_of(cand.name),
+                    "zoo_key": zoo.keys[cand.name],
+                    "weights_sha256": zoo.manifests[cand.name].get("weights_sha256"),
+                    "seed": seed,
+                    "config": asdict(cfg),
+                    "threads": 1,
+                    "code": CODE,
+                    "machine": MACHINE,
+                    "host": platform.node(),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "load_cpu_seconds": round(load_cpu, 3),
+                    **result,
+                },
+            )
+            shown = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in result["budgets"])
+            rq.log(f"  {name} seed {seed} {cand.name}: {shown}")
 
 
 def _norm_config(spec: T.TaskSpec, lr: float, seed: int, score: str):
@@ -423,6 +444,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                         "task": name,
                         "method": "logme",
                         "code": CODE,
+                        "machine": MACHINE,
                         "seed": seed,
                         "zoo_keys": zoo.keys,
                         "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
@@ -440,6 +462,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                             "task": name,
                             "method": "normonly",
                             "code": CODE,
+                            "machine": MACHINE,
                             "lr": lr,
                             "configured_score": "soft_dice",
                             "seed": seed,
@@ -463,6 +486,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
                         "task": name,
                         "method": "shortft",
                         "code": CODE,
+                        "machine": MACHINE,
                         "seed": seed,
                         "budgets": list(SHORT_FT),
                         "zoo_keys": zoo.keys,
@@ -513,7 +537,7 @@ def status() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
+    global RESULTS, MACHINE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prereg", action="store_true", help="write bench/preregistration_v2.json from the declarations")
@@ -530,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="where raw JSON goes (bench/results/v2)")
     p.add_argument("--repo", type=Path, default=ROOT, help="the git checkout whose history holds the prereg")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reverse", action="store_true", help="ground truth: take the runs from the last one back")
     args = p.parse_args(argv)
     RESULTS = args.results
     if args.status:
@@ -543,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     from bnrank.engine.threads import configure_threads
 
     configure_threads(threads=args.threads)
+    MACHINE = machine()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.data:
         import zoo as Z
@@ -553,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.zoo:
         build(args.cache, tuple(args.family or ("unet3d", "nnunet", "controls")))
     elif args.ground_truth is not None:
-        run_ground_truth(args.ground_truth or list(T.TASKS), args.cache, args.repo)
+        run_ground_truth(args.ground_truth or list(T.TASKS), args.cache, args.repo, args.reverse)
     elif args.proxies is not None:
         run_proxies(args.proxies or list(T.TASKS), args.cache)
     elif args.rebase_controls:

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -524,8 +524,21 @@ def extension_candidates() -> list[str]:
     return list(load(path)["keys"]) if path.is_file() else []
 
 
+def run_class(record: Mapping[str, Any]) -> str:
+    """Which machine made a raw result, as far as it says: its recorded CPU and precision, else the run (the commit a
+    run_v2.sh snapshot computed from, one machine per run), else "unrecorded". CPU seconds compare only within one
+    class: a CPU with native bf16 trained these networks about 7x faster than one without (docs/ranking-quality.md).
+    """
+    m = record.get("machine")
+    if isinstance(m, Mapping):
+        return f"{m.get('cpu', '?')}, {m.get('precision', '?')}"
+    code = record.get("code")
+    return f"run {str(code)[:10]}" if code else "unrecorded"
+
+
 def read_gt(task: str, candidates: Sequence[str] | None = None, root: Path | None = None) -> dict[str, Any] | None:
-    """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands]}.
+    """{candidates, seeds, budgets, gt: {budget: [seeds, cands, cases]}, train_seconds: [seeds, cands],
+    classes: [seeds][cands] (each run's :func:`run_class`)}.
 
     Of ``candidates`` only; by default of the pre-registered pool, so the headline tables stay computed over
     the candidates they were registered on when extension candidates' runs sit beside theirs. ``root`` is
@@ -571,6 +584,7 @@ def read_gt(task: str, candidates: Sequence[str] | None = None, root: Path | Non
         "gt": gt,
         "train_seconds": seconds,
         "budget_seconds": budget_seconds,
+        "classes": [[run_class(table[(c, s)]) for c in cands] for s in complete],
         "incomplete_seeds": [s for s in seeds if s not in complete],
         "config": table[(cands[0], complete[0])]["config"],
     }

@@ -137,8 +137,25 @@ def code_line() -> str:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def seed_runs(task: str, cands: Sequence[str]) -> list[st.SeedRuns]:
-    """Each proxy seed's runs on ``task``, with the settings whose files hold every candidate (and control)."""
+def _rebased(doc: Mapping[str, Any]) -> set[str]:
+    return {r["candidate"] for r in doc.get("rebased", []) if r.get("rerun")}
+
+
+def _peer_cpu(cpu: dict[str, float], rebased: set[str]) -> dict[str, float]:
+    """``cpu`` with each rebased control's seconds read as the mean of its family's other controls in the file: the
+    rerun was timed on another machine, and every control of a family does the same work."""
+    out = dict(cpu)
+    for name in rebased & set(cpu):
+        peers = [v for k, v in cpu.items() if st.is_control(k) and k not in rebased and family_of(k) == family_of(name)]
+        out[name] = float(np.mean(peers)) if peers else math.nan
+    return out
+
+
+def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[st.SeedRuns]:
+    """Each proxy seed's runs on ``task``, with the settings whose files hold every candidate (and control).
+
+    CPU seconds count only from files made on the ``ref`` machine class (:func:`rq.run_class`), the one the
+    ground truth's fine-tuning cost is read on; a file from another class gives scores but NaN seconds."""
     doc = prereg()
     p = doc["proxies"]
     folder = RESULTS / "proxies" / task
@@ -148,18 +165,19 @@ def seed_runs(task: str, cands: Sequence[str]) -> list[st.SeedRuns]:
         runs = st.SeedRuns(seed=s, load_cpu=float(tasks.get(task, {}).get("load_cpu_seconds", 0.0)))
         path = folder / f"logme_b{p['logme']['batches']}_seed{s}.json"
         if path.is_file():
-            e = rq.load(path)["entries"]
+            doc_ = rq.load(path)
+            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
             if all(c in e for c in cands):
                 scores = qs.failed_last([e[c]["score"] for c in cands])
                 runs.logme = dict(zip(cands, scores, strict=True))
-                runs.logme_cpu = {c: e[c]["cpu_seconds"] for c in cands}
+                runs.logme_cpu = {c: e[c]["cpu_seconds"] if same else math.nan for c in cands}
         want = [*cands, *controls()]
         for lr in p["norm_only"]["lrs"]:
             path = folder / f"normonly_lr{lr:g}_seed{s}.json"
             if not path.is_file():
                 continue
             doc_ = rq.load(path)
-            e = doc_["entries"]
+            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
             runs.load_cpu = float(doc_.get("load_cpu_seconds", runs.load_cpu))
             have = [c for c in want if c in e and e[c]["status"] == "ok"]
             if not all(c in have for c in cands):
@@ -168,20 +186,24 @@ def seed_runs(task: str, cands: Sequence[str]) -> list[st.SeedRuns]:
                 for key, label in (("dice", "dice"), ("score", "soft_dice")):
                     name = f"lr {lr:g} {steps} st {label}"
                     runs.norm[name] = {c: qs.windowed(e[c]["curve"], steps, key, 1) for c in have}
-                    runs.norm_cpu[name] = {
+                    cpu = {
                         c: (qs.seconds_at(e[c]["curve"], steps) + e[c]["wall_seconds"] - e[c]["curve"][-1]["seconds"])
                         * e[c]["cpu_per_wall"]
                         for c in have
                     }
+                    runs.norm_cpu[name] = _peer_cpu(cpu, _rebased(doc_)) if same else dict.fromkeys(have, math.nan)
         path = folder / f"shortft_seed{s}.json"
         if path.is_file():
-            e = rq.load(path)["entries"]
+            doc_ = rq.load(path)
+            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
             if all(c in e for c in cands):
                 for i, steps in enumerate(p["short_finetune"]["steps"]):
                     runs.ft[steps] = {c: e[c]["budgets"][i]["dice"] for c in cands}
                     runs.ft_cpu[steps] = {
                         c: e[c]["budgets"][i]["train_cpu_seconds"]
                         + e[c].get("eval_cpu_seconds", e[c].get("eval_seconds", 0.0)) * (i + 1) / len(e[c]["budgets"])
+                        if same
+                        else math.nan
                         for c in cands
                     }
         out.append(runs)
@@ -261,9 +283,19 @@ class TaskTables:
         self.conv = conv = gt["gt"][gt["budgets"][-1]]
         self.sd = bs.seed_sd(conv)
         self.group = bs.tied_top_group(conv, n=boot)
-        self.runs = seed_runs(task, cands)
+        # Costs are read on one machine class (rq.run_class), the one that made most of the ground truth: fine-tuning
+        # every candidate is the mean of each candidate's runs there, and proxy files from other classes give
+        # scores but no seconds.
+        classes = np.array(gt["classes"], dtype=object)
+        names, counts = np.unique(classes, return_counts=True)
+        self.classes = dict(zip(names.tolist(), counts.tolist(), strict=True))
+        self.ref = str(names[np.argmax(counts)])
+        self.runs = seed_runs(task, cands, self.ref)
         load = self.runs[0].load_cpu if self.runs else 0.0
-        self.ft_all = float(gt["train_seconds"].mean(axis=0).sum()) + load
+        here = np.where(classes == self.ref, gt["train_seconds"], np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.ft_all = float(np.nanmean(here, axis=0).sum()) + load  # NaN if a candidate has no run there
         self.boot = boot
         self.prior = None
         if tuning_mean is not None:
@@ -296,7 +328,9 @@ class TaskTables:
     def add(self, label: str, orders: Sequence[st.Order]) -> None:
         scores = np.array([o.scores for o in orders], float)
         m = measure(scores, self.conv, self.group, self.sd)
-        m["cost"] = float(np.mean([o.cpu for o in orders])) / self.ft_all
+        costs = [o.cpu for o in orders if math.isfinite(o.cpu)]
+        m["cost"] = float(np.mean(costs)) / self.ft_all if costs else math.nan
+        m["cost_seeds"] = len(costs)
         m["seeds"] = len(orders)
         m["flagged"] = float(np.mean([len(o.flagged) for o in orders]))
         agree = [t for t in qs.loso(scores) if math.isfinite(t)] if len(scores) > 1 else []
@@ -363,6 +397,11 @@ def task_lines(t: TaskTables, tuning: str, dec: dict[str, Any]) -> list[str]:
         + (f" (incomplete: {gt['incomplete_seeds']})" if gt["incomplete_seeds"] else "")
         + f"; ceiling {f2(qs.ceiling(conv))}; seed s.d. {t.sd:.4f}; tied top group: "
         f"{', '.join(cands[i] for i in t.group)}; fine-tuning all: {t.ft_all:.0f} CPU s (loading included)"
+    )
+    lines.append(
+        "  MACHINES: ground-truth runs by class: "
+        + ", ".join(f"{k} × {n}" for k, n in sorted(t.classes.items(), key=lambda kv: -kv[1]))
+        + f"; costs (× FT) are read on {t.ref} only"
     )
     mean = qs.gt_mean(conv)
     for i in np.argsort(-mean):

@@ -6,8 +6,8 @@
 # It runs from a snapshot of the checkout's HEAD (so a later merge or checkout in the working tree cannot
 # change the code under a run that lasts many hours) and writes raw JSON into the checkout's
 # bench/results/v2/; logs and the snapshot live in the cache ($BNRANK_BENCH_CACHE, ~/.cache/bnrank-bench).
-# Every step skips what has already landed, so running it again resumes. One torch thread per process,
-# at most two processes, nice 15.
+# Every step skips what has already landed, so running it again resumes. One torch thread per process: the
+# ground truth from both ends of its run list (two processes) beside the proxies, nice 15.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${BNRANK_BENCH_CACHE:-$HOME/.cache/bnrank-bench}"
@@ -32,8 +32,10 @@ b=$!
 wait "$a"; wait "$b"  # each returns its process's status: a failed zoo stops the run here
 "${PY[@]}" --ground-truth >> "$LOGS/ground-truth.log" 2>&1 &
 a=$!
+"${PY[@]}" --ground-truth --reverse >> "$LOGS/ground-truth-reverse.log" 2>&1 &
+c=$!
 "${PY[@]}" --proxies >> "$LOGS/proxies.log" 2>&1 &
 b=$!
-echo "$(date -u +%FT%TZ) ground truth pid $a, proxies pid $b" >> "$LOGS/run.log"
-wait "$a"; wait "$b"
+echo "$(date -u +%FT%TZ) ground truth pids $a (forward) $c (reverse), proxies pid $b" >> "$LOGS/run.log"
+wait "$a"; wait "$c"; wait "$b"
 echo "$(date -u +%FT%TZ) done" >> "$LOGS/run.log"

@@ -225,3 +225,33 @@ def test_a_setting_label_reads_as_the_engines_strategy_and_budget():
     assert S.engine_setting("short_finetune 25 st") == ("short_finetune", {})
     with pytest.raises(ValueError, match="LogME"):
         S.engine_setting("LogME b8")
+
+
+def test_costs_are_read_on_the_machine_class_that_made_most_of_the_ground_truth(results):
+    """A slower machine's ground-truth seed and proxy file change no cost; their scores still count."""
+    _gt(results, "tuning")
+    _proxies(results, "tuning")
+    text, _ = R.report(boot=20)
+    cost = float(_rows(text, "tuning")["norm_only lr 0.1 20 st dice"].split("←")[0].split()[-1])
+    slow = {"machine": {"cpu": "slow", "precision": "fp32"}}
+    for path in (results / "ground_truth" / "tuning").glob("*/seed5.json"):
+        record = R.rq.load(path)
+        record["budgets"][0]["train_cpu_seconds"] *= 7
+        R.rq.dump(path, {**record, **slow})
+    path = results / "proxies" / "tuning" / "normonly_lr0.1_seed101.json"
+    doc = R.rq.load(path)
+    for e in doc["entries"].values():
+        e["wall_seconds"] *= 7
+        e["curve"] = [{**p, "seconds": p["seconds"] * 7} for p in e["curve"]]
+    R.rq.dump(path, {**doc, **slow})
+    text, dec = R.report(boot=20)
+    row = _rows(text, "tuning")["norm_only lr 0.1 20 st dice"]
+    assert float(row.split("←")[0].split()[-1]) == pytest.approx(cost) and dec["chosen"] == "norm_only lr 0.1 20 st dice"
+    assert "ground-truth runs by class: unrecorded × 60, slow, fp32 × 15; costs (× FT) are read on unrecorded" in text
+
+
+def test_a_rebased_controls_seconds_are_its_familys_other_controls(results):
+    st = R._peer_cpu(
+        {"u8_control_81": 70.0, "u8_control_82": 10.0, "u8_control_83": 12.0, "u8_random": 9.0}, {"u8_control_81"}
+    )
+    assert st["u8_control_81"] == 11.0 and st["u8_random"] == 9.0
