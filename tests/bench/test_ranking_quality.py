@@ -166,23 +166,6 @@ def test_report_and_tune_from_fixture_files(tmp_path, monkeypatch):
         rq.run_tune()
 
 
-def test_the_ranking_defaults_are_the_pre_registered_setting():
-    """bnrank rank and the service rank with what the tuning task chose (bench/preregistration.json), so the
-    defaults cannot drift from what the benchmark measured out of sample."""
-    from bnrank.engine.configs.ranking import RankConfig, ranking_config
-    from bnrank.engine.configs.training import TrainConfig
-    from service.core.params import RankingParams
-
-    setting = json.loads((BENCH / "preregistration.json").read_text())["setting"]
-    train, rank = qs.engine_options(setting)
-    engine = ranking_config()
-    assert {k: getattr(engine, k) for k in train} == train
-    served = RankingParams().train_config()
-    assert {k: getattr(served, k) for k in train} == train
-    assert {k: getattr(RankConfig(), k) for k in rank} == rank
-    assert train != {k: getattr(TrainConfig(), k) for k in train}  # kept apart from the plain TrainConfig's
-
-
 def test_engine_options_read_the_score_window_and_halving():
     setting = {"method": "bnonly", "lr": 0.1, "steps": 100, "score": "soft_dice3", "halving": 25, "extra": {}}
     train, rank = qs.engine_options(setting)

@@ -246,7 +246,8 @@ def test_costs_are_read_on_the_machine_class_that_made_most_of_the_ground_truth(
     R.rq.dump(path, {**doc, **slow})
     text, dec = R.report(boot=20)
     row = _rows(text, "tuning")["norm_only lr 0.1 20 st dice"]
-    assert float(row.split("←")[0].split()[-1]) == pytest.approx(cost) and dec["chosen"] == "norm_only lr 0.1 20 st dice"
+    assert float(row.split("←")[0].split()[-1]) == pytest.approx(cost)
+    assert dec["chosen"] == "norm_only lr 0.1 20 st dice"
     assert "ground-truth runs by class: unrecorded × 60, slow, fp32 × 15; costs (× FT) are read on unrecorded" in text
 
 
