@@ -402,6 +402,7 @@ def task_lines(t: TaskTables, tuning: str, dec: dict[str, Any]) -> list[str]:
         "  MACHINES: ground-truth runs by class: "
         + ", ".join(f"{k} × {n}" for k, n in sorted(t.classes.items(), key=lambda kv: -kv[1]))
         + f"; costs (× FT) are read on {t.ref} only"
+        + "".join(f"; {k}: {d}" for k, d in class_shifts(t).items())
     )
     mean = qs.gt_mean(conv)
     for i in np.argsort(-mean):
@@ -457,6 +458,27 @@ def task_lines(t: TaskTables, tuning: str, dec: dict[str, Any]) -> list[str]:
             cells.append(f"{f2(m['wtau'])} / {f2(m['regret_sd'], '.1f')}".rjust(22))
         lines.append(f"  {label:<42} " + " ".join(cells))
     return lines
+
+
+def class_shifts(t: TaskTables) -> dict[str, str]:
+    """For each machine class but the reference one, how its ground-truth runs differ from the reference class's
+    runs of the same candidate (mean and s.d. of the per-run difference of test Dice), so a precision or CPU that
+    moves the truth is seen rather than averaged in."""
+    scores = qs.seed_scores(t.conv)
+    classes = np.array(t.gt["classes"], dtype=object)
+    out = {}
+    for k in sorted(t.classes):
+        if k == t.ref:
+            continue
+        deltas = []
+        for s, c in zip(*np.nonzero(classes == k), strict=True):
+            ref = scores[classes[:, c] == t.ref, c]
+            if ref.size:
+                deltas.append(scores[s, c] - ref.mean())
+        if deltas:
+            d = np.asarray(deltas)
+            out[k] = f"Δ test Dice vs the same candidates there {d.mean():+.4f} (s.d. {d.std():.4f}, n {d.size})"
+    return out
 
 
 def decision_lines(dec: dict[str, Any]) -> list[str]:

@@ -249,6 +249,7 @@ def test_costs_are_read_on_the_machine_class_that_made_most_of_the_ground_truth(
     assert float(row.split("←")[0].split()[-1]) == pytest.approx(cost)
     assert dec["chosen"] == "norm_only lr 0.1 20 st dice"
     assert "ground-truth runs by class: unrecorded × 60, slow, fp32 × 15; costs (× FT) are read on unrecorded" in text
+    assert "slow, fp32: Δ test Dice vs the same candidates there" in text and "n 15)" in text
 
 
 def test_a_rebased_controls_seconds_are_its_familys_other_controls(results):
