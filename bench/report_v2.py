@@ -159,6 +159,10 @@ def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[s
     doc = prereg()
     p = doc["proxies"]
     folder = RESULTS / "proxies" / task
+
+    def on_ref(record: Mapping[str, Any]) -> bool:
+        return ref is None or rq.run_class(record) == ref
+
     tasks = rq.load(RESULTS / "tasks.json") if (RESULTS / "tasks.json").is_file() else {}
     out = []
     for s in p["seeds"]:
@@ -166,7 +170,7 @@ def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[s
         path = folder / f"logme_b{p['logme']['batches']}_seed{s}.json"
         if path.is_file():
             doc_ = rq.load(path)
-            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
+            e, same = doc_["entries"], on_ref(doc_)
             if all(c in e for c in cands):
                 scores = qs.failed_last([e[c]["score"] for c in cands])
                 runs.logme = dict(zip(cands, scores, strict=True))
@@ -177,7 +181,7 @@ def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[s
             if not path.is_file():
                 continue
             doc_ = rq.load(path)
-            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
+            e, same = doc_["entries"], on_ref(doc_)
             runs.load_cpu = float(doc_.get("load_cpu_seconds", runs.load_cpu))
             have = [c for c in want if c in e and e[c]["status"] == "ok"]
             if not all(c in have for c in cands):
@@ -195,7 +199,7 @@ def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[s
         path = folder / f"shortft_seed{s}.json"
         if path.is_file():
             doc_ = rq.load(path)
-            e, same = doc_["entries"], ref is None or rq.run_class(doc_) == ref
+            e, same = doc_["entries"], on_ref(doc_)
             if all(c in e for c in cands):
                 for i, steps in enumerate(p["short_finetune"]["steps"]):
                     runs.ft[steps] = {c: e[c]["budgets"][i]["dice"] for c in cands}
@@ -286,7 +290,7 @@ class TaskTables:
         # Costs are read on one machine class (rq.run_class), the one that made most of the ground truth: fine-tuning
         # every candidate is the mean of each candidate's runs there, and proxy files from other classes give
         # scores but no seconds.
-        classes = np.array(gt["classes"], dtype=object)
+        self.run_classes = classes = np.array(gt["classes"], dtype=object)
         names, counts = np.unique(classes, return_counts=True)
         self.classes = dict(zip(names.tolist(), counts.tolist(), strict=True))
         self.ref = str(names[np.argmax(counts)])
@@ -330,7 +334,6 @@ class TaskTables:
         m = measure(scores, self.conv, self.group, self.sd)
         costs = [o.cpu for o in orders if math.isfinite(o.cpu)]
         m["cost"] = float(np.mean(costs)) / self.ft_all if costs else math.nan
-        m["cost_seeds"] = len(costs)
         m["seeds"] = len(orders)
         m["flagged"] = float(np.mean([len(o.flagged) for o in orders]))
         agree = [t for t in qs.loso(scores) if math.isfinite(t)] if len(scores) > 1 else []
@@ -464,8 +467,7 @@ def class_shifts(t: TaskTables) -> dict[str, str]:
     """For each machine class but the reference one, how its ground-truth runs differ from the reference class's
     runs of the same candidate (mean and s.d. of the per-run difference of test Dice), so a precision or CPU that
     moves the truth is seen rather than averaged in."""
-    scores = qs.seed_scores(t.conv)
-    classes = np.array(t.gt["classes"], dtype=object)
+    scores, classes = qs.seed_scores(t.conv), t.run_classes
     out = {}
     for k in sorted(t.classes):
         if k == t.ref:
