@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import ranking_quality as rq  # noqa: E402
 import v2_tasks as T  # noqa: E402
+from v2_strategies import is_control  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "v2"
 PREREGISTRATION = ROOT / "bench" / "preregistration_v2.json"
@@ -167,8 +168,10 @@ def build(cache: Path, families: tuple[str, ...] = ("unet3d", "nnunet", "control
         committed, cached = RESULTS / "zoo" / f"{r.name}-{keys[r.name]}", cache / "zoo" / f"{r.name}-{keys[r.name]}"
         if not (committed / Z.weights_name(r)).is_file():
             shutil.copytree(cached, committed, dirs_exist_ok=True)
-    for name, manifest in zoo.manifests.items():  # what was built, on which CPU, with its hash: committed
-        rq.dump(RESULTS / "zoo" / f"{name}.json", {**manifest, "cpu": platform.processor() or platform.machine()})
+    for name, manifest in zoo.manifests.items():  # what was built, with its hash: committed once, when built
+        path = RESULTS / "zoo" / f"{name}.json"
+        if not path.is_file() or rq.load(path).get("weights_sha256") != manifest.get("weights_sha256"):
+            rq.dump(path, {**manifest, "machine": MACHINE or machine()})
     folders = [(name, T.write_task(spec, cache)) for name, spec in T.TASKS.items()]
     Z.check_disjoint(zoo, folders)
     return zoo
@@ -309,7 +312,7 @@ def run_ground_truth(tasks: list[str], cache: Path, repo: Path, reverse: bool = 
         require_prereg(name, repo)
         spec, zoo, data, test, load_cpu = _task(name, cache)
         cfg = replace(GT, patch=spec.patch)
-        cands = [c for c in zoo.candidates if "_control_" not in c.name]
+        cands = [c for c in zoo.candidates if not is_control(c.name)]
         rq.log(f"v2 ground truth {name}: {len(cands)} candidates × seeds {cfg.seeds}, budgets {cfg.budgets}")
         order = [(seed, cand) for seed in cfg.seeds for cand in cands]
         for seed, cand in reversed(order) if reverse else order:
@@ -411,7 +414,7 @@ def rebase_controls(cache: Path) -> None:
             stale = [k for k, h in doc.get("weights_sha256", {}).items() if h != current.get(k)]
             if not stale:
                 continue
-            if any("_control_" not in k for k in stale):
+            if not all(is_control(k) for k in stale):
                 raise SystemExit(f"{path}: trained candidates {stale} were scored from other weights: rerun the file")
             for k in stale:
                 if k in doc["entries"]:
@@ -422,7 +425,13 @@ def rebase_controls(cache: Path) -> None:
                     else:
                         raise SystemExit(f"{path}: cannot rerun one entry of a {doc['method']!r} file")
                 doc.setdefault("rebased", []).append(
-                    {"candidate": k, "was_sha256": doc["weights_sha256"][k], "code": CODE, "rerun": k in doc["entries"]}
+                    {
+                        "candidate": k,
+                        "was_sha256": doc["weights_sha256"][k],
+                        "code": CODE,
+                        "machine": MACHINE or machine(),
+                        "rerun": k in doc["entries"],
+                    }
                 )
                 doc["weights_sha256"][k] = current[k]
             rq.dump(path, doc)
@@ -478,7 +487,7 @@ def run_proxies(tasks: list[str], cache: Path) -> None:
             if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
                 cfg = replace(GT, patch=spec.patch, budgets=SHORT_FT)
                 entries = {}
-                for c in (c for c in zoo.candidates if "_control_" not in c.name):
+                for c in (c for c in zoo.candidates if not is_control(c.name)):
                     entries[c.name] = rq.finetune(c, data, data.val, seed, SHORT_FT, cfg)  # validation, not test
                 rq.dump(
                     path,

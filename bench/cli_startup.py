@@ -75,8 +75,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     by = {(r["tree"], r["command"]): r["summary"]["median"] for r in rows}
     for command in [r["command"] for r in rows if r["tree"] == "baseline"]:
         if ("this", command) in by:
-            lines.append(f"{command}: this tree starts in {by[('this', command)] / by[('baseline', command)]:.2f}× "
-                         "the baseline's median time")
+            lines.append(
+                f"{command}: this tree starts in {by[('this', command)] / by[('baseline', command)]:.2f}× "
+                "the baseline's median time"
+            )
     return "\n".join(lines)
 
 
@@ -99,9 +101,7 @@ def main() -> None:
         for command in COMMANDS:
             for tree_name, tree in trees:
                 runs[(tree_name, " ".join(command))].append(run_once(tree, command))
-    rows = [
-        {"tree": t, "command": f"bnrank {c}", "runs": r, "summary": summarise(r)} for (t, c), r in runs.items()
-    ]
+    rows = [{"tree": t, "command": f"bnrank {c}", "runs": r, "summary": summarise(r)} for (t, c), r in runs.items()]
     print(table(rows))
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)

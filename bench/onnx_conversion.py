@@ -74,7 +74,11 @@ FOLDED = ["unet3d", "monai_basicunet"]
 
 def _run(script: str, path: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT, check=True,
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -96,13 +100,17 @@ def bench_cost(root: Path, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name, path in files.items():
         runs = [_run(LOAD, path) for _ in range(repeats)]
-        rows.append({
-            "file": name, "bytes": path.stat().st_size, "params_m": runs[0]["params_m"],
-            "seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-            "added_mib": statistics.median(r["added_mib"] for r in runs),
-            "runs": runs,
-        })
+        rows.append(
+            {
+                "file": name,
+                "bytes": path.stat().st_size,
+                "params_m": runs[0]["params_m"],
+                "seconds": statistics.median(r["seconds"] for r in runs),
+                "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+                "added_mib": statistics.median(r["added_mib"] for r in runs),
+                "runs": runs,
+            }
+        )
     return rows
 
 
@@ -140,8 +148,14 @@ def bench_scores(root: Path, networks: list[str]) -> list[dict[str, Any]]:
         print(f"  {name}: original {row['original']}, onnx {row['onnx']}", flush=True)
     folded = om.export(om.network("unet3d", seed=1), root / "folded.onnx", keep_norms=False, size=32)
     entry = evaluate_candidate(Candidate("folded", folded), task, config)
-    rows.append({"network": "unet3d, folded inference export", "original": None,
-                 "onnx": entry.score if entry.status == "ok" else None, "onnx_error": entry.error})
+    rows.append(
+        {
+            "network": "unet3d, folded inference export",
+            "original": None,
+            "onnx": entry.score if entry.status == "ok" else None,
+            "onnx_error": entry.error,
+        }
+    )
     return rows
 
 
@@ -202,11 +216,15 @@ def _with_folded_norms(how: str) -> Any:
                 consumers.setdefault(name, set()).add(step.op)
         model.folded = nn.ModuleDict()
         for step in model.spec.steps:
-            if (step.op in ("Conv", "ConvTranspose") and step.key not in model.spec.head
-                    and consumers.get(step.outputs[0], set()) & _ACTIVATIONS):
+            if (
+                step.op in ("Conv", "ConvTranspose")
+                and step.key not in model.spec.head
+                and consumers.get(step.outputs[0], set()) & _ACTIVATIONS
+            ):
                 channels = model.layers[step.key].out_channels
-                model.folded[step.key] = ChannelAffine(channels) if how == "affine" else nn.BatchNorm3d(
-                    channels, affine=False)
+                model.folded[step.key] = (
+                    ChannelAffine(channels) if how == "affine" else nn.BatchNorm3d(channels, affine=False)
+                )
 
     def run_and_apply(self: Any, step: Any, args: Any) -> Any:
         y = run(self, step, args)
@@ -246,10 +264,13 @@ def bench_folded(root: Path, networks: list[str]) -> list[dict[str, Any]]:
             "folded": om.export(model, root / f"{name}_folded.onnx", keep_norms=False, size=32),
         }
         row: dict[str, Any] = {"network": name}
-        for label, path, how in (("original", files["original"], None), ("unfolded", files["onnx"], None),
-                                 ("folded_refused", files["folded"], None),
-                                 ("folded_affine", files["folded"], "affine"),
-                                 ("folded_batchnorm", files["folded"], "batchnorm")):
+        for label, path, how in (
+            ("original", files["original"], None),
+            ("unfolded", files["onnx"], None),
+            ("folded_refused", files["folded"], None),
+            ("folded_affine", files["folded"], "affine"),
+            ("folded_batchnorm", files["folded"], "batchnorm"),
+        ):
             undo = _with_folded_norms(how) if how else None
             try:
                 entry = evaluate_candidate(Candidate(label, path), task, config)
@@ -260,8 +281,11 @@ def bench_folded(root: Path, networks: list[str]) -> list[dict[str, Any]]:
             row[f"{label}_error"] = entry.error
             row[f"{label}_kinds"] = entry.norm_kinds
         rows.append(row)
-        print(f"  {name}: " + ", ".join(f"{k} {row[k]}" for k in ("original", "unfolded", "folded_affine",
-                                                                   "folded_batchnorm")), flush=True)
+        print(
+            f"  {name}: "
+            + ", ".join(f"{k} {row[k]}" for k in ("original", "unfolded", "folded_affine", "folded_batchnorm")),
+            flush=True,
+        )
     return rows
 
 
@@ -274,8 +298,10 @@ def bench_hostile(root: Path) -> list[dict[str, Any]]:
         "10^12-element initializer": om.huge_initializer,
         "custom operator domain": om.custom_domain,
     }
-    return [{"file": label, **_run(HOSTILE, make(root / f"hostile{i}.onnx"))} for i, (label, make) in
-            enumerate(makers.items())]
+    return [
+        {"file": label, **_run(HOSTILE, make(root / f"hostile{i}.onnx"))}
+        for i, (label, make) in enumerate(makers.items())
+    ]
 
 
 def print_tables(result: dict[str, Any]) -> None:
@@ -297,8 +323,10 @@ def print_cost(result: dict[str, Any]) -> None:
     for r in (st, ox):
         size, seconds, peak, added = r["bytes"] / 1e6, r["seconds"], r["peak_mib"], r["added_mib"]
         print(f"{r['file']:<12} {size:>7.1f} {seconds:>8.2f} {peak:>9.0f} {added:>10.0f}")
-    print(f"{'ONNX / st':<12} {'':>7} {ox['seconds'] / st['seconds']:>7.2f}× {ox['peak_mib'] / st['peak_mib']:>8.2f}× "
-          f"{ox['added_mib'] / max(st['added_mib'], 1):>9.2f}×   (target ≤ 2×)")
+    print(
+        f"{'ONNX / st':<12} {'':>7} {ox['seconds'] / st['seconds']:>7.2f}× {ox['peak_mib'] / st['peak_mib']:>8.2f}× "
+        f"{ox['added_mib'] / max(st['added_mib'], 1):>9.2f}×   (target ≤ 2×)"
+    )
 
 
 def print_scores(result: dict[str, Any]) -> None:
@@ -317,16 +345,20 @@ def print_scores(result: dict[str, Any]) -> None:
 def print_folded(result: dict[str, Any]) -> None:
     print("\nBatchNorm-folded inference export (BatchNorms carrying γ/β and running statistics), demo task")
     print(f"{'network':<18} {'original':>9} {'unfolded':>9} {'+affine':>9} {'Δ':>7} {'+BN':>9} {'Δ':>7}  folded as is")
+
     def f(v: Any) -> str:
         return f"{v:.4f}" if v is not None else "–"
 
     for r in result["folded"]:
+
         def d(v: Any, base: Any = r["original"]) -> str:
             return f"{v - base:+.4f}" if v is not None and base is not None else "–"
 
         refused = "refused" if r["folded_refused"] is None else f(r["folded_refused"])
-        print(f"{r['network']:<18} {f(r['original']):>9} {f(r['unfolded']):>9} {f(r['folded_affine']):>9} "
-              f"{d(r['folded_affine']):>7} {f(r['folded_batchnorm']):>9} {d(r['folded_batchnorm']):>7}  {refused}")
+        print(
+            f"{r['network']:<18} {f(r['original']):>9} {f(r['unfolded']):>9} {f(r['folded_affine']):>9} "
+            f"{d(r['folded_affine']):>7} {f(r['folded_batchnorm']):>9} {d(r['folded_batchnorm']):>7}  {refused}"
+        )
 
 
 def print_hostile(result: dict[str, Any]) -> None:

@@ -495,7 +495,7 @@ def decision_lines(dec: dict[str, Any]) -> list[str]:
 
 
 def verdict(met: bool, by: float, spec: str = ".2f") -> str:
-    """"met", or "MISSED by" how much (NaN compares as missed: no order is no evidence)."""
+    """ "met", or "MISSED by" how much (NaN compares as missed: no order is no evidence)."""
     return "met" if met else f"MISSED by {by:{spec}}" if math.isfinite(by) else "MISSED (no value)"
 
 

@@ -90,7 +90,8 @@ def test_an_evaluation_tasks_ground_truth_needs_the_committed_preregistration(tm
 
 
 def test_a_control_rebuilt_as_other_bits_has_its_proxy_entries_rerun_and_recorded(tmp_path, monkeypatch):
-    """Only a control may be rebased, only its entries are rerun, and the file says from which hash."""
+    """Only a control may be rebased, only its entries are rerun, and the file says from which hash and on
+    which machine."""
     from types import SimpleNamespace
 
     folder = tmp_path / "proxies" / "tuning"
@@ -116,6 +117,7 @@ def test_a_control_rebuilt_as_other_bits_has_its_proxy_entries_rerun_and_recorde
     )
     calls = []
     monkeypatch.setattr(B, "RESULTS", tmp_path)
+    monkeypatch.setattr(B, "MACHINE", {"cpu": "test CPU", "precision": "fp32", "capability": "AVX2"})
     monkeypatch.setattr(B, "_task", lambda name, cache: ("spec", zoo, "data", None, 0.0))
     monkeypatch.setattr(
         B, "_normonly_entry", lambda c, d, s, lr, seed: calls.append((c.name, lr, seed)) or {"score": 0.3}
@@ -126,6 +128,7 @@ def test_a_control_rebuilt_as_other_bits_has_its_proxy_entries_rerun_and_recorde
     assert doc["entries"] == {"u8_random": {"score": 0.5}, "u8_control_81": {"score": 0.3}}
     assert doc["weights_sha256"]["u8_control_81"] == "new"
     assert doc["rebased"][0]["was_sha256"] == "old" and doc["rebased"][0]["rerun"]
+    assert doc["rebased"][0]["machine"]["cpu"] == "test CPU"  # its seconds compare only within that class
     short = B.rq.load(folder / "shortft_seed101.json")  # controls are not in short fine-tuning: hash only
     assert short["weights_sha256"]["u8_control_81"] == "new" and not short["rebased"][0]["rerun"]
 
