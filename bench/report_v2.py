@@ -151,17 +151,60 @@ def _peer_cpu(cpu: dict[str, float], rebased: set[str]) -> dict[str, float]:
     return out
 
 
-def seed_runs(task: str, cands: Sequence[str], ref: str | None = None) -> list[st.SeedRuns]:
+# Two machine classes are read as one where a machine check (bench/v2_machine_check.py) reran committed
+# ground-truth runs and reproduced their test Dice to the bit (the same kernels at the same precision) at a median
+# training CPU-seconds ratio inside this band (the same speed, within the noise of a shared 2-core machine).
+SAME_SPEED = (0.8, 1.25)
+
+
+def same_classes(root: Path | None = None) -> dict[str, str]:
+    """{machine class: the class a check measured it to be}, each chain followed to its end.
+
+    A run's class is what it records (:func:`rq.run_class`): its CPU and precision, or for older runs only the
+    run's commit, so one machine can appear under two names; costs compare only within one class, and this is
+    the measured evidence that lets two names count as one."""
+    out: dict[str, str] = {}
+    for path in sorted(((root or RESULTS) / "checks").glob("*.json")):
+        doc = rq.load(path)
+        runs = doc.get("runs")
+        if not isinstance(runs, list) or not runs or not isinstance(doc.get("machine"), Mapping):
+            continue
+        committed = {r.get("committed_class") for r in runs}
+        ratios = [
+            r["here_train_cpu_seconds"] / r["committed_train_cpu_seconds"]
+            for r in runs
+            if r.get("here_train_cpu_seconds") and r.get("committed_train_cpu_seconds")
+        ]
+        same_bits = all(r["here"] == r["committed"] for r in runs)
+        same_speed = len(ratios) == len(runs) and SAME_SPEED[0] <= float(np.median(ratios)) <= SAME_SPEED[1]
+        if len(committed) == 1 and same_bits and same_speed:
+            here = rq.run_class({"machine": doc["machine"]})
+            if here != (target := committed.pop()):
+                out[here] = target
+    for k in list(out):
+        seen = {k}
+        while out[k] in out and out[out[k]] not in seen:
+            seen.add(out[k])
+            out[k] = out[out[k]]
+    return out
+
+
+def seed_runs(
+    task: str, cands: Sequence[str], ref: str | None = None, aliases: Mapping[str, str] | None = None
+) -> list[st.SeedRuns]:
     """Each proxy seed's runs on ``task``, with the settings whose files hold every candidate (and control).
 
-    CPU seconds count only from files made on the ``ref`` machine class (:func:`rq.run_class`), the one the
-    ground truth's fine-tuning cost is read on; a file from another class gives scores but NaN seconds."""
+    CPU seconds count only from files made on the ``ref`` machine class (:func:`rq.run_class`, read through
+    ``aliases``: :func:`same_classes`), the one the ground truth's fine-tuning cost is read on; a file from
+    another class gives scores but NaN seconds."""
     doc = prereg()
     p = doc["proxies"]
     folder = RESULTS / "proxies" / task
+    aliases = aliases or {}
 
     def on_ref(record: Mapping[str, Any]) -> bool:
-        return ref is None or rq.run_class(record) == ref
+        k = rq.run_class(record)
+        return ref is None or aliases.get(k, k) == ref
 
     tasks = rq.load(RESULTS / "tasks.json") if (RESULTS / "tasks.json").is_file() else {}
     out = []
@@ -290,11 +333,12 @@ class TaskTables:
         # Costs are read on one machine class (rq.run_class), the one that made most of the ground truth: fine-tuning
         # every candidate is the mean of each candidate's runs there, and proxy files from other classes give
         # scores but no seconds.
-        self.run_classes = classes = np.array(gt["classes"], dtype=object)
+        self.aliases = aliases = same_classes()
+        self.run_classes = classes = np.array([[aliases.get(k, k) for k in row] for row in gt["classes"]], dtype=object)
         names, counts = np.unique(classes, return_counts=True)
         self.classes = dict(zip(names.tolist(), counts.tolist(), strict=True))
         self.ref = str(names[np.argmax(counts)])
-        self.runs = seed_runs(task, cands, self.ref)
+        self.runs = seed_runs(task, cands, self.ref, aliases)
         load = self.runs[0].load_cpu if self.runs else 0.0
         here = np.where(classes == self.ref, gt["train_seconds"], np.nan)
         with warnings.catch_warnings():
@@ -405,6 +449,7 @@ def task_lines(t: TaskTables, tuning: str, dec: dict[str, Any]) -> list[str]:
         "  MACHINES: ground-truth runs by class: "
         + ", ".join(f"{k} × {n}" for k, n in sorted(t.classes.items(), key=lambda kv: -kv[1]))
         + f"; costs (× FT) are read on {t.ref} only"
+        + "".join(f" (with {k}: one class by machine check)" for k, v in sorted(t.aliases.items()) if v == t.ref)
         + "".join(f"; {k}: {d}" for k, d in class_shifts(t).items())
     )
     mean = qs.gt_mean(conv)

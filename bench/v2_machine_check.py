@@ -2,8 +2,9 @@
 
 Benchmark v2's ground truth spans sessions on changing CPUs, and the registered precision "auto" trains in bf16
 where the CPU has it natively and in fp32 elsewhere. This reruns named (candidate, seed) runs of one task on this
-machine, with the committed weights and the same code path, and writes each rerun's test Dice beside the
-committed run's, so a shift by machine is told apart from a shift by seed.
+machine, with the committed weights and the same code path, and writes each rerun's test Dice and training CPU
+seconds beside the committed run's, so a shift by machine is told apart from a shift by seed, and two machine
+classes whose runs agree in both can be read as one (``bench/report_v2.py``).
 
     python bench/v2_machine_check.py --task tuning --runs nnunet_random:4 nnunet_genesis_mr:4
 """
@@ -48,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
                 "here": result["budgets"][-1]["dice"],
                 "committed": committed["budgets"][-1]["dice"],
                 "committed_class": rq.run_class(committed),
+                # training CPU seconds to the last budget, as the report reads costs: are the two classes one?
+                "here_train_cpu_seconds": result["budgets"][-1]["train_cpu_seconds"],
+                "committed_train_cpu_seconds": committed["budgets"][-1].get("train_cpu_seconds"),
             }
         )
-        rq.log(f"{name} seed {seed}: here {rows[-1]['here']:.4f}, committed {rows[-1]['committed']:.4f}")
+        r = rows[-1]
+        rq.log(
+            f"{name} seed {seed}: here {r['here']:.4f} in {r['here_train_cpu_seconds']:.0f} CPU s, "
+            f"committed {r['committed']:.4f} in {r['committed_train_cpu_seconds'] or float('nan'):.0f} CPU s"
+        )
     machine = B.machine()
     out = args.out / f"{args.task}_{machine['precision']}_{'_'.join(r.replace(':', 's') for r in args.runs)}.json"
     rq.dump(out, {"task": args.task, "machine": machine, "runs": rows})

@@ -257,3 +257,50 @@ def test_a_rebased_controls_seconds_are_its_familys_other_controls(results):
         {"u8_control_81": 70.0, "u8_control_82": 10.0, "u8_control_83": 12.0, "u8_random": 9.0}, {"u8_control_81"}
     )
     assert st["u8_control_81"] == 11.0 and st["u8_random"] == 9.0
+
+
+def _check(root, here_bits: float, ratio: float) -> None:
+    """A machine check as bench/v2_machine_check.py writes it: one committed run of "run abc" rerun on "xeon"."""
+    run = {
+        "candidate": "u8_random",
+        "seed": 1,
+        "here": 0.8 + here_bits,
+        "committed": 0.8,
+        "committed_class": "run abc",
+        "here_train_cpu_seconds": 100.0 * ratio,
+        "committed_train_cpu_seconds": 100.0,
+    }
+    R.rq.dump(
+        root / "checks" / "tuning_bf16_u8_randoms1.json",
+        {"machine": {"cpu": "xeon", "precision": "bf16"}, "runs": [run]},
+    )
+
+
+def test_two_names_of_one_machine_count_as_one_class_only_when_a_check_reproduced_its_runs(results):
+    """Older runs name their machine by the run's commit; a check that reproduced them bit for bit at the same speed
+    joins that name to the machine's record, so proxy files made under the old name keep their costs."""
+    _gt(results, "tuning")
+    _proxies(results, "tuning")
+    for path in (results / "ground_truth" / "tuning").glob("*/seed*.json"):
+        record = R.rq.load(path)
+        old = record["seed"] <= 2
+        R.rq.dump(path, {**record, **({"code": "abc"} if old else {"machine": {"cpu": "xeon", "precision": "bf16"}})})
+    for path in (results / "proxies" / "tuning").glob("*.json"):
+        R.rq.dump(path, {**R.rq.load(path), "code": "abc"})
+
+    def cost() -> float:
+        text, _ = R.report(boot=20)
+        return float(_rows(text, "tuning")["norm_only lr 0.1 20 st dice"].split("←")[0].split()[-1]), text
+
+    assert np.isnan(cost()[0])  # the proxies' class made no ground truth here: no cost without the check
+    _check(results, here_bits=1e-9, ratio=1.0)  # not the same bits: another precision or kernel
+    assert np.isnan(cost()[0]) and R.same_classes(results) == {}
+    _check(results, here_bits=0.0, ratio=1.6)  # the same bits, but not the same speed
+    assert np.isnan(cost()[0]) and R.same_classes(results) == {}
+    _check(results, here_bits=0.0, ratio=0.9)
+    assert R.same_classes(results) == {"xeon, bf16": "run abc"}
+    value, text = cost()
+    assert (
+        value > 0
+        and "ground-truth runs by class: run abc × 75; costs (× FT) are read on run abc only (with xeon" in text
+    )
