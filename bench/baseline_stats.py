@@ -35,6 +35,19 @@ def regret(scores: Sequence[float], truth: Sequence[float]) -> float:
     return float(t.max() - t[picks(scores)].mean())
 
 
+def topk_regret(scores: Sequence[float], truth: Sequence[float], k: int, draws: int = 200, seed: int = 0) -> float:
+    """What a user loses who fine-tunes the first ``k`` of a ranking and keeps the best: the truth's best minus the
+    best truth among them, expected over random orders of the candidates that tie at the cut (a family prior ties
+    a whole family)."""
+    s, t = np.asarray(scores, float), np.asarray(truth, float)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(draws if len(np.unique(s)) < len(s) else 1):
+        order = np.lexsort((rng.random(len(s)), -s))  # by score, ties in random order
+        losses.append(t.max() - t[order[:k]].max())
+    return float(np.mean(losses))
+
+
 def seed_sd(gt: np.ndarray) -> float:
     """The ground truth's seed-to-seed s.d. of a candidate's score, pooled over candidates (root mean variance)."""
     s = qs.seed_scores(gt)

@@ -117,3 +117,14 @@ def test_proxy_seed_noise_widens_the_interval_and_shows_in_self_agreement():
     assert n["self_agreement"]["value"] < 0.9
     assert n["wtau"]["hi"] - n["wtau"]["lo"] > b["wtau"]["hi"] - b["wtau"]["lo"]
     assert n["regret"]["hi"] > 0.0  # some draw of proxy seeds picks a worse candidate
+
+
+def test_the_best_of_a_rankings_top_k_is_what_fine_tuning_k_candidates_loses():
+    truth = [0.80, 0.90, 0.85, 0.70]
+    assert bs.topk_regret([4, 3, 2, 1], truth, 1) == pytest.approx(0.10)  # the top-1 regret
+    assert bs.topk_regret([4, 3, 2, 1], truth, 2) == pytest.approx(0.0)  # the best is second
+    assert bs.topk_regret([3, 0, 2, 1], truth, 3) == pytest.approx(0.05)  # the best is last: 0.90 − 0.85
+    # a tie at the cut (a family prior): the best is one of the three tied, so top 1 loses 2/3 × its draws' mean
+    tied = bs.topk_regret([1, 1, 1, 0], truth, 1, draws=3000)
+    assert tied == pytest.approx((0.10 + 0.05) / 3, abs=0.005)
+    assert bs.topk_regret([1, 1, 1, 0], truth, 3) == pytest.approx(0.0)
