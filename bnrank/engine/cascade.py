@@ -377,8 +377,8 @@ def close_round(
     race.rounds.append(record)
     race.alive = [race.alive[j] for j in order]
     race.last = {"stats": stats[:, order], "p": p[order]}
-    for j in order:
-        stage.rows[race.alive[order.index(j)]].update(race_score=round(means[j], 4), race_round=k + 1)
+    for place, j in enumerate(order, start=1):  # the place, not the rounded score, orders the answer (rank_order)
+        stage.rows[race.alive[place - 1]].update(race_score=round(means[j], 4), race_round=k + 1, race_place=place)
     if len(race.alive) < 2:
         race.stop = NO_RACE
         return
@@ -486,11 +486,14 @@ def _answer(
 
 
 def rank_order(stage: StageOne) -> list[int]:
-    """Candidates in answer order: racers first (later round, then race score), then the rest by gain."""
+    """Candidates in answer order: racers first (later round, then their place in it), then the rest by gain.
+
+    The place is the round's own order by unrounded mean, the one the verdict names its leader from: two racers
+    whose scores round alike (or are both 0) must not swap behind the verdict's back."""
     ok = [i for i, r in enumerate(stage.rows) if r["gain"] is not None]
     rows = stage.rows
     return sorted(
-        ok, key=lambda i: (-(rows[i].get("race_round") or 0), -(rows[i].get("race_score") or -1.0), -rows[i]["gain"])
+        ok, key=lambda i: (-(rows[i].get("race_round") or 0), rows[i].get("race_place") or 0, -rows[i]["gain"])
     )
 
 

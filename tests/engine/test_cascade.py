@@ -16,9 +16,11 @@ from bnrank.engine.cascade import (
     Costs,
     Race,
     StageOne,
+    close_round,
     may_run,
     predicted_seconds,
     rank_cascade,
+    rank_order,
     verdict,
 )
 from bnrank.engine.checkpoints import save_weights
@@ -199,6 +201,24 @@ def test_a_leader_that_changed_between_rounds_is_never_called_separated() -> Non
     v = verdict(StageOne(rows, {}, [0, 1]), race, RankConfig(), [], [], {}, 0)
     assert v["p_best"] == 1.0 and v["same_top1"] is False
     assert not v["separated"] and v["tied_group"] == ["a", "b"] and "Fine-tune these 2" in v["guidance"]
+
+
+def test_the_answer_order_follows_the_round_when_race_scores_round_alike() -> None:
+    """Two racers whose means differ below the recorded 4 decimals (here 0.05704 against 0.05696): the ranking's
+    first place is the verdict's leader, not whoever the rounded score and then the norm-only gain put first."""
+    rank = RankConfig(strategy="cascade", race_steps=4, race_rounds=1, race_seeds=1, tie_resamples=200)
+    rows = [{"name": "k1", "gain": -0.0002}, {"name": "k2", "gain": 0.0068}]  # k2 leads on gain
+    stage = StageOne(rows, {}, [1, 0])
+    race = Race(alive=[1, 0], costs=Costs({}, {}, None, None))
+
+    def run(v: float) -> RankEntry:
+        return RankEntry("x", score=v, steps=4, seconds=1.0, case_scores=[[v, v + 0.001, v - 0.001]])
+
+    close_round(race, stage, rank, 0, {0: [run(0.05704)], 1: [run(0.05696)]}, seed=5, retrained=False)
+    assert rows[0]["race_score"] == rows[1]["race_score"] == 0.057
+    answer = verdict(stage, race, rank, [], [None, None], {}, 5)
+    assert answer["leader"] == "k1"
+    assert [rows[i]["name"] for i in rank_order(stage)] == ["k1", "k2"]
 
 
 def test_seed_noise_widens_the_bootstrap() -> None:
