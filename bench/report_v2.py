@@ -316,7 +316,13 @@ def task_state(task: str) -> dict[str, Any]:
 class TaskTables:
     """Every measured order on one task: {label: measures}, plus the ground truth's facts."""
 
-    def __init__(self, task: str, tuning_mean: Mapping[str, float] | None, boot: int) -> None:
+    def __init__(
+        self,
+        task: str,
+        tuning_mean: Mapping[str, float] | None,
+        boot: int,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.task = task
         self.state = task_state(task)
         self.gt = rq.read_gt(task, candidates=candidates(), root=RESULTS)
@@ -333,7 +339,7 @@ class TaskTables:
         # Costs are read on one machine class (rq.run_class), the one that made most of the ground truth: fine-tuning
         # every candidate is the mean of each candidate's runs there, and proxy files from other classes give
         # scores but no seconds.
-        self.aliases = aliases = same_classes()
+        self.aliases = aliases = same_classes() if aliases is None else aliases
         self.run_classes = classes = np.array([[aliases.get(k, k) for k in row] for row in gt["classes"]], dtype=object)
         names, counts = np.unique(classes, return_counts=True)
         self.classes = dict(zip(names.tolist(), counts.tolist(), strict=True))
@@ -610,14 +616,15 @@ def report(boot: int = 1000) -> tuple[str, dict[str, Any]]:
     tuning = doc["tuning_task"]
     out = [f"BENCHMARK v2 (pre-registration {doc['created']}); raw results under {RESULTS}"]
     out += [check_weights(), code_line()]
-    t_tuning = TaskTables(tuning, None, boot)
+    aliases = same_classes()  # read once: every task's tables join the same machine classes
+    t_tuning = TaskTables(tuning, None, boot, aliases)
     tuning_mean = None
     if t_tuning.ok:
         tuning_mean = dict(zip(t_tuning.cands, qs.gt_mean(t_tuning.conv), strict=True))
-        t_tuning = TaskTables(tuning, tuning_mean, boot)  # the prior-based strategies, in sample here
+        t_tuning = TaskTables(tuning, tuning_mean, boot, aliases)  # the prior-based strategies, in sample here
     dec = decision(t_tuning)
     out += decision_lines(dec)
-    evaluation = [TaskTables(task, tuning_mean, boot) for task in doc["evaluation_tasks"]]
+    evaluation = [TaskTables(task, tuning_mean, boot, aliases) for task in doc["evaluation_tasks"]]
     for t in (t_tuning, *evaluation):
         out += ["", *task_lines(t, tuning, dec)]
     out += ["", *target_lines(evaluation, dec)]

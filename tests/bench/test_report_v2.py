@@ -288,18 +288,18 @@ def test_two_names_of_one_machine_count_as_one_class_only_when_a_check_reproduce
     for path in (results / "proxies" / "tuning").glob("*.json"):
         R.rq.dump(path, {**R.rq.load(path), "code": "abc"})
 
-    def cost() -> float:
+    def cost_and_text() -> tuple[float, str]:
         text, _ = R.report(boot=20)
         return float(_rows(text, "tuning")["norm_only lr 0.1 20 st dice"].split("←")[0].split()[-1]), text
 
-    assert np.isnan(cost()[0])  # the proxies' class made no ground truth here: no cost without the check
+    assert np.isnan(cost_and_text()[0])  # the proxies' class made no ground truth here: no cost without the check
     _check(results, here_bits=1e-9, ratio=1.0)  # not the same bits: another precision or kernel
     assert R.same_classes(results) == {}
     _check(results, here_bits=0.0, ratio=1.6)  # the same bits, but not the same speed
     assert R.same_classes(results) == {}
     _check(results, here_bits=0.0, ratio=0.9)
     assert R.same_classes(results) == {"xeon, bf16": "run abc"}
-    value, text = cost()
+    value, text = cost_and_text()
     assert (
         value > 0
         and "ground-truth runs by class: run abc × 75; costs (× FT) are read on run abc only (with xeon" in text
