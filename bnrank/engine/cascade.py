@@ -440,6 +440,15 @@ def verdict(
         separated = bool(p[0] >= rank.separation and same is not False and len(group) == 1)
         evidence = f"race round {ran[-1]['round']} at {ran[-1]['steps']} fine-tuning steps x {rank.race_seeds} seed(s)"
         return _answer(names[0], float(p[0]), separated, group, same, tau, stop, evidence)
+    if race.last is not None and ran:  # one racer left: the others failed in its round, and failing is the evidence
+        last = ran[-1]
+        survivor = last["racers"][0]["name"]
+        failed = [r["name"] for r in rows if r.get("cut_in_round") == last["round"] and r["why"].startswith("failed")]
+        evidence = (
+            f"race round {last['round']} at {last['steps']} fine-tuning steps: the only racer that fine-tuned; "
+            f"{', '.join(failed)} failed"
+        )
+        return _answer(survivor, None, False, [survivor], None, None, stop, evidence)
     ok = [i for i, r in enumerate(rows) if r["gain"] is not None]
     if not ok:
         return _answer(None, None, False, [], None, None, stop, "no candidate could be evaluated")
@@ -465,6 +474,11 @@ def _answer(
 ) -> dict[str, Any]:  # fmt: skip
     if leader is None:
         guidance = "no candidate could be evaluated"
+    elif p is None:  # no score set it against another: it leads because the rest failed, which is not separation
+        guidance = (
+            f"{stop}: {leader} is the only racer that fine-tuned without failing; no score compares it with another, "
+            f"so read the failures (each row's why) before fine-tuning it alone"
+        )
     elif separated:
         guidance = f"{leader} stands apart: best in {p:.0%} of resamples over cases and seeds ({stop})"
     else:

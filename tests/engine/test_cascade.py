@@ -12,6 +12,7 @@ from bnrank.engine.architectures import build_model
 from bnrank.engine.cascade import (
     BUDGET_CAP,
     NO_COST,
+    NO_RACE,
     SEPARATED,
     Costs,
     Race,
@@ -219,6 +220,24 @@ def test_the_answer_order_follows_the_round_when_race_scores_round_alike() -> No
     answer = verdict(stage, race, rank, [], [None, None], {}, 5)
     assert answer["leader"] == "k1"
     assert [rows[i]["name"] for i in rank_order(stage)] == ["k1", "k2"]
+
+
+def test_a_lone_survivor_of_a_race_is_the_answer_and_is_not_called_apart() -> None:
+    """The racer with the larger gain fails to fine-tune: the one that fine-tuned leads the answer and the order alike,
+    without a P(best) that no comparison produced."""
+    rank = RankConfig(strategy="cascade", race_steps=4, race_rounds=1, race_seeds=1, tie_resamples=200)
+    rows = [{"name": "steady", "gain": 0.01}, {"name": "broken", "gain": 0.2}]
+    stage = StageOne(rows, {}, [1, 0])
+    race = Race(alive=[1, 0], costs=Costs({}, {}, None, None))
+    ok = RankEntry("steady", score=0.4, steps=4, seconds=1.0, case_scores=[[0.4, 0.41, 0.39]])
+    failed = RankEntry("broken", steps=4, seconds=1.0, status="failed", error="loss is not finite")
+    close_round(race, stage, rank, 0, {0: [ok], 1: [failed]}, seed=3, retrained=False)
+    assert race.stop == NO_RACE and rows[1]["cut_in_round"] == 1
+    answer = verdict(stage, race, rank, [], [None, None], {}, 3)
+    assert answer["leader"] == "steady" and answer["p_best"] is None and not answer["separated"]
+    assert answer["tied_group"] == ["steady"] and "broken failed" in answer["evidence"]
+    assert "only racer that fine-tuned" in answer["guidance"] and "stands apart" not in answer["guidance"]
+    assert [rows[i]["name"] for i in rank_order(stage)] == ["steady", "broken"]
 
 
 def test_seed_noise_widens_the_bootstrap() -> None:
