@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -305,9 +307,23 @@ def _task(name: str, cache: Path, families=("unet3d", "nnunet", "controls")):
     return spec, zoo, TaskData(split["train"], split["val"], T.class_names(spec)), split["test"], load_cpu
 
 
+@contextlib.contextmanager
+def claimed(lock: Path) -> Iterator[bool]:
+    """Whether this process holds ``lock`` (an flock, so a killed holder releases it): the two ground-truth processes
+    meet in the middle of a task's runs, and without it both would run the run they meet at."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def run_ground_truth(tasks: list[str], cache: Path, repo: Path, reverse: bool = False) -> None:
     """Every candidate × GT seed on every task, one JSON per run; ``reverse`` walks the runs from the other end, so
-    a second process shares a task's runs with the first (each skips what has landed)."""
+    a second process shares a task's runs with the first (each skips what has landed or the other has claimed)."""
     for name in tasks:
         require_prereg(name, repo)
         spec, zoo, data, test, load_cpu = _task(name, cache)
@@ -317,31 +333,32 @@ def run_ground_truth(tasks: list[str], cache: Path, repo: Path, reverse: bool = 
         order = [(seed, cand) for seed in cfg.seeds for cand in cands]
         for seed, cand in reversed(order) if reverse else order:
             path = RESULTS / "ground_truth" / name / cand.name / f"seed{seed}.json"
-            if path.is_file() and rq.load(path).get("zoo_key") == zoo.keys[cand.name]:
-                continue
-            t0 = time.perf_counter()
-            result = rq.finetune(cand, data, test, seed, cfg.budgets, cfg)
-            rq.dump(
-                path,
-                {
-                    "task": name,
-                    "candidate": cand.name,
-                    "family": family_of(cand.name),
-                    "zoo_key": zoo.keys[cand.name],
-                    "weights_sha256": zoo.manifests[cand.name].get("weights_sha256"),
-                    "seed": seed,
-                    "config": asdict(cfg),
-                    "threads": 1,
-                    "code": CODE,
-                    "machine": MACHINE,
-                    "host": platform.node(),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "load_cpu_seconds": round(load_cpu, 3),
-                    **result,
-                },
-            )
-            shown = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in result["budgets"])
-            rq.log(f"  {name} seed {seed} {cand.name}: {shown}")
+            with claimed(cache / "v2-claims" / name / cand.name / f"seed{seed}.lock") as mine:
+                if not mine or (path.is_file() and rq.load(path).get("zoo_key") == zoo.keys[cand.name]):
+                    continue  # the other process is running it, or it has landed (read under the claim: never twice)
+                t0 = time.perf_counter()
+                result = rq.finetune(cand, data, test, seed, cfg.budgets, cfg)
+                rq.dump(
+                    path,
+                    {
+                        "task": name,
+                        "candidate": cand.name,
+                        "family": family_of(cand.name),
+                        "zoo_key": zoo.keys[cand.name],
+                        "weights_sha256": zoo.manifests[cand.name].get("weights_sha256"),
+                        "seed": seed,
+                        "config": asdict(cfg),
+                        "threads": 1,
+                        "code": CODE,
+                        "machine": MACHINE,
+                        "host": platform.node(),
+                        "seconds": round(time.perf_counter() - t0, 3),
+                        "load_cpu_seconds": round(load_cpu, 3),
+                        **result,
+                    },
+                )
+                shown = ", ".join(f"{p['steps']}: {p['dice']:.3f}" for p in result["budgets"])
+                rq.log(f"  {name} seed {seed} {cand.name}: {shown}")
 
 
 def _norm_config(spec: T.TaskSpec, lr: float, seed: int, score: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +136,23 @@ def test_a_control_rebuilt_as_other_bits_has_its_proxy_entries_rerun_and_recorde
     zoo.manifests["u8_random"]["weights_sha256"] = "retrained"  # a trained candidate's bits are not a draw
     with pytest.raises(SystemExit, match="u8_random"):
         B.rebase_controls(tmp_path)
+
+
+def test_a_ground_truth_run_is_claimed_by_one_process_and_freed_when_its_holder_dies(tmp_path):
+    lock = tmp_path / "claims" / "u8_random" / "seed3.lock"
+    with B.claimed(lock) as first, B.claimed(lock) as second:
+        assert first and not second  # the process that meets a run being made skips it
+    with B.claimed(lock) as again:
+        assert again
+    code = f"import fcntl, time; f = open({str(lock)!r}, 'w'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True)"
+    code += "; time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with B.claimed(lock) as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait()
+    with B.claimed(lock) as mine:  # a killed holder leaves no claim behind
+        assert mine
