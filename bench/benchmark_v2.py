@@ -39,8 +39,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -455,73 +456,61 @@ def rebase_controls(cache: Path) -> None:
             rq.log(f"  {path.relative_to(RESULTS)}: {', '.join(stale)} rebased")
 
 
-def run_proxies(tasks: list[str], cache: Path) -> None:
-    """Every proxy at every proxy seed on every task (train and validation splits only), one JSON per run."""
+def run_proxies(tasks: list[str], cache: Path, reverse: bool = False) -> None:
+    """Every proxy at every proxy seed on every task (train and validation splits only), one JSON per run;
+    ``reverse`` walks a task's files from the other end, so two processes share them as the ground truth's do."""
     for name in tasks:
-        spec, zoo, data, _, load_cpu = _task(name, cache)
-        folder = RESULTS / "proxies" / name
-        for seed in PROXY_SEEDS:
-            path = folder / f"logme_b{LOGME_BATCHES}_seed{seed}.json"
-            if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
-                entries = {c.name: _logme_entry(c, data, spec, seed) for c in zoo.candidates}
-                rq.dump(
-                    path,
-                    {
-                        "task": name,
-                        "method": "logme",
-                        "code": CODE,
-                        "machine": MACHINE,
-                        "seed": seed,
-                        "zoo_keys": zoo.keys,
-                        "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
-                        "load_cpu_seconds": load_cpu,
-                        "entries": entries,
-                    },
-                )
-            for lr in NORM_LRS:
-                path = folder / f"normonly_lr{lr:g}_seed{seed}.json"
-                if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
-                    entries = {c.name: _normonly_entry(c, data, spec, lr, seed) for c in zoo.candidates}
-                    rq.dump(
-                        path,
-                        {
-                            "task": name,
-                            "method": "normonly",
-                            "code": CODE,
-                            "machine": MACHINE,
-                            "lr": lr,
-                            "configured_score": "soft_dice",
-                            "seed": seed,
-                            "max_steps": NORM_MAX,
-                            "zoo_keys": zoo.keys,
-                            "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
-                            "load_cpu_seconds": load_cpu,
-                            "entries": entries,
-                        },
-                    )
-                    rq.log(f"  {name} norm-only lr {lr:g} seed {seed}: done")
-            path = folder / f"shortft_seed{seed}.json"
-            if not path.is_file() or rq.load(path).get("zoo_keys") != zoo.keys:
-                cfg = replace(GT, patch=spec.patch, budgets=SHORT_FT)
-                entries = {}
-                for c in (c for c in zoo.candidates if not is_control(c.name)):
-                    entries[c.name] = rq.finetune(c, data, data.val, seed, SHORT_FT, cfg)  # validation, not test
-                rq.dump(
-                    path,
-                    {
-                        "task": name,
-                        "method": "shortft",
-                        "code": CODE,
-                        "machine": MACHINE,
-                        "seed": seed,
-                        "budgets": list(SHORT_FT),
-                        "zoo_keys": zoo.keys,
-                        "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
-                        "load_cpu_seconds": load_cpu,
-                        "entries": entries,
-                    },
-                )
-                rq.log(f"  {name} short fine-tuning seed {seed}: done")
+        _task_proxies(name, cache, reverse)
+
+
+def _task_proxies(name: str, cache: Path, reverse: bool) -> None:
+    spec, zoo, data, _, load_cpu = _task(name, cache)
+    folder = RESULTS / "proxies" / name
+    common = {
+        "task": name,
+        "code": CODE,
+        "machine": MACHINE,
+        "zoo_keys": zoo.keys,
+        "weights_sha256": {k: m.get("weights_sha256") for k, m in zoo.manifests.items()},
+        "load_cpu_seconds": load_cpu,
+    }
+
+    def logme(seed: int) -> dict[str, Any]:
+        entries = {c.name: _logme_entry(c, data, spec, seed) for c in zoo.candidates}
+        return {"method": "logme", "seed": seed, "entries": entries}
+
+    def normonly(seed: int, lr: float) -> dict[str, Any]:
+        entries = {c.name: _normonly_entry(c, data, spec, lr, seed) for c in zoo.candidates}
+        return {
+            "method": "normonly",
+            "lr": lr,
+            "configured_score": "soft_dice",
+            "seed": seed,
+            "max_steps": NORM_MAX,
+            "entries": entries,
+        }
+
+    def shortft(seed: int) -> dict[str, Any]:
+        cfg = replace(GT, patch=spec.patch, budgets=SHORT_FT)
+        entries = {  # scored on the validation split, never the test split
+            c.name: rq.finetune(c, data, data.val, seed, SHORT_FT, cfg)
+            for c in zoo.candidates
+            if not is_control(c.name)
+        }
+        return {"method": "shortft", "seed": seed, "budgets": list(SHORT_FT), "entries": entries}
+
+    files: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    for seed in PROXY_SEEDS:
+        files.append((f"logme_b{LOGME_BATCHES}_seed{seed}.json", partial(logme, seed)))
+        files += [(f"normonly_lr{lr:g}_seed{seed}.json", partial(normonly, seed, lr)) for lr in NORM_LRS]
+        files.append((f"shortft_seed{seed}.json", partial(shortft, seed)))
+    for file, make in reversed(files) if reverse else files:
+        path = folder / file
+        with claimed(cache / "v2-claims" / name / "proxies" / f"{file}.lock") as mine:
+            if not mine or (path.is_file() and rq.load(path).get("zoo_keys") == zoo.keys):
+                continue
+            rq.dump(path, {**common, **make()})
+            rq.log(f"  {name} {file}: done")
 
 
 def write_tasks(cache: Path) -> None:
@@ -580,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="where raw JSON goes (bench/results/v2)")
     p.add_argument("--repo", type=Path, default=ROOT, help="the git checkout whose history holds the prereg")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--reverse", action="store_true", help="ground truth: take the runs from the last one back")
+    p.add_argument("--reverse", action="store_true", help="walk the runs (ground truth, proxies) from the end")
     args = p.parse_args(argv)
     RESULTS = args.results
     if args.status:
@@ -607,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.ground_truth is not None:
         run_ground_truth(args.ground_truth or list(T.TASKS), args.cache, args.repo, args.reverse)
     elif args.proxies is not None:
-        run_proxies(args.proxies or list(T.TASKS), args.cache)
+        run_proxies(args.proxies or list(T.TASKS), args.cache, args.reverse)
     elif args.rebase_controls:
         rebase_controls(args.cache)
     return 0

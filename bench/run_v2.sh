@@ -6,8 +6,9 @@
 # It runs from a snapshot of the checkout's HEAD (so a later merge or checkout in the working tree cannot
 # change the code under a run that lasts many hours) and writes raw JSON into the checkout's
 # bench/results/v2/; logs and the snapshot live in the cache ($BNRANK_BENCH_CACHE, ~/.cache/bnrank-bench).
-# Every step skips what has already landed, so running it again resumes. One torch thread per process: the
-# ground truth from both ends of its run list (two processes) beside the proxies, nice 15.
+# Every step skips what has already landed, so running it again resumes. One torch thread per process, nice 15:
+# the ground truth and the proxies each from both ends of their run lists (four processes; each run is claimed with
+# an flock, so two processes never make the same one, and whichever list is left at the end gets both cores).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${BNRANK_BENCH_CACHE:-$HOME/.cache/bnrank-bench}"
@@ -36,6 +37,9 @@ a=$!
 c=$!
 "${PY[@]}" --proxies >> "$LOGS/proxies.log" 2>&1 &
 b=$!
-echo "$(date -u +%FT%TZ) ground truth pids $a (forward) $c (reverse), proxies pid $b" >> "$LOGS/run.log"
-wait "$a"; wait "$c"; wait "$b"
+"${PY[@]}" --proxies --reverse >> "$LOGS/proxies-reverse.log" 2>&1 &
+d=$!
+echo "$(date -u +%FT%TZ) ground truth pids $a (forward) $c (reverse), proxies pids $b (forward) $d (reverse)" \
+    >> "$LOGS/run.log"
+wait "$a"; wait "$c"; wait "$b"; wait "$d"
 echo "$(date -u +%FT%TZ) done" >> "$LOGS/run.log"

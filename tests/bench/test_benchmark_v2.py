@@ -156,3 +156,32 @@ def test_a_ground_truth_run_is_claimed_by_one_process_and_freed_when_its_holder_
         holder.wait()
     with B.claimed(lock) as mine:  # a killed holder leaves no claim behind
         assert mine
+
+
+def test_a_second_proxy_process_walks_the_files_from_the_end_and_skips_what_is_landed_or_claimed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    zoo = SimpleNamespace(
+        keys={"u8_random": "k"},
+        manifests={"u8_random": {"weights_sha256": "r"}},
+        candidates=[SimpleNamespace(name="u8_random")],
+    )
+    made = []
+    monkeypatch.setattr(B, "RESULTS", tmp_path)
+    monkeypatch.setattr(B, "PROXY_SEEDS", (101, 102))
+    monkeypatch.setattr(B, "NORM_LRS", (0.03,))
+    task = (SimpleNamespace(patch=8), zoo, SimpleNamespace(val="val"), None, 0.5)  # spec, zoo, data, test, load
+    monkeypatch.setattr(B, "_task", lambda name, cache: task)
+    monkeypatch.setattr(B, "_logme_entry", lambda c, d, s, seed: made.append(("logme", seed)) or {"score": 1.0})
+    monkeypatch.setattr(B, "_normonly_entry", lambda c, d, s, lr, seed: made.append(("norm", seed)) or {"score": 0.5})
+    monkeypatch.setattr(B.rq, "finetune", lambda c, d, v, seed, b, cfg: made.append(("ft", seed)) or {"dice": 0.9})
+    folder = tmp_path / "proxies" / "tuning"
+    B.rq.dump(folder / "shortft_seed102.json", {"zoo_keys": zoo.keys, "entries": {}})  # landed
+    cache = tmp_path / "cache"
+    with B.claimed(cache / "v2-claims" / "tuning" / "proxies" / "normonly_lr0.03_seed102.json.lock"):
+        B.run_proxies(["tuning"], cache, reverse=True)  # the other process is making normonly seed 102
+    assert made == [("logme", 102), ("ft", 101), ("norm", 101), ("logme", 101)]
+    doc = B.rq.load(folder / "normonly_lr0.03_seed101.json")
+    assert doc["method"] == "normonly" and doc["task"] == "tuning" and doc["load_cpu_seconds"] == 0.5
+    assert doc["entries"] == {"u8_random": {"score": 0.5}} and doc["zoo_keys"] == zoo.keys
+    assert not (folder / "normonly_lr0.03_seed102.json").exists()
