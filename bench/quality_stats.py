@@ -135,6 +135,28 @@ def seconds_at(curve: Sequence[Mapping[str, float]], upto: int) -> float:
     return float(points[-1]) if points else 0.0
 
 
+PAUSED = 4.0
+"""A stretch between two validations this many times the run's median is read as a stopped process (SIGSTOP)."""
+
+
+def cpu_at(entry: Mapping[str, object], upto: int) -> float:
+    """CPU seconds of a run up to its last validation at or before step ``upto``: its measured CPU total, shared
+    over the stretches between validations (and the tail after the last) in proportion to their wall time.
+
+    A stretch longer than ``PAUSED`` × the median is counted as the median: a process stopped during the run
+    (paused for CI) spent wall time there but no CPU, and a plain wall-time share would hand that stretch most of
+    the run's CPU."""
+    curve: Sequence[Mapping[str, float]] = entry["curve"]  # type: ignore[assignment]
+    clock = [float(p["seconds"]) for p in curve]
+    spans = [clock[0], *np.diff(clock).tolist(), max(float(entry["wall_seconds"]) - clock[-1], 0.0)]  # type: ignore[arg-type]
+    typical = float(np.median(spans[:-1]))
+    spans = [min(x, typical) if x > PAUSED * typical else x for x in spans]
+    done = sum(spans[i] for i, p in enumerate(curve) if p["step"] <= upto) + spans[-1]
+    wall = float(entry["wall_seconds"])  # type: ignore[arg-type]
+    cpu = float(entry.get("cpu_seconds", wall * float(entry.get("cpu_per_wall", 1.0))))  # type: ignore[arg-type]
+    return cpu * done / sum(spans) if sum(spans) > 0 else 0.0
+
+
 def prefix_setting(
     curves: Mapping[str, Sequence[Mapping[str, float]]],
     overhead: Mapping[str, float],

@@ -233,11 +233,7 @@ def seed_runs(
                 for key, label in (("dice", "dice"), ("score", "soft_dice")):
                     name = f"lr {lr:g} {steps} st {label}"
                     runs.norm[name] = {c: qs.windowed(e[c]["curve"], steps, key, 1) for c in have}
-                    cpu = {
-                        c: (qs.seconds_at(e[c]["curve"], steps) + e[c]["wall_seconds"] - e[c]["curve"][-1]["seconds"])
-                        * e[c]["cpu_per_wall"]
-                        for c in have
-                    }
+                    cpu = {c: qs.cpu_at(e[c], steps) for c in have}
                     runs.norm_cpu[name] = _peer_cpu(cpu, _rebased(doc_)) if same else dict.fromkeys(have, math.nan)
         path = folder / f"shortft_seed{s}.json"
         if path.is_file():

@@ -292,3 +292,19 @@ def test_extension_proxies_refuse_candidates_outside_the_extension_pool(tmp_path
         rq.run_proxies("ct_head", tmp_path, {}, only=["u8_random"])
     with pytest.raises(SystemExit, match="not on tuning"):
         rq.run_proxies("tuning", tmp_path, {}, only=["nnunet_random"])
+
+
+def test_cpu_up_to_a_step_is_the_runs_cpu_shared_by_wall_time_and_a_paused_stretch_takes_no_share():
+    """Validations every 10 steps, 2 s apart, 1 s of tail; CPU 20 s over 21 s of wall."""
+    curve = [{"step": s, "seconds": 0.2 * s} for s in range(10, 110, 10)]
+    run = {"curve": curve, "wall_seconds": 21.0, "cpu_seconds": 20.0}
+    assert qs.cpu_at(run, 50) == pytest.approx(20.0 * 11 / 21)  # as (clock at step 50 + tail) × CPU per wall second
+    assert qs.cpu_at(run, 100) == pytest.approx(20.0)
+    # the same run, stopped for an hour before its first validation: the hour is wall time, not CPU
+    paused = {
+        "curve": [{"step": p["step"], "seconds": p["seconds"] + 3600} for p in curve],
+        "wall_seconds": 3621.0,
+        "cpu_seconds": 20.0,
+    }
+    assert qs.cpu_at(paused, 50) == pytest.approx(qs.cpu_at(run, 50))
+    assert qs.cpu_at(paused, 100) == pytest.approx(20.0)
