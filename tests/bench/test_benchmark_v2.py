@@ -185,3 +185,18 @@ def test_a_second_proxy_process_walks_the_files_from_the_end_and_skips_what_is_l
     assert doc["method"] == "normonly" and doc["task"] == "tuning" and doc["load_cpu_seconds"] == 0.5
     assert doc["entries"] == {"u8_random": {"score": 0.5}} and doc["zoo_keys"] == zoo.keys
     assert not (folder / "normonly_lr0.03_seed102.json").exists()
+
+
+def test_the_validation_cost_table_puts_each_policy_beside_fine_tuning_and_says_whether_scores_agree():
+    V = _module("v2_validation_cost")
+    row = {
+        "candidate": "u8_random",
+        "every": {"cpu_seconds": 35.0, "score": 0.8, "validations": 5},
+        "scored": {"cpu_seconds": 10.0, "score": 0.8, "validations": 1},
+        "finetune_cpu": 125.0,
+    }
+    other = {**row, "candidate": "nnunet_random", "scored": {"cpu_seconds": 5.0, "score": 0.7, "validations": 1}}
+    text = V.table({"task": "real_brain", "steps": 50, "val_every": 10, "rows": [row, other]})
+    first, second = text.splitlines()[2:]
+    assert first.split() == ["u8_random", "35.0", "5", "10.0", "1", "125.0", "0.280", "0.080", "yes"]
+    assert second.endswith("no (0.8000 vs 0.7000)")
