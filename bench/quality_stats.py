@@ -147,13 +147,13 @@ def cpu_at(entry: Mapping[str, object], upto: int) -> float:
     (paused for CI) spent wall time there but no CPU, and a plain wall-time share would hand that stretch most of
     the run's CPU."""
     curve: Sequence[Mapping[str, float]] = entry["curve"]  # type: ignore[assignment]
+    wall = float(entry["wall_seconds"])  # type: ignore[arg-type]
+    cpu = float(entry.get("cpu_seconds", wall * float(entry.get("cpu_per_wall", 1.0))))  # type: ignore[arg-type]
     clock = [float(p["seconds"]) for p in curve]
-    spans = [clock[0], *np.diff(clock).tolist(), max(float(entry["wall_seconds"]) - clock[-1], 0.0)]  # type: ignore[arg-type]
+    spans = [clock[0], *np.diff(clock).tolist(), max(wall - clock[-1], 0.0)]
     typical = float(np.median(spans[:-1]))
     spans = [min(x, typical) if x > PAUSED * typical else x for x in spans]
     done = sum(spans[i] for i, p in enumerate(curve) if p["step"] <= upto) + spans[-1]
-    wall = float(entry["wall_seconds"])  # type: ignore[arg-type]
-    cpu = float(entry.get("cpu_seconds", wall * float(entry.get("cpu_per_wall", 1.0))))  # type: ignore[arg-type]
     return cpu * done / sum(spans) if sum(spans) > 0 else 0.0
 
 

@@ -477,7 +477,7 @@ def _answer(
     elif p is None:  # no score set it against another: it leads because the rest failed, which is not separation
         guidance = (
             f"{stop}: {leader} is the only racer that fine-tuned without failing; no score compares it with another, "
-            f"so read the failures (each row's why) before fine-tuning it alone"
+            "so read the failures (each row's why) before fine-tuning it alone"
         )
     elif separated:
         guidance = f"{leader} stands apart: best in {p:.0%} of resamples over cases and seeds ({stop})"
