@@ -394,9 +394,13 @@ def _logme_entry(c, data, spec: T.TaskSpec, seed: int) -> dict[str, Any]:
 
 
 def _normonly_entry(c, data, spec: T.TaskSpec, lr: float, seed: int) -> dict[str, Any]:
+    return normonly_run(c, data, _norm_config(spec, lr, seed, "soft_dice"))
+
+
+def normonly_run(c, data, config) -> dict[str, Any]:
+    """One candidate's norm-only run under ``config`` (no control), timed in wall and CPU seconds."""
     from bnrank.engine.ranking import rank_candidates
 
-    config = _norm_config(spec, lr, seed, "soft_dice")
     w0, c0 = time.perf_counter(), time.process_time()
     e = rank_candidates([c], data, config, control=False).entries[0]
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0

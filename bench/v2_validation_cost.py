@@ -17,7 +17,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from statistics import mean
@@ -30,15 +29,12 @@ import ranking_quality as rq  # noqa: E402
 
 
 def norm_only_run(cand, data, config) -> dict[str, float | int | None]:
-    """CPU seconds and score of one candidate's norm-only run under ``config``, no control."""
-    from bnrank.engine.ranking import rank_candidates
-
-    c0 = time.process_time()
-    e = rank_candidates([cand], data, config, control=False).entries[0]
+    """CPU seconds, score and number of validations of one candidate's norm-only run under ``config``."""
+    e = B.normonly_run(cand, data, config)
     return {
-        "cpu_seconds": round(time.process_time() - c0, 3),
-        "score": e.score,
-        "validations": sum(1 for p in e.curve if p.get("score") is not None),
+        "cpu_seconds": e["cpu_seconds"],
+        "score": e["score"],
+        "validations": sum(1 for p in e["curve"] if p.get("score") is not None),
     }
 
 
