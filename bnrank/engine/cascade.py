@@ -263,6 +263,8 @@ class Race:
     """Seconds spent re-training earlier rounds' steps (the service's tasks start from step 0), beyond ``spent``."""
     per_step: dict[int, float] = field(default_factory=dict)
     """Each racer's measured seconds per fine-tuning step (validation included) in its last round, per seed."""
+    failed: dict[int, int] = field(default_factory=dict)
+    """Racers whose run failed: their row index and the (1-based) round they failed in."""
 
 
 def start_race(stage: StageOne, spent: float, steps: int, costs: Costs) -> Race:
@@ -348,6 +350,7 @@ def close_round(
         if failed:
             why = f"failed in the race: {failed[0].error}"
             stage.rows[i].update(cut_in_round=k + 1, why=why)
+            race.failed[i] = k + 1
             race.alive.remove(i)
     if not race.alive:
         race.stop = NO_RACE
@@ -443,7 +446,7 @@ def verdict(
     if race.last is not None and ran:  # one racer left: the others failed in its round, and failing is the evidence
         last = ran[-1]
         survivor = last["racers"][0]["name"]
-        failed = [r["name"] for r in rows if r.get("cut_in_round") == last["round"] and r["why"].startswith("failed")]
+        failed = [rows[i]["name"] for i, k in sorted(race.failed.items()) if k == last["round"]]
         evidence = (
             f"race round {last['round']} at {last['steps']} fine-tuning steps: the only racer that fine-tuned; "
             f"{', '.join(failed)} failed"

@@ -232,7 +232,7 @@ def test_a_lone_survivor_of_a_race_is_the_answer_and_is_not_called_apart() -> No
     ok = RankEntry("steady", score=0.4, steps=4, seconds=1.0, case_scores=[[0.4, 0.41, 0.39]])
     failed = RankEntry("broken", steps=4, seconds=1.0, status="failed", error="loss is not finite")
     close_round(race, stage, rank, 0, {0: [ok], 1: [failed]}, seed=3, retrained=False)
-    assert race.stop == NO_RACE and rows[1]["cut_in_round"] == 1
+    assert race.stop == NO_RACE and rows[1]["cut_in_round"] == 1 and race.failed == {1: 1}
     answer = verdict(stage, race, rank, [], [None, None], {}, 3)
     assert answer["leader"] == "steady" and answer["p_best"] is None and not answer["separated"]
     assert answer["tied_group"] == ["steady"] and "broken failed" in answer["evidence"]
