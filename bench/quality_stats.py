@@ -139,6 +139,21 @@ PAUSED = 4.0
 """A stretch between two validations this many times the run's median is read as a stopped process (SIGSTOP)."""
 
 
+def stretches(curve: Sequence[Mapping[str, float]]) -> list[float]:
+    """Wall seconds from the run's start to its first validation, then between consecutive validations."""
+    clock = [float(p["seconds"]) for p in curve]
+    return [clock[0], *np.diff(clock).tolist()] if clock else []
+
+
+def paused_stretches(curve: Sequence[Mapping[str, float]]) -> list[tuple[int, float]]:
+    """(step a stretch ends at, its wall seconds) for each stretch :func:`cpu_at` reads as a stopped process."""
+    spans = stretches(curve)
+    if not spans:
+        return []
+    typical = float(np.median(spans))
+    return [(int(curve[i]["step"]), x) for i, x in enumerate(spans) if x > PAUSED * typical]
+
+
 def cpu_at(entry: Mapping[str, object], upto: int) -> float:
     """CPU seconds of a run up to its last validation at or before step ``upto``: its measured CPU total, shared
     over the stretches between validations (and the tail after the last) in proportion to their wall time.
@@ -149,8 +164,7 @@ def cpu_at(entry: Mapping[str, object], upto: int) -> float:
     curve: Sequence[Mapping[str, float]] = entry["curve"]  # type: ignore[assignment]
     wall = float(entry["wall_seconds"])  # type: ignore[arg-type]
     cpu = float(entry.get("cpu_seconds", wall * float(entry.get("cpu_per_wall", 1.0))))  # type: ignore[arg-type]
-    clock = [float(p["seconds"]) for p in curve]
-    spans = [clock[0], *np.diff(clock).tolist(), max(wall - clock[-1], 0.0)]
+    spans = [*stretches(curve), max(wall - float(curve[-1]["seconds"]), 0.0)]
     typical = float(np.median(spans[:-1]))
     spans = [min(x, typical) if x > PAUSED * typical else x for x in spans]
     done = sum(spans[i] for i, p in enumerate(curve) if p["step"] <= upto) + spans[-1]

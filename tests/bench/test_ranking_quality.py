@@ -308,3 +308,18 @@ def test_cpu_up_to_a_step_is_the_runs_cpu_shared_by_wall_time_and_a_paused_stret
     }
     assert qs.cpu_at(paused, 50) == pytest.approx(qs.cpu_at(run, 50))
     assert qs.cpu_at(paused, 100) == pytest.approx(20.0)
+
+
+def test_the_pause_scan_names_the_stopped_stretch_of_a_result_file_and_passes_a_steady_one(tmp_path, capsys):
+    """One entry stopped for a minute before step 60, one steady, nested as the proxy files nest them."""
+    scan = _module("scan_pauses")
+    steady = [{"step": s, "seconds": 0.2 * s} for s in range(10, 110, 10)]
+    stopped = [{"step": p["step"], "seconds": p["seconds"] + (60.0 if p["step"] >= 60 else 0.0)} for p in steady]
+    assert qs.paused_stretches(steady) == []
+    assert qs.paused_stretches(stopped) == [(60, pytest.approx(62.0))]
+    doc = {"variants": {"norm-only": {"entries": {"a": {"curve": steady}, "b": {"curve": stopped}}}}}
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    seen, rows = scan.scan([tmp_path])
+    assert seen == 2 and [(r["entry"], r["paused"]) for r in rows] == [("/variants/norm-only/entries/b", [(60, 62.0)])]
+    assert scan.main([str(tmp_path)]) == 0
+    assert "2 timed curves; 1 with a stretch over 4x" in capsys.readouterr().out
